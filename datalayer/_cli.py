@@ -1,0 +1,125 @@
+"""The ``datalayer`` command: migrate, rollback, status, check-sql, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import psycopg
+
+from . import _migrate
+from ._settings import Settings
+from .errors import DataLayerError
+
+log = logging.getLogger("datalayer")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {"database_url": args.database_url} if args.database_url else {}
+    return Settings.from_env(**overrides)
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    applied = _migrate.migrate(settings)
+    if applied:
+        for migration_id in applied:
+            print(f"applied {migration_id}")
+    else:
+        print("database is up to date")
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    rolled = _migrate.rollback(settings, count=None if args.all else args.count)
+    for migration_id in rolled:
+        print(f"rolled back {migration_id}")
+    if not rolled:
+        print("nothing to roll back")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    for item in _migrate.status(settings):
+        print(f"{'applied' if item.applied else 'pending'}  {item.id}")
+    return 0
+
+
+def _cmd_check_sql(args: argparse.Namespace) -> int:
+    from ._checksql import check_queries
+    from .repositories import REPOSITORIES
+
+    settings = _settings(args)
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        problems = check_queries(conn, REPOSITORIES)
+    count = sum(len(r.query_refs) for r in REPOSITORIES)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"check-sql: {len(problems)} problem(s) in {count} queries", file=sys.stderr)
+        return 1
+    print(f"check-sql: {count} queries match the schema and their models")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(args.database_url)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``datalayer`` command."""
+    parser = argparse.ArgumentParser(
+        prog="datalayer", description="PostgreSQL data layer: migrations, checks and tools."
+    )
+    parser.add_argument(
+        "--database-url",
+        help="PostgreSQL URL (default: $DATABASE_URL, else postgresql://postgres@127.0.0.1:5432/datalayer)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser(
+        "migrate", help="create the database if missing and apply pending migrations"
+    ).set_defaults(func=_cmd_migrate)
+    rollback = sub.add_parser("rollback", help="roll back the newest migration(s)")
+    group = rollback.add_mutually_exclusive_group()
+    group.add_argument("--count", type=int, default=1, help="how many (default 1)")
+    group.add_argument("--all", action="store_true", help="roll back every migration")
+    rollback.set_defaults(func=_cmd_rollback)
+    sub.add_parser("status", help="list migrations and whether each is applied").set_defaults(
+        func=_cmd_status
+    )
+    sub.add_parser(
+        "check-sql", help="prepare every named query against the database and check its model"
+    ).set_defaults(func=_cmd_check_sql)
+    sub.add_parser("demo", help="migrate and run a short tour of the library").set_defaults(
+        func=_cmd_demo
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``datalayer`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.func(args)
+    except DataLayerError as exc:
+        print(f"datalayer {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.Error as exc:
+        print(f"datalayer {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

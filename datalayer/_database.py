@@ -1,0 +1,271 @@
+"""The database object: a psycopg connection pool, autocommit repositories, units of work."""
+
+from __future__ import annotations
+
+import logging
+import random
+import select
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from ._settings import Settings
+from ._uow import Repositories, UnitOfWork
+from .errors import ConcurrencyConflict, Unavailable, map_error
+
+__all__ = ["Database", "Isolation"]
+
+log = logging.getLogger("datalayer")
+
+T = TypeVar("T")
+Isolation = Literal["read committed", "repeatable read", "serializable"]
+_ISOLATION = {
+    "read committed": psycopg.IsolationLevel.READ_COMMITTED,
+    "repeatable read": psycopg.IsolationLevel.REPEATABLE_READ,
+    "serializable": psycopg.IsolationLevel.SERIALIZABLE,
+}
+
+
+def _connection_kwargs(settings: Settings) -> dict[str, Any]:
+    # Sessions speak UTC whatever the server's default (DOMAIN.md: time is UTC at the boundaries).
+    options = ["-c timezone=UTC"]
+    if settings.statement_timeout_ms:
+        options.append(f"-c statement_timeout={settings.statement_timeout_ms}")
+    if settings.lock_timeout_ms:
+        options.append(f"-c lock_timeout={settings.lock_timeout_ms}")
+    kwargs: dict[str, Any] = {
+        # Single statements outside a unit of work need no BEGIN/COMMIT round trips.
+        "autocommit": True,
+        "application_name": settings.application_name,
+        "connect_timeout": settings.connect_timeout,
+        "prepare_threshold": settings.prepare_threshold,
+        # Find a peer that vanished without a FIN within about a minute.
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+    if options:
+        kwargs["options"] = " ".join(options)
+    return kwargs
+
+
+def _alive(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an idle pooled connection can be handed out.
+
+    An idle connection's socket has nothing to read unless the server wrote to
+    it: a FATAL message before closing (``pg_terminate_backend``, shutdown),
+    EOF, or a notification. So a zero-timeout poll costs no round trip in the
+    common case; only a readable socket is checked with an empty query.
+    """
+    if conn.closed:
+        return False
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+        if not poller.poll(0):
+            return True
+        conn.execute("")
+    except (psycopg.Error, OSError, ValueError):
+        with suppress(Exception):
+            conn.close()
+        return False
+    return True
+
+
+class _PoolSession:
+    """Lends a pooled autocommit connection per statement."""
+
+    __slots__ = ("_db",)
+
+    def __init__(self, db: Database):
+        self._db = db
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        conn = self._db._acquire()
+        try:
+            yield conn
+        finally:
+            self._db._pool.putconn(conn)
+
+
+class Database(Repositories):
+    """A PostgreSQL database reached through a connection pool.
+
+    Repository attributes (``db.accounts``, ``db.users``, …) run each call as
+    one autocommit statement on a pooled connection. ``unit_of_work()`` binds
+    them all to one connection and one transaction.
+
+    Use as a context manager, or call ``open()`` and ``close()``. Any call
+    that cannot get a working connection within ``settings.pool_timeout``
+    seconds raises ``Unavailable``.
+    """
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any):
+        """Build the pool, not yet open, from ``settings`` or ``Settings.from_env(**overrides)``."""
+        if settings is None:
+            settings = Settings.from_env(**overrides)
+        elif overrides:
+            settings = settings.model_copy(update=overrides)
+        self.settings = settings
+        self._timeout = settings.pool_timeout
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            settings.database_url,
+            kwargs=_connection_kwargs(settings),
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            open=False,
+            name=settings.application_name,
+            timeout=settings.pool_timeout,
+            max_lifetime=settings.pool_max_lifetime,
+            max_idle=settings.pool_max_idle,
+            reconnect_timeout=settings.pool_reconnect_timeout,
+        )
+        super().__init__(_PoolSession(self))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._pool.closed else "open"
+        return f"<Database {self.settings.safe_database_url} ({state})>"
+
+    def open(self, *, wait: bool = False) -> Self:
+        """Open the pool; with ``wait=True`` block until ``pool_min_size`` connections exist.
+
+        Raises ``Unavailable`` when ``wait=True`` and the database cannot be
+        reached within ``pool_timeout``. Without waiting, the pool connects in
+        the background and the first call waits at most ``pool_timeout``.
+        """
+        self._pool.open(wait=False)
+        if wait:
+            try:
+                self._pool.wait(timeout=self._timeout)
+            except Exception as exc:
+                raise Unavailable(
+                    f"cannot reach {self.settings.safe_database_url} within {self._timeout}s"
+                ) from exc
+        log.info("pool open: %s", self.settings.safe_database_url)
+        return self
+
+    def close(self) -> None:
+        """Close the pool and every connection in it."""
+        self._pool.close()
+
+    def __enter__(self) -> Self:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _acquire(self) -> psycopg.Connection[Any]:
+        deadline = time.monotonic() + self._timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise Unavailable(
+                        f"no working connection to {self.settings.safe_database_url} "
+                        f"within {self._timeout}s"
+                    )
+                conn = self._pool.getconn(timeout=remaining)
+            except Unavailable:
+                raise
+            except Exception as exc:
+                raise map_error(exc) from exc
+            if _alive(conn):
+                return conn
+            log.info("discarding a dead pooled connection")
+            self._pool.putconn(conn)
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """Lend a raw pooled connection (autocommit) for SQL outside the repositories.
+
+        psycopg errors raised inside the block are re-raised as datalayer errors.
+        """
+        with self._session.connection() as conn:
+            try:
+                yield conn
+            except psycopg.Error as exc:
+                raise map_error(exc) from exc
+
+    @contextmanager
+    def unit_of_work(
+        self, *, isolation: Isolation | None = None, read_only: bool = False
+    ) -> Iterator[UnitOfWork]:
+        """One connection, one transaction: commit when the block ends, roll back on any exception.
+
+        Repositories reached through the yielded ``UnitOfWork`` share the
+        transaction. Errors at COMMIT (deferred constraints, serialization
+        failures) are raised as datalayer errors; nothing was committed then.
+        """
+        conn = self._acquire()
+        uow: UnitOfWork | None = None
+        try:
+            conn.isolation_level = _ISOLATION[isolation] if isolation else None
+            conn.read_only = True if read_only else None
+            with conn.transaction():
+                uow = UnitOfWork(conn)
+                yield uow
+        except psycopg.Error as exc:
+            raise map_error(exc) from exc
+        finally:
+            if uow is not None:
+                uow._close()
+            with suppress(Exception):
+                conn.isolation_level = None
+                conn.read_only = None
+            self._pool.putconn(conn)
+
+    def run_in_transaction(
+        self,
+        fn: Callable[[UnitOfWork], T],
+        *,
+        attempts: int = 5,
+        isolation: Isolation | None = None,
+        read_only: bool = False,
+        base_delay: float = 0.01,
+        max_delay: float = 0.5,
+    ) -> T:
+        """Run ``fn(uow)`` in a unit of work, retrying on serialization failure or deadlock.
+
+        Up to ``attempts`` tries; between them a random sleep of up to
+        ``base_delay * 2**n`` seconds (capped at ``max_delay``: "full jitter").
+        ``fn`` must be safe to run again: its database work is rolled back on a
+        conflict, anything else it did is not. Raises ``ConcurrencyConflict``
+        after the last attempt, and any other error at once.
+        """
+        if attempts < 1:
+            raise ValueError("attempts must be >= 1")
+        attempt = 1
+        while True:
+            try:
+                with self.unit_of_work(isolation=isolation, read_only=read_only) as uow:
+                    return fn(uow)
+            except ConcurrencyConflict as exc:
+                if attempt >= attempts:
+                    raise
+                delay = random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
+                log.info(
+                    "retrying transaction after %s (attempt %d of %d, sleeping %.3fs)",
+                    exc.sqlstate,
+                    attempt,
+                    attempts,
+                    delay,
+                )
+                time.sleep(delay)
+                attempt += 1
+
+    def stats(self) -> dict[str, int]:
+        """The pool's counters (``psycopg_pool`` names: pool_size, pool_available,
+        requests_waiting, requests_num, requests_errors, connections_lost, …)."""
+        return dict(self._pool.get_stats())

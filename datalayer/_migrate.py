@@ -1,0 +1,159 @@
+"""Migrations through yoyo's Python API: create the database, apply, roll back, report."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from yoyo import get_backend, read_migrations
+
+from ._resources import migrations_dir
+from ._settings import Settings
+from .errors import DataLayerError, map_error
+
+__all__ = ["MigrationStatus", "ensure_database", "migrate", "rollback", "status"]
+
+log = logging.getLogger("datalayer")
+
+# pg_advisory_lock key held (on its own connection) while migrating: a session
+# lock, so a migrator that dies releases it, unlike yoyo's lock table row.
+_MIGRATE_LOCK_KEY = 0x6461_7461_6C61_7972  # "datalayr"
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationStatus:
+    """One migration and whether it is applied to the database."""
+
+    id: str
+    applied: bool
+
+
+def _params(settings: Settings) -> dict[str, str]:
+    return {k: str(v) for k, v in conninfo_to_dict(settings.database_url).items() if v is not None}
+
+
+def _yoyo_url(settings: Settings) -> str:
+    """A ``postgresql+psycopg://`` URL (yoyo 9 picks psycopg2 for ``postgresql://``)."""
+    params = _params(settings)
+    user = quote(params.pop("user", ""), safe="")
+    password = params.pop("password", None)
+    host = params.pop("host", "")
+    port = params.pop("port", None)
+    dbname = quote(params.pop("dbname", ""), safe="")
+    auth = f"{user}:{quote(password, safe='')}@" if password else (f"{user}@" if user else "")
+    netloc = f"{auth}{host}{':' + port if port else ''}"
+    query = f"?{urlencode(params)}" if params else ""
+    return f"postgresql+psycopg://{netloc}/{dbname}{query}"
+
+
+def ensure_database(settings: Settings) -> bool:
+    """Create the target database when it does not exist; return whether it was created.
+
+    Safe when several processes race: losing the race to create is not an error.
+    """
+    params = _params(settings)
+    dbname = params.get("dbname") or params.get("user") or "postgres"
+    try:
+        with psycopg.connect(settings.database_url, connect_timeout=settings.connect_timeout):
+            return False
+    except psycopg.OperationalError as exc:
+        if "does not exist" not in str(exc):
+            raise map_error(exc) from exc
+    params["dbname"] = "postgres"
+    try:
+        with psycopg.connect(autocommit=True, **params) as conn:  # type: ignore[arg-type]
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+        return False  # another process created it first
+    except psycopg.Error as exc:
+        raise map_error(exc) from exc
+    log.info("created database %s", dbname)
+    return True
+
+
+@contextmanager
+def _locked(settings: Settings, timeout_s: float) -> Iterator[None]:
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(timeout_s * 1000)}ms"))
+        )
+        try:
+            conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATE_LOCK_KEY,))
+        except psycopg.errors.LockNotAvailable as exc:
+            raise DataLayerError(
+                f"another process has been migrating this database for over {timeout_s}s"
+            ) from exc
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATE_LOCK_KEY,))
+
+
+def _backend_and_migrations(settings: Settings, directory: Path | None) -> tuple[Any, Any]:
+    backend = get_backend(_yoyo_url(settings))
+    migrations = read_migrations(str(directory or migrations_dir()))
+    return backend, migrations
+
+
+def migrate(
+    settings: Settings, *, directory: Path | None = None, lock_timeout_s: float = 300.0
+) -> list[str]:
+    """Create the database if missing and apply every pending migration, in order.
+
+    Returns the ids applied (empty when up to date). Concurrent callers
+    serialise on an advisory lock; the second finds nothing left to do.
+    Each migration runs in its own transaction unless it says
+    ``-- transactional: false``; a failing one is rolled back and raised.
+    """
+    ensure_database(settings)
+    with _locked(settings, lock_timeout_s):
+        backend, migrations = _backend_and_migrations(settings, directory)
+        try:
+            pending = backend.to_apply(migrations)
+            backend.apply_migrations(pending)
+        finally:
+            backend.connection.close()
+    applied = [m.id for m in pending]
+    for migration_id in applied:
+        log.info("applied migration %s", migration_id)
+    return applied
+
+
+def rollback(
+    settings: Settings,
+    *,
+    count: int | None = 1,
+    directory: Path | None = None,
+    lock_timeout_s: float = 300.0,
+) -> list[str]:
+    """Roll back the last ``count`` applied migrations (all when ``None``), newest first.
+
+    Returns the ids rolled back.
+    """
+    with _locked(settings, lock_timeout_s):
+        backend, migrations = _backend_and_migrations(settings, directory)
+        try:
+            applied = backend.to_rollback(migrations)
+            chosen = applied if count is None else applied[:count]
+            backend.rollback_migrations(chosen)
+        finally:
+            backend.connection.close()
+    return [m.id for m in chosen]
+
+
+def status(settings: Settings, *, directory: Path | None = None) -> list[MigrationStatus]:
+    """Every known migration in apply order, with whether it is applied."""
+    backend, migrations = _backend_and_migrations(settings, directory)
+    try:
+        applied = set(backend.get_applied_migration_hashes())
+        return [MigrationStatus(m.id, m.hash in applied) for m in migrations]
+    finally:
+        backend.connection.close()

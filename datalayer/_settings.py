@@ -1,0 +1,128 @@
+"""Settings from arguments or the environment, with defaults for a local PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import InvalidInput
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/datalayer"
+
+# Environment variable -> field name. DATABASE_URL and REDIS_URL are the
+# names every platform already uses; the rest carry a DATALAYER_ prefix.
+_ENV = {
+    "DATABASE_URL": "database_url",
+    "REDIS_URL": "redis_url",
+    "DATALAYER_POOL_MIN_SIZE": "pool_min_size",
+    "DATALAYER_POOL_MAX_SIZE": "pool_max_size",
+    "DATALAYER_POOL_TIMEOUT": "pool_timeout",
+    "DATALAYER_POOL_MAX_LIFETIME": "pool_max_lifetime",
+    "DATALAYER_POOL_MAX_IDLE": "pool_max_idle",
+    "DATALAYER_POOL_RECONNECT_TIMEOUT": "pool_reconnect_timeout",
+    "DATALAYER_CONNECT_TIMEOUT": "connect_timeout",
+    "DATALAYER_STATEMENT_TIMEOUT_MS": "statement_timeout_ms",
+    "DATALAYER_LOCK_TIMEOUT_MS": "lock_timeout_ms",
+    "DATALAYER_APPLICATION_NAME": "application_name",
+    "DATALAYER_PREPARE_THRESHOLD": "prepare_threshold",
+}
+
+
+def redact(url: str) -> str:
+    """Return ``url`` (a URL or a key=value conninfo) with any password replaced by ``***``."""
+    if "://" in url:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        netloc = f"{parts.username or ''}:***@{host}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    try:
+        params = conninfo_to_dict(url)
+    except Exception:
+        return "<unparseable conninfo>"
+    if "password" in params:
+        params["password"] = "***"  # noqa: S105 - the redaction marker, not a password
+    return make_conninfo("", **params)
+
+
+class Settings(BaseModel):
+    """How datalayer connects. Build with ``Settings(...)`` or ``Settings.from_env()``.
+
+    Timeouts are in seconds unless the name says ``_ms``. ``prepare_threshold``
+    is psycopg's: ``None`` disables server-side prepared statements, which
+    PgBouncer in transaction mode before 1.22 requires.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database_url: str = Field(default=DEFAULT_DATABASE_URL, repr=False, min_length=1)
+    redis_url: str | None = Field(default=None, repr=False)
+    pool_min_size: int = Field(default=2, ge=0)
+    pool_max_size: int = Field(default=10, ge=1)
+    pool_timeout: float = Field(default=5.0, gt=0)
+    pool_max_lifetime: float = Field(default=3600.0, gt=0)
+    pool_max_idle: float = Field(default=600.0, gt=0)
+    pool_reconnect_timeout: float = Field(default=300.0, gt=0)
+    connect_timeout: int = Field(default=5, ge=1)
+    statement_timeout_ms: int = Field(default=30_000, ge=0)
+    lock_timeout_ms: int = Field(default=10_000, ge=0)
+    application_name: str = Field(default="datalayer", min_length=1, max_length=63)
+    prepare_threshold: int | None = Field(default=5, ge=0)
+
+    @field_validator("pool_max_size")
+    @classmethod
+    def _max_not_below_min(cls, value: int, info: Any) -> int:
+        minimum = info.data.get("pool_min_size", 0)
+        if value < minimum:
+            raise ValueError(f"must be >= pool_min_size ({minimum})")
+        return value
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read settings from ``env`` (default ``os.environ``); ``overrides`` win.
+
+        Raises ``InvalidInput`` naming the variable when a value is malformed.
+        ``DATALAYER_PREPARE_THRESHOLD=none`` disables prepared statements.
+        """
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for var, field in _ENV.items():
+            raw = source.get(var)
+            if raw is None or raw == "":
+                continue
+            if field == "prepare_threshold" and raw.lower() in {"none", "off", "disable"}:
+                values[field] = None
+            else:
+                values[field] = raw
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = str(err["loc"][0]) if err["loc"] else ""
+            var = next((v for v, f in _ENV.items() if f == name), name)
+            raise InvalidInput(str(err["msg"]), field=var or None) from None
+
+    @property
+    def safe_database_url(self) -> str:
+        """The database URL with its password replaced by ``***``, for logs and errors."""
+        return redact(self.database_url)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{name}={getattr(self, name)!r}"
+            for name in type(self).model_fields
+            if name not in {"database_url", "redis_url"}
+        )
+        redis = redact(self.redis_url) if self.redis_url else None
+        return f"Settings(database_url={self.safe_database_url!r}, redis_url={redis!r}, {fields})"
+
+    __str__ = __repr__

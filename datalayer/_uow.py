@@ -1,0 +1,81 @@
+"""The unit of work: every repository bound to one connection and one transaction."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from types import TracebackType
+from typing import Any
+
+import psycopg
+
+from ._repository import Session
+from .errors import DataLayerError
+from .repositories import AccountRepository, UserRepository
+
+__all__ = ["Repositories", "UnitOfWork"]
+
+
+class Repositories:
+    """Every repository, bound to one session; created on first use."""
+
+    def __init__(self, session: Session):
+        self._session = session
+
+    @cached_property
+    def accounts(self) -> AccountRepository:
+        """Accounts (``sql/accounts.sql``)."""
+        return AccountRepository(self._session)
+
+    @cached_property
+    def users(self) -> UserRepository:
+        """Users (``sql/users.sql``)."""
+        return UserRepository(self._session)
+
+
+class _ConnectionSession:
+    """Lends the unit of work's own connection, while the unit of work is open."""
+
+    __slots__ = ("_conn", "closed")
+
+    def __init__(self, conn: psycopg.Connection[Any]):
+        self._conn = conn
+        self.closed = False
+
+    def connection(self) -> _ConnectionSession:
+        if self.closed:
+            raise DataLayerError("this unit of work has ended; open a new one")
+        return self
+
+    def __enter__(self) -> psycopg.Connection[Any]:
+        return self._conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+
+class UnitOfWork(Repositories):
+    """Repositories sharing one transaction; made by ``Database.unit_of_work()``.
+
+    Repositories never commit: the transaction commits when the ``with`` block
+    ends normally and rolls back when it raises. Using the unit of work after
+    its block raises ``DataLayerError``.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any]):
+        self._conn_session = _ConnectionSession(conn)
+        super().__init__(self._conn_session)
+
+    @property
+    def connection(self) -> psycopg.Connection[Any]:
+        """The transaction's connection, for SQL outside the repositories."""
+        if self._conn_session.closed:
+            raise DataLayerError("this unit of work has ended; open a new one")
+        return self._conn_session._conn
+
+    def _close(self) -> None:
+        self._conn_session.closed = True

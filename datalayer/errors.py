@@ -1,0 +1,172 @@
+"""Every error datalayer raises, and the one place SQLSTATEs become them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import psycopg_pool
+
+__all__ = [
+    "AlreadyExists",
+    "CheckViolation",
+    "ConcurrencyConflict",
+    "DataLayerError",
+    "DatabaseError",
+    "IntegrityError",
+    "InvalidInput",
+    "NotFound",
+    "NotNullViolation",
+    "QueryTimeout",
+    "ReferenceViolation",
+    "SQLLoadError",
+    "Unavailable",
+    "map_error",
+]
+
+
+class DataLayerError(Exception):
+    """Base class of every error raised by datalayer."""
+
+
+class SQLLoadError(DataLayerError):
+    """A SQL file, query header or query binding is wrong; raised at load time.
+
+    ``path`` and ``line`` point at the offending place.
+    """
+
+    def __init__(self, message: str, *, path: Path | str | None = None, line: int | None = None):
+        self.path = Path(path) if path is not None else None
+        self.line = line
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        super().__init__(f"{where}{message}")
+
+
+class NotFound(DataLayerError):
+    """A row that the caller required does not exist."""
+
+
+class InvalidInput(DataLayerError, ValueError):
+    """An argument was refused before touching the database; ``field`` names it."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class DatabaseError(DataLayerError):
+    """PostgreSQL refused a statement.
+
+    ``sqlstate``, ``constraint``, ``table`` and ``column`` come from the
+    server's diagnostics (``None`` when the server did not send them).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sqlstate: str | None = None,
+        constraint: str | None = None,
+        table: str | None = None,
+        column: str | None = None,
+    ):
+        self.sqlstate = sqlstate
+        self.constraint = constraint
+        self.table = table
+        self.column = column
+        super().__init__(message)
+
+
+class IntegrityError(DatabaseError):
+    """A constraint refused the row; nothing of the statement was written."""
+
+
+class AlreadyExists(IntegrityError):
+    """A unique constraint refused a duplicate (SQLSTATE 23505)."""
+
+
+class ReferenceViolation(IntegrityError):
+    """A foreign key refused the row (SQLSTATE 23503)."""
+
+
+class CheckViolation(IntegrityError):
+    """A CHECK constraint refused the row (SQLSTATE 23514)."""
+
+
+class NotNullViolation(IntegrityError):
+    """A NOT NULL column was given no value (SQLSTATE 23502)."""
+
+
+class ConcurrencyConflict(DatabaseError):
+    """A serialization failure (40001) or deadlock (40P01): retrying may succeed."""
+
+
+class QueryTimeout(DatabaseError):
+    """``statement_timeout`` (57014) or ``lock_timeout`` (55P03) cancelled the statement."""
+
+
+class Unavailable(DatabaseError):
+    """No usable connection: the pool timed out, or the connection was lost.
+
+    Whether a statement in flight when the connection was lost took effect is
+    unknown; a unit of work that raised this did not commit unless the loss
+    happened during COMMIT itself.
+    """
+
+
+_BY_SQLSTATE: dict[str, type[DatabaseError]] = {
+    "23505": AlreadyExists,
+    "23503": ReferenceViolation,
+    "23514": CheckViolation,
+    "23502": NotNullViolation,
+    "40001": ConcurrencyConflict,
+    "40P01": ConcurrencyConflict,
+    "57014": QueryTimeout,
+    "55P03": QueryTimeout,
+    # The server is going away: the connection is gone.
+    "57P01": Unavailable,
+    "57P02": Unavailable,
+    "57P03": Unavailable,
+}
+
+
+def map_error(exc: BaseException) -> DataLayerError:
+    """Translate a psycopg or pool exception into the datalayer error for it.
+
+    The result keeps the server's SQLSTATE and constraint name; callers raise
+    it ``from exc`` so the original stays in the traceback.
+    """
+    if isinstance(exc, DataLayerError):
+        return exc
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return Unavailable(f"no database connection available: {exc}")
+    if isinstance(exc, psycopg_pool.PoolClosed):
+        return Unavailable(f"the connection pool is closed: {exc}")
+    if not isinstance(exc, psycopg.Error):
+        return DataLayerError(str(exc))
+    diag = exc.diag
+    sqlstate = exc.sqlstate
+    cls: type[DatabaseError] = DatabaseError
+    if sqlstate is not None:
+        cls = _BY_SQLSTATE.get(sqlstate, DatabaseError)
+        if sqlstate.startswith("08"):
+            cls = Unavailable
+        elif cls is DatabaseError and sqlstate.startswith("23"):
+            cls = IntegrityError
+    elif isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        # No SQLSTATE: the client lost the server (closed socket, EOF).
+        cls = Unavailable
+    message = (diag.message_primary or str(exc)).strip()
+    if diag.constraint_name and diag.constraint_name not in message:
+        message = f"{message} (constraint {diag.constraint_name})"
+    if diag.message_detail:
+        message = f"{message}: {diag.message_detail}"
+    return cls(
+        message,
+        sqlstate=sqlstate,
+        constraint=diag.constraint_name,
+        table=diag.table_name,
+        column=diag.column_name,
+    )

@@ -1,0 +1,15 @@
+"""Typed repositories, one per aggregate; bound to ``sql/`` when this package is imported."""
+
+from .._loader import load_sql_dir
+from .._repository import Repository, bind_repositories
+from .._resources import sql_dir
+from .accounts import AccountRepository
+from .users import UserRepository
+
+__all__ = ["REPOSITORIES", "AccountRepository", "Repository", "UserRepository"]
+
+REPOSITORIES: tuple[type[Repository], ...] = (AccountRepository, UserRepository)
+
+# Fail at import, not at 3 a.m.: every declared query must exist with the
+# declared cardinality, and every query in sql/ must be used.
+bind_repositories(load_sql_dir(sql_dir()), REPOSITORIES)
