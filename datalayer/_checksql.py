@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 from psycopg import pq
+from psycopg.pq.abc import PGresult
 from pydantic import BaseModel
 
 from ._loader import Query
@@ -93,7 +94,7 @@ def _field_types(annotation: Any) -> tuple[set[type], bool]:
     return {object}, True
 
 
-def _nullable_columns(conn: psycopg.Connection[Any], res: pq.PGresult) -> dict[int, bool]:
+def _nullable_columns(conn: psycopg.Connection[Any], res: PGresult) -> dict[int, bool]:
     """For each result column that is a plain table column: whether that column is nullable."""
     pairs = [(i, res.ftable(i), res.ftablecol(i)) for i in range(res.nfields)]
     wanted = [(i, t, c) for i, t, c in pairs if t and c > 0]
@@ -109,7 +110,7 @@ def _nullable_columns(conn: psycopg.Connection[Any], res: pq.PGresult) -> dict[i
 
 
 def _compare(
-    conn: psycopg.Connection[Any], query: Query, ref: _QueryRef, res: pq.PGresult
+    conn: psycopg.Connection[Any], query: Query, ref: _QueryRef, res: PGresult
 ) -> list[str]:
     names = [(res.fname(i) or b"").decode() for i in range(res.nfields)]
     card = query.cardinality
@@ -132,7 +133,7 @@ def _compare(
     if missing:
         problems.append(f"{model.__name__} fields missing from the result: {', '.join(missing)}")
     if extra:
-        problems.append(f"result columns {model.__name__} has no field for: {', '.join(extra)}")
+        problems.append(f"result columns with no field in {model.__name__}: {', '.join(extra)}")
     nullable = _nullable_columns(conn, res)
     for i, name in enumerate(names):
         if name not in fields:

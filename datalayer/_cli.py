@@ -51,8 +51,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_check_sql(args: argparse.Namespace) -> int:
     from ._checksql import check_queries
+    from ._loader import load_sql_dir
+    from ._repository import bind_repositories
     from .repositories import REPOSITORIES
 
+    if args.sql_dir:  # check edited SQL files before they replace the shipped ones
+        bind_repositories(load_sql_dir(args.sql_dir), REPOSITORIES)
     settings = _settings(args)
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         problems = check_queries(conn, REPOSITORIES)
@@ -94,9 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="list migrations and whether each is applied").set_defaults(
         func=_cmd_status
     )
-    sub.add_parser(
+    check = sub.add_parser(
         "check-sql", help="prepare every named query against the database and check its model"
-    ).set_defaults(func=_cmd_check_sql)
+    )
+    check.add_argument("--sql-dir", help="check the SQL files of this folder instead of sql/")
+    check.set_defaults(func=_cmd_check_sql)
     sub.add_parser("demo", help="migrate and run a short tour of the library").set_defaults(
         func=_cmd_demo
     )

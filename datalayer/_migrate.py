@@ -46,6 +46,9 @@ def _yoyo_url(settings: Settings) -> str:
     user = quote(params.pop("user", ""), safe="")
     password = params.pop("password", None)
     host = params.pop("host", "")
+    if host.startswith("/"):  # a Unix socket directory travels as a query argument
+        params["host"] = host
+        host = ""
     port = params.pop("port", None)
     dbname = quote(params.pop("dbname", ""), safe="")
     auth = f"{user}:{quote(password, safe='')}@" if password else (f"{user}@" if user else "")

@@ -18,6 +18,7 @@ __all__ = [
     "NotFound",
     "NotNullViolation",
     "QueryTimeout",
+    "ReadOnlyTransaction",
     "ReferenceViolation",
     "SQLLoadError",
     "Unavailable",
@@ -107,6 +108,10 @@ class QueryTimeout(DatabaseError):
     """``statement_timeout`` (57014) or ``lock_timeout`` (55P03) cancelled the statement."""
 
 
+class ReadOnlyTransaction(DatabaseError):
+    """A write reached a read-only transaction or a hot standby (SQLSTATE 25006)."""
+
+
 class Unavailable(DatabaseError):
     """No usable connection: the pool timed out, or the connection was lost.
 
@@ -125,6 +130,7 @@ _BY_SQLSTATE: dict[str, type[DatabaseError]] = {
     "40P01": ConcurrencyConflict,
     "57014": QueryTimeout,
     "55P03": QueryTimeout,
+    "25006": ReadOnlyTransaction,
     # The server is going away: the connection is gone.
     "57P01": Unavailable,
     "57P02": Unavailable,

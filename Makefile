@@ -1,0 +1,45 @@
+# datalayer — entry points. `make help` lists them.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DL     := $(BIN)/datalayer
+
+.DEFAULT_GOAL := help
+.PHONY: help install migrate rollback status check-sql test lint demo clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/datalayer: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev,demo]"
+	@touch $@
+
+install: $(BIN)/datalayer ## create .venv and install datalayer with its dev tools
+
+migrate: install ## create the database if missing and apply migrations (DATABASE_URL)
+	$(DL) migrate
+
+rollback: install ## roll back the newest migration
+	$(DL) rollback
+
+status: install ## show which migrations are applied
+	$(DL) status
+
+check-sql: install ## prepare every named query against the migrated database
+	$(DL) check-sql
+
+test: install ## run the whole test suite (unit and integration, real PostgreSQL)
+	$(BIN)/pytest
+
+lint: install ## ruff check, ruff format --check, mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict datalayer
+
+demo: install ## migrate and run a short tour of the library
+	$(DL) demo
+
+clean: ## remove the venv and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .demo-pgdata

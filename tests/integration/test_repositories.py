@@ -1,0 +1,168 @@
+"""Accounts and users repositories against the migrated schema (rolled back per test)."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+import psycopg
+import pytest
+
+from datalayer import (
+    Account,
+    AlreadyExists,
+    CheckViolation,
+    InvalidInput,
+    NotFound,
+    ReferenceViolation,
+    UnitOfWork,
+    User,
+)
+
+
+@pytest.fixture
+def account(uow: UnitOfWork) -> Account:
+    return uow.accounts.create(name="Acme")
+
+
+def test_create_returns_the_stored_row_as_a_model(uow: UnitOfWork, account: Account) -> None:
+    assert isinstance(account, Account)
+    assert account.status == "active"
+    assert account.created_at.utcoffset() == UTC.utcoffset(None)
+    assert uow.accounts.get(account_id=account.id) == account
+
+
+def test_get_returns_none_and_require_raises_not_found_for_a_missing_row(
+    uow: UnitOfWork,
+) -> None:
+    assert uow.accounts.get(account_id=2**62) is None
+    with pytest.raises(NotFound, match="account"):
+        uow.accounts.require(account_id=2**62)
+    assert uow.users.get(account_id=2**62, user_id=1) is None
+
+
+def test_list_parameter_selects_rows_by_any_of_the_ids(uow: UnitOfWork) -> None:
+    ids = [uow.accounts.create(name=f"a{i}").id for i in range(3)]
+    found = uow.accounts.get_many(account_ids=[ids[2], ids[0], 2**62])
+    assert [a.id for a in found] == [ids[0], ids[2]]
+    assert uow.accounts.get_many(account_ids=[]) == []
+
+
+def test_email_lookup_ignores_letter_case(uow: UnitOfWork, account: Account) -> None:
+    user = uow.users.create(account_id=account.id, email="Ada.Lovelace@Acme.test")
+    assert uow.users.find_by_email(email="ada.lovelace@ACME.TEST") == user
+    assert uow.users.find_by_email(email="nobody@acme.test") is None
+
+
+def test_a_duplicate_email_in_any_case_raises_already_exists_naming_the_constraint(
+    conn: psycopg.Connection[Any], uow: UnitOfWork, account: Account
+) -> None:
+    uow.users.create(account_id=account.id, email="ada@acme.test")
+    other = uow.accounts.create(name="Other")
+    with pytest.raises(AlreadyExists) as info, conn.transaction():
+        uow.users.create(account_id=other.id, email="ADA@acme.test")
+    assert info.value.constraint == "users_email_key"
+    assert info.value.sqlstate == "23505"
+    assert "users_email_key" in str(info.value)
+    assert uow.users.count(account_id=other.id) == 0
+
+
+def test_a_user_of_a_missing_account_raises_reference_violation(
+    conn: psycopg.Connection[Any], uow: UnitOfWork
+) -> None:
+    with pytest.raises(ReferenceViolation) as info, conn.transaction():
+        uow.users.create(account_id=2**62, email="ada@acme.test")
+    assert info.value.constraint == "users_account_id_fkey"
+
+
+def test_the_database_refuses_what_validation_would_let_through(
+    conn: psycopg.Connection[Any], uow: UnitOfWork, account: Account
+) -> None:
+    # A blank name passes the length check but not the table's CHECK.
+    with pytest.raises(CheckViolation) as info, conn.transaction():
+        uow.accounts.create(name="   ")
+    assert info.value.constraint == "accounts_name_check"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"email": "no-at-sign"}, "email"),
+        ({"email": "a@b.test\x00"}, "email"),
+        ({"email": "a@b.test", "display_name": "x" * 201}, "display_name"),
+        ({"email": "a@b.test", "role": "root"}, "role"),
+        ({"email": 42}, "email"),
+    ],
+)
+def test_bad_arguments_raise_invalid_input_naming_the_field_before_any_sql(
+    uow: UnitOfWork, account: Account, kwargs: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        uow.users.create(account_id=account.id, **kwargs)
+    assert info.value.field == field
+    assert uow.users.count(account_id=account.id) == 0
+
+
+def test_ids_must_be_positive_integers(uow: UnitOfWork) -> None:
+    with pytest.raises(InvalidInput) as info:
+        uow.accounts.get(account_id=0)
+    assert info.value.field == "account_id"
+    with pytest.raises(InvalidInput):
+        uow.accounts.get(account_id="1")  # type: ignore[arg-type]
+
+
+def test_strings_that_look_like_sql_are_stored_verbatim(uow: UnitOfWork, account: Account) -> None:
+    name = "Robert'); DROP TABLE users; -- :id %s %(x)s $1"
+    user = uow.users.create(account_id=account.id, email="bobby@acme.test", display_name=name)
+    assert uow.users.require(account_id=account.id, user_id=user.id).display_name == name
+
+
+def test_search_treats_like_wildcards_in_the_term_literally(
+    uow: UnitOfWork, account: Account
+) -> None:
+    uow.users.create(account_id=account.id, email="a@acme.test", display_name="50% off")
+    uow.users.create(account_id=account.id, email="b@acme.test", display_name="500 off")
+    uow.users.create(account_id=account.id, email="c_d@acme.test", display_name="plain")
+    assert [u.display_name for u in uow.users.search(account_id=account.id, term="0%")] == [
+        "50% off"
+    ]
+    assert [u.email for u in uow.users.search(account_id=account.id, term="c_d")] == [
+        "c_d@acme.test"
+    ]
+
+
+def test_keyset_pages_cover_every_user_once_in_id_order(uow: UnitOfWork, account: Account) -> None:
+    created = [
+        uow.users.create(account_id=account.id, email=f"u{i}@acme.test").id for i in range(7)
+    ]
+    seen: list[int] = []
+    after = 0
+    while page := uow.users.page(account_id=account.id, after_id=after, limit=3):
+        assert len(page) <= 3
+        seen += [u.id for u in page]
+        after = page[-1].id
+    assert seen == created
+    assert uow.users.count(account_id=account.id) == 7
+
+
+def test_tenant_scoped_reads_never_return_another_accounts_users(
+    uow: UnitOfWork, account: Account
+) -> None:
+    other = uow.accounts.create(name="Other")
+    mine = uow.users.create(account_id=account.id, email="mine@acme.test")
+    uow.users.create(account_id=other.id, email="theirs@other.test")
+    assert uow.users.get(account_id=other.id, user_id=mine.id) is None
+    assert [u.id for u in uow.users.page(account_id=account.id)] == [mine.id]
+    assert uow.users.search(account_id=account.id, term="theirs") == []
+
+
+def test_rename_returns_the_updated_user_or_raises_not_found(
+    uow: UnitOfWork, account: Account
+) -> None:
+    user = uow.users.create(account_id=account.id, email="ada@acme.test")
+    renamed = uow.users.rename(account_id=account.id, user_id=user.id, display_name="Ada")
+    assert isinstance(renamed, User)
+    assert renamed.display_name == "Ada"
+    assert renamed.updated_at >= user.updated_at
+    with pytest.raises(NotFound):
+        uow.users.rename(account_id=account.id, user_id=2**62, display_name="x")
