@@ -1,0 +1,64 @@
+"""The datalayer command: migrate, status, rollback, demo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from conftest import pg_url
+from psycopg import sql
+
+
+def run(*args: str, url: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "datalayer._cli", "--database-url", url, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+    )
+
+
+@pytest.fixture
+def new_url() -> Iterator[str]:
+    name = f"dl_cli_{uuid.uuid4().hex[:12]}"
+    yield pg_url(name)
+    with psycopg.connect(pg_url("postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def test_migrate_status_rollback_round_trip(new_url: str) -> None:
+    first = run("migrate", url=new_url)
+    assert first.returncode == 0, first.stderr
+    assert "applied 0001_accounts_users" in first.stdout
+    assert "applied  0001_accounts_users" in run("status", url=new_url).stdout
+    back = run("rollback", "--all", url=new_url)
+    assert "rolled back 0001_accounts_users" in back.stdout
+    assert "pending  0001_accounts_users" in run("status", url=new_url).stdout
+
+
+def test_an_unreachable_database_exits_non_zero_with_a_clear_message() -> None:
+    result = run("migrate", url="postgresql://postgres:hunter2-pw@127.0.0.1:1/x", timeout=60)
+    assert result.returncode == 2
+    assert "datalayer migrate:" in result.stderr
+    assert "hunter2-pw" not in result.stderr + result.stdout
+
+
+def test_the_demo_tours_the_library_and_exits_zero(new_url: str) -> None:
+    result = run("demo", url=new_url, timeout=180)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "applied: 0001_accounts_users" in out
+    assert "AlreadyExists, constraint='users_email_key'" in out
+    assert "InvalidInput, field='email'" in out
+    assert "after rollback: None" in out
+    assert "search(term='0%') -> ['00% off', '10% off', '20% off']" in out
+    assert "repository get:" in out
+    assert "demo finished" in out

@@ -1,0 +1,86 @@
+"""Settings come from arguments or the environment; passwords never leak."""
+
+from __future__ import annotations
+
+import pytest
+
+from datalayer import Database, InvalidInput, Settings
+from datalayer._settings import DEFAULT_DATABASE_URL, redact
+
+
+def test_defaults_point_at_a_local_postgresql() -> None:
+    settings = Settings.from_env({})
+    assert settings.database_url == DEFAULT_DATABASE_URL
+    assert settings.redis_url is None
+    assert settings.pool_timeout > 0
+    assert settings.prepare_threshold == 5
+
+
+def test_environment_variables_are_read_and_converted() -> None:
+    env = {
+        "DATABASE_URL": "postgresql://app@db:6432/prod",
+        "REDIS_URL": "redis://cache:6379/1",
+        "DATALAYER_POOL_MAX_SIZE": "20",
+        "DATALAYER_POOL_TIMEOUT": "2.5",
+        "DATALAYER_PREPARE_THRESHOLD": "none",
+    }
+    settings = Settings.from_env(env)
+    assert settings.database_url == "postgresql://app@db:6432/prod"
+    assert settings.redis_url == "redis://cache:6379/1"
+    assert settings.pool_max_size == 20
+    assert settings.pool_timeout == 2.5
+    assert settings.prepare_threshold is None
+
+
+def test_arguments_override_the_environment() -> None:
+    settings = Settings.from_env({"DATALAYER_POOL_MAX_SIZE": "20"}, pool_max_size=3)
+    assert settings.pool_max_size == 3
+
+
+@pytest.mark.parametrize(
+    ("env", "field"),
+    [
+        ({"DATALAYER_POOL_MAX_SIZE": "many"}, "DATALAYER_POOL_MAX_SIZE"),
+        ({"DATALAYER_POOL_TIMEOUT": "-1"}, "DATALAYER_POOL_TIMEOUT"),
+        (
+            {"DATALAYER_POOL_MIN_SIZE": "8", "DATALAYER_POOL_MAX_SIZE": "4"},
+            "DATALAYER_POOL_MAX_SIZE",
+        ),
+    ],
+)
+def test_a_malformed_variable_raises_invalid_input_naming_it(
+    env: dict[str, str], field: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        Settings.from_env(env)
+    assert info.value.field == field
+
+
+def test_unknown_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="pool_size"):
+        Settings(pool_size=3)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:s3cret-pw@db.internal:5432/prod",
+        "postgresql://app:s3cret-pw@db.internal/prod?sslmode=require",
+        "host=db.internal user=app password=s3cret-pw dbname=prod",
+    ],
+)
+def test_the_password_never_appears_in_repr_str_or_the_safe_url(url: str) -> None:
+    settings = Settings(database_url=url, redis_url="redis://:s3cret-pw@cache:6379/0")
+    for text in (
+        repr(settings),
+        str(settings),
+        settings.safe_database_url,
+        repr(Database(settings)),
+    ):
+        assert "s3cret-pw" not in text
+        assert "***" in text
+        assert "db.internal" in text
+
+
+def test_redact_leaves_a_url_without_password_unchanged() -> None:
+    assert redact("postgresql://app@db/prod") == "postgresql://app@db/prod"
