@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -33,17 +33,19 @@ _ENV = {
 }
 
 
+_URL_USERINFO_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:@/?#]*):[^@/?#]*@", re.IGNORECASE)
+_URL_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """Return ``url`` (a URL or a key=value conninfo) with any password replaced by ``***``."""
+    """Return ``url`` (a URL or a key=value conninfo) with any password replaced by ``***``.
+
+    Covers ``user:password@`` and a ``?password=`` query argument in URLs (also
+    multi-host ones) and ``password=`` in conninfo strings; never raises.
+    """
     if "://" in url:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        netloc = f"{parts.username or ''}:***@{host}"
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        url = _URL_USERINFO_PASSWORD.sub(r"\1:***@", url)
+        return _URL_QUERY_PASSWORD.sub(r"\1***", url)
     try:
         params = conninfo_to_dict(url)
     except Exception:
