@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, LiteralString, cast, get_args
 
-from ._sqlparse import LexError, lex
+from ._sqlparse import LexError, has_code, lex
 from .errors import SQLLoadError
 
 __all__ = ["Cardinality", "Query", "load_file", "load_sql_dir", "parse_sql"]
@@ -17,7 +17,9 @@ Cardinality = Literal["one", "many", "exec", "execrows", "scalar"]
 _CARDINALITIES: frozenset[str] = frozenset(get_args(Cardinality))
 
 # Any comment line that tries to be a header; it must then match _HEADER exactly.
-_HEADER_LIKE = re.compile(r"^\s*--\s*name\s*:", re.IGNORECASE)
+# "-- name: …", or "-- name get_x :one" with its colon forgotten; a doc line such
+# as "-- name of the account" is neither.
+_HEADER_LIKE = re.compile(r"^\s*--\s*name\b\s*(?::|\S+\s+:\w+\s*$)", re.IGNORECASE)
 _HEADER = re.compile(r"^--\s?name:\s+(?P<name>\S+)\s+:(?P<card>\S+)\s*$")
 _NAME = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)+$")
 
@@ -62,7 +64,9 @@ def parse_sql(text: str, path: Path | str) -> list[Query]:
     refuses, or a name used twice in the file.
     """
     path = Path(path)
-    lines = text.splitlines()
+    # Only \n ends a line: str.splitlines() would also split on form feeds and
+    # other separators that may sit inside a string literal.
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
     queries: list[Query] = []
     seen: dict[str, int] = {}
     header: tuple[str, Cardinality, int] | None = None
@@ -81,7 +85,7 @@ def parse_sql(text: str, path: Path | str) -> list[Query]:
         except LexError as exc:
             offset_line = body_start + body_text[: exc.offset].count("\n")
             raise SQLLoadError(f"query {name}: {exc}", path=path, line=offset_line) from None
-        if not lexed.positional_sql.strip() or not _has_sql(body):
+        if not has_code(lexed.positional_sql):
             raise SQLLoadError(f"query {name} has no SQL under its header", path=path, line=line)
         # The only place SQL text becomes a LiteralString: it comes from the
         # project's own SQL files, never from user input.
@@ -148,10 +152,6 @@ def parse_sql(text: str, path: Path | str) -> list[Query]:
             body.append(raw)
     finish()
     return queries
-
-
-def _has_sql(body: list[str]) -> bool:
-    return any(line.strip() and not line.strip().startswith("--") for line in body)
 
 
 def load_file(path: Path) -> list[Query]:

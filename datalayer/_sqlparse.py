@@ -19,11 +19,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["LexError", "Lexed", "lex"]
+__all__ = ["LexError", "Lexed", "has_code", "lex"]
 
 _IDENT_START = re.compile(r"[A-Za-z_]")
 _PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$")
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
 _POSITIONAL = re.compile(r"\$[0-9]+")
 
 
@@ -120,7 +120,11 @@ def lex(body: str) -> Lexed:
                 i += 1
         elif ch == ";":
             rest = body[i + 1 :]
-            if _has_code(rest):
+            try:
+                more = has_code(rest)
+            except LexError as exc:
+                raise LexError(str(exc), i + 1 + exc.offset) from None
+            if more:
                 raise LexError("more than one statement; a named query holds exactly one", i)
             copy(rest)
             i = n
@@ -170,7 +174,7 @@ def _quoted_end(body: str, start: int, quote: str, backslashes: bool) -> int:
     raise LexError(f"unterminated {what}", start)
 
 
-def _has_code(text: str) -> bool:
+def has_code(text: str) -> bool:
     """True when ``text`` holds anything but whitespace and comments."""
     i = 0
     n = len(text)
