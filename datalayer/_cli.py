@@ -70,6 +70,47 @@ def _cmd_check_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_partitions(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from ._partitions import ensure_partitions, list_partitions
+
+    settings = _settings(args)
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        if args.action == "ensure":
+            start = None
+            if args.start:
+                start = datetime.strptime(args.start, "%Y-%m").replace(tzinfo=UTC)
+            created = ensure_partitions(conn, ahead=args.ahead, start=start)
+            for name in created:
+                print(f"created {name}")
+            print(f"{len(created)} partition(s) created")
+            return 0
+        print(f"{'partition':<28} {'from':<10} {'to':<10} {'est. rows':>12} {'size':>10}")
+        for part in list_partitions(conn):
+            start_s = f"{part.start:%Y-%m-%d}" if part.start else "?"
+            end_s = f"{part.end:%Y-%m-%d}" if part.end else "?"
+            rows = "-" if part.estimated_rows is None else f"{part.estimated_rows:,}"
+            print(
+                f"{part.name:<28} {start_s:<10} {end_s:<10} {rows:>12} "
+                f"{part.size_bytes / 1024 / 1024:>8.1f}MB"
+            )
+    return 0
+
+
+def _cmd_rollups(args: argparse.Namespace) -> int:
+    from ._database import Database
+    from ._rollups import refresh_rollups
+
+    with Database(_settings(args)) as db:
+        result = refresh_rollups(db, batch_size=args.batch_size)
+    print(
+        f"rollups refreshed: {result.usage_days} usage day bucket(s), "
+        f"{result.analytics_days} analytics account-day(s), {result.batches} batch(es)"
+    )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -103,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--sql-dir", help="check the SQL files of this folder instead of sql/")
     check.set_defaults(func=_cmd_check_sql)
+    partitions = sub.add_parser("partitions", help="create or list event table partitions")
+    partitions.add_argument("action", choices=["ensure", "list"])
+    partitions.add_argument(
+        "--ahead", type=int, default=3, help="months ahead of the current one (default 3)"
+    )
+    partitions.add_argument(
+        "--from", dest="start", metavar="YYYY-MM", help="first month (default: last month)"
+    )
+    partitions.set_defaults(func=_cmd_partitions)
+    rollups = sub.add_parser("rollups", help="recompute usage and analytics rollups")
+    rollups.add_argument("action", choices=["refresh"])
+    rollups.add_argument("--batch-size", type=int, default=5000, help="queue rows per transaction")
+    rollups.set_defaults(func=_cmd_rollups)
     sub.add_parser("demo", help="migrate and run a short tour of the library").set_defaults(
         func=_cmd_demo
     )

@@ -15,6 +15,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from yoyo import get_backend, read_migrations
 
+from ._partitions import PARTITIONED_TABLES, ensure_partitions
 from ._resources import migrations_dir
 from ._settings import Settings
 from .errors import DataLayerError, map_error
@@ -107,14 +108,20 @@ def _backend_and_migrations(settings: Settings, directory: Path | None) -> tuple
 
 
 def migrate(
-    settings: Settings, *, directory: Path | None = None, lock_timeout_s: float = 300.0
+    settings: Settings,
+    *,
+    directory: Path | None = None,
+    lock_timeout_s: float = 300.0,
+    ensure_ahead: int | None = 3,
 ) -> list[str]:
-    """Create the database if missing and apply every pending migration, in order.
+    """Create the database if missing, apply every pending migration, then ensure partitions.
 
     Returns the ids applied (empty when up to date). Concurrent callers
     serialise on an advisory lock; the second finds nothing left to do.
     Each migration runs in its own transaction unless it says
     ``-- transactional: false``; a failing one is rolled back and raised.
+    Afterwards the event tables get partitions from last month through
+    ``ensure_ahead`` months ahead (``None`` skips this step).
     """
     ensure_database(settings)
     with _locked(settings, lock_timeout_s):
@@ -125,9 +132,21 @@ def migrate(
         finally:
             backend.connection.close()
     applied = [m.id for m in pending]
+    if ensure_ahead is not None:
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            if _has_partitioned_tables(conn):
+                ensure_partitions(conn, ahead=ensure_ahead)
     for migration_id in applied:
         log.info("applied migration %s", migration_id)
     return applied
+
+
+def _has_partitioned_tables(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT count(*) = %s FROM pg_class WHERE relname = ANY(%s) AND relkind = 'p'",
+        (len(PARTITIONED_TABLES), list(PARTITIONED_TABLES)),
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def rollback(

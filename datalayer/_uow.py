@@ -10,7 +10,7 @@ import psycopg
 
 from ._repository import Session
 from .errors import DataLayerError
-from .repositories import AccountRepository, UserRepository
+from .repositories import AccountRepository, RollupRepository, UsageRepository, UserRepository
 
 __all__ = ["Repositories", "UnitOfWork"]
 
@@ -30,6 +30,16 @@ class Repositories:
     def users(self) -> UserRepository:
         """Users (``sql/users.sql``)."""
         return UserRepository(self._session)
+
+    @cached_property
+    def rollups(self) -> RollupRepository:
+        """Rollup maintenance (``sql/rollups.sql``)."""
+        return RollupRepository(self._session)
+
+    @cached_property
+    def usage(self) -> UsageRepository:
+        """Usage events (``sql/usage.sql``)."""
+        return UsageRepository(self._session)
 
 
 class _ConnectionSession:

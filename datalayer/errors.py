@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import psycopg
@@ -17,6 +18,7 @@ __all__ = [
     "InvalidInput",
     "NotFound",
     "NotNullViolation",
+    "PartitionMissing",
     "QueryTimeout",
     "ReadOnlyTransaction",
     "ReferenceViolation",
@@ -100,6 +102,15 @@ class NotNullViolation(IntegrityError):
     """A NOT NULL column was given no value (SQLSTATE 23502)."""
 
 
+class PartitionMissing(IntegrityError):
+    """An event's time falls in a month without a partition; ``month`` is ``YYYY-MM``.
+
+    Run ``datalayer partitions ensure`` (``migrate`` does) to create partitions ahead.
+    """
+
+    month: str | None = None
+
+
 class ConcurrencyConflict(DatabaseError):
     """A serialization failure (40001) or deadlock (40P01): retrying may succeed."""
 
@@ -165,6 +176,8 @@ def map_error(exc: BaseException) -> DataLayerError:
         # No SQLSTATE: the client lost the server (closed socket, EOF).
         cls = Unavailable
     message = (diag.message_primary or str(exc)).strip()
+    if sqlstate == "23514" and message.startswith("no partition of relation"):
+        return _partition_missing(message, diag.message_detail, diag.table_name)
     if diag.constraint_name and diag.constraint_name not in message:
         message = f"{message} (constraint {diag.constraint_name})"
     if diag.message_detail:
@@ -176,3 +189,21 @@ def map_error(exc: BaseException) -> DataLayerError:
         table=diag.table_name,
         column=diag.column_name,
     )
+
+
+_PARTITION_KEY = re.compile(r"\(([^)]*)\) = \((\d{4})-(\d{2})")
+
+
+def _partition_missing(message: str, detail: str | None, table: str | None) -> PartitionMissing:
+    match = _PARTITION_KEY.search(detail or "")
+    month = f"{match.group(2)}-{match.group(3)}" if match else None
+    if match:
+        message = f"no partition of {table or 'the table'} for {match.group(1)} in {month}"
+    error = PartitionMissing(
+        f"{message}; run `datalayer partitions ensure` to create partitions ahead "
+        "(events outside the accepted window are refused)",
+        sqlstate="23514",
+        table=table,
+    )
+    error.month = month
+    return error

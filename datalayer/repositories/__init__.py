@@ -4,11 +4,25 @@ from .._loader import load_sql_dir
 from .._repository import Repository, bind_repositories
 from .._resources import sql_dir
 from .accounts import AccountRepository
+from .rollups import RollupRepository
+from .usage import UsageRepository
 from .users import UserRepository
 
-__all__ = ["REPOSITORIES", "AccountRepository", "Repository", "UserRepository"]
+__all__ = [
+    "REPOSITORIES",
+    "AccountRepository",
+    "Repository",
+    "RollupRepository",
+    "UsageRepository",
+    "UserRepository",
+]
 
-REPOSITORIES: tuple[type[Repository], ...] = (AccountRepository, UserRepository)
+REPOSITORIES: tuple[type[Repository], ...] = (
+    AccountRepository,
+    UserRepository,
+    RollupRepository,
+    UsageRepository,
+)
 
 # Fail at import, not at 3 a.m.: every declared query must exist with the
 # declared cardinality, and every query in sql/ must be used.

@@ -1,0 +1,105 @@
+-- depends: 0001_accounts_users
+-- Meters and versioned plans: shared reference tables (no account_id), read by every tenant.
+--
+-- A plan is a price book identified by (code, version). A published version is
+-- never edited: plans_published_immutable refuses any change to it except
+-- archiving, and plan_meters of a non-draft plan cannot change at all.
+
+CREATE TABLE meters (
+    code         text PRIMARY KEY CONSTRAINT meters_code_check CHECK (code ~ '^[a-z][a-z0-9_]{0,62}$'),
+    name         text NOT NULL CONSTRAINT meters_name_check CHECK (length(name) BETWEEN 1 AND 200),
+    unit         text NOT NULL CONSTRAINT meters_unit_check CHECK (length(unit) BETWEEN 1 AND 50),
+    aggregation  text NOT NULL CONSTRAINT meters_aggregation_check
+                     CHECK (aggregation IN ('sum', 'count', 'max')),
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE plans (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    code              text NOT NULL CONSTRAINT plans_code_check CHECK (code ~ '^[a-z][a-z0-9_-]{0,62}$'),
+    version           integer NOT NULL CONSTRAINT plans_version_check CHECK (version >= 1),
+    name              text NOT NULL CONSTRAINT plans_name_check CHECK (length(name) BETWEEN 1 AND 200),
+    status            text NOT NULL DEFAULT 'draft' CONSTRAINT plans_status_check
+                          CHECK (status IN ('draft', 'published', 'archived')),
+    billing_interval  text NOT NULL CONSTRAINT plans_billing_interval_check
+                          CHECK (billing_interval IN ('day', 'week', 'month', 'year')),
+    interval_count    integer NOT NULL DEFAULT 1 CONSTRAINT plans_interval_count_check
+                          CHECK (interval_count BETWEEN 1 AND 365),
+    base_price_minor  bigint NOT NULL CONSTRAINT plans_base_price_check CHECK (base_price_minor >= 0),
+    currency          char(3) NOT NULL CONSTRAINT plans_currency_check CHECK (currency ~ '^[A-Z]{3}$'),
+    trial_days        integer NOT NULL DEFAULT 0 CONSTRAINT plans_trial_days_check
+                          CHECK (trial_days BETWEEN 0 AND 365),
+    is_public         boolean NOT NULL DEFAULT true,
+    published_at      timestamptz,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT plans_code_version_key UNIQUE (code, version),
+    CONSTRAINT plans_published_at_check CHECK ((status = 'draft') = (published_at IS NULL))
+);
+
+-- "The current published version of a code" and "public plans" read this.
+CREATE INDEX plans_published_idx ON plans (code, version DESC) WHERE status = 'published';
+
+-- Included quota and overage price of one meter in one plan version.
+CREATE TABLE plan_meters (
+    plan_id                   bigint NOT NULL REFERENCES plans (id),
+    meter_code                text NOT NULL REFERENCES meters (code),
+    included_quantity         numeric(20, 6) NOT NULL DEFAULT 0
+                                  CONSTRAINT plan_meters_included_check CHECK (included_quantity >= 0),
+    limit_kind                text NOT NULL DEFAULT 'soft' CONSTRAINT plan_meters_limit_kind_check
+                                  CHECK (limit_kind IN ('hard', 'soft', 'none')),
+    -- Price of one unit above the included quantity, in minor units; fractions
+    -- allowed (0.05 cents per API call), rounded once per invoice line.
+    overage_unit_price_minor  numeric(20, 6) NOT NULL DEFAULT 0
+                                  CONSTRAINT plan_meters_overage_price_check
+                                  CHECK (overage_unit_price_minor >= 0),
+    CONSTRAINT plan_meters_pkey PRIMARY KEY (plan_id, meter_code)
+);
+
+CREATE INDEX plan_meters_meter_code_idx ON plan_meters (meter_code);
+
+CREATE FUNCTION plans_guard_published() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.status = 'draft' THEN
+        RETURN NEW;
+    END IF;
+    -- Archiving a published version is the only change allowed after publishing.
+    IF OLD.status = 'published' AND NEW.status = 'archived'
+       AND (NEW.code, NEW.version, NEW.name, NEW.billing_interval, NEW.interval_count,
+            NEW.base_price_minor, NEW.currency, NEW.trial_days, NEW.is_public, NEW.published_at)
+           IS NOT DISTINCT FROM
+           (OLD.code, OLD.version, OLD.name, OLD.billing_interval, OLD.interval_count,
+            OLD.base_price_minor, OLD.currency, OLD.trial_days, OLD.is_public, OLD.published_at)
+    THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'plan % version % is %: published versions are immutable',
+        OLD.code, OLD.version, OLD.status
+        USING ERRCODE = 'check_violation', CONSTRAINT = 'plans_published_immutable',
+              TABLE = 'plans';
+END
+$$;
+
+CREATE TRIGGER plans_published_immutable
+    BEFORE UPDATE OR DELETE ON plans
+    FOR EACH ROW EXECUTE FUNCTION plans_guard_published();
+
+CREATE FUNCTION plan_meters_guard_published() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    plan_status text;
+BEGIN
+    SELECT status INTO plan_status FROM plans
+    WHERE id = COALESCE(NEW.plan_id, OLD.plan_id) FOR SHARE;
+    IF plan_status IS DISTINCT FROM 'draft' THEN
+        RAISE EXCEPTION 'plan % is %: its meters cannot change', COALESCE(NEW.plan_id, OLD.plan_id), plan_status
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'plans_published_immutable',
+                  TABLE = 'plan_meters';
+    END IF;
+    RETURN COALESCE(NEW, OLD);
+END
+$$;
+
+CREATE TRIGGER plan_meters_published_immutable
+    BEFORE INSERT OR UPDATE OR DELETE ON plan_meters
+    FOR EACH ROW EXECUTE FUNCTION plan_meters_guard_published();

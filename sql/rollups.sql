@@ -1,0 +1,148 @@
+-- Rollups: draining the queues that usage and analytics inserts fill, and
+-- recomputing the affected buckets from the raw events. Every refresh batch
+-- runs in one transaction holding lock_rollups, so two refreshers never
+-- interleave their hour and day writes.
+
+-- name: lock_rollups :exec
+-- Serialise rollup refreshers for the rest of the transaction.
+SELECT pg_advisory_xact_lock(hashtext('datalayer.rollups'));
+
+-- name: refresh_usage_hours :many
+-- Claim up to :batch_size queued hour buckets, recompute each from the raw
+-- events of that hour (one partition), upsert non-empty buckets and delete
+-- empty ones. Returns the distinct days touched, for refresh_usage_days.
+WITH claimed AS (
+    DELETE FROM usage_rollup_queue
+    WHERE id IN (
+        SELECT id FROM usage_rollup_queue ORDER BY id LIMIT :batch_size FOR UPDATE SKIP LOCKED
+    )
+    RETURNING account_id, meter_code, hour_start
+), buckets AS (
+    SELECT DISTINCT account_id, meter_code, hour_start FROM claimed
+), fresh AS (
+    SELECT b.account_id, b.meter_code, b.hour_start,
+           count(e.id) AS event_count,
+           coalesce(sum(e.quantity), 0) AS quantity_sum,
+           coalesce(max(e.quantity), 0) AS quantity_max
+    FROM buckets b
+    LEFT JOIN usage_events e
+      ON e.account_id = b.account_id
+     AND e.meter_code = b.meter_code
+     AND e.occurred_at >= b.hour_start
+     AND e.occurred_at < b.hour_start + interval '1 hour'
+    GROUP BY b.account_id, b.meter_code, b.hour_start
+), emptied AS (
+    DELETE FROM usage_rollups r
+    USING fresh f
+    WHERE f.event_count = 0
+      AND r.account_id = f.account_id AND r.meter_code = f.meter_code
+      AND r.granularity = 'hour' AND r.bucket_start = f.hour_start
+), upserted AS (
+    INSERT INTO usage_rollups
+        (account_id, meter_code, granularity, bucket_start, event_count, quantity_sum, quantity_max)
+    SELECT account_id, meter_code, 'hour', hour_start, event_count, quantity_sum, quantity_max
+    FROM fresh
+    WHERE event_count > 0
+    ON CONFLICT (account_id, meter_code, granularity, bucket_start) DO UPDATE
+    SET event_count = EXCLUDED.event_count,
+        quantity_sum = EXCLUDED.quantity_sum,
+        quantity_max = EXCLUDED.quantity_max,
+        refreshed_at = now()
+)
+SELECT DISTINCT account_id, meter_code, date_trunc('day', hour_start, 'UTC') AS day_start
+FROM buckets;
+
+-- name: refresh_usage_days :execrows
+-- Recompute the day buckets listed in the parallel arrays from their hour buckets.
+WITH days AS (
+    SELECT * FROM unnest(:account_ids::bigint[], :meter_codes::text[], :day_starts::timestamptz[])
+        AS d(account_id, meter_code, day_start)
+), fresh AS (
+    SELECT d.account_id, d.meter_code, d.day_start,
+           coalesce(sum(r.event_count), 0) AS event_count,
+           coalesce(sum(r.quantity_sum), 0) AS quantity_sum,
+           coalesce(max(r.quantity_max), 0) AS quantity_max
+    FROM days d
+    LEFT JOIN usage_rollups r
+      ON r.account_id = d.account_id
+     AND r.meter_code = d.meter_code
+     AND r.granularity = 'hour'
+     AND r.bucket_start >= d.day_start
+     AND r.bucket_start < d.day_start + interval '1 day'
+    GROUP BY d.account_id, d.meter_code, d.day_start
+), emptied AS (
+    DELETE FROM usage_rollups r
+    USING fresh f
+    WHERE f.event_count = 0
+      AND r.account_id = f.account_id AND r.meter_code = f.meter_code
+      AND r.granularity = 'day' AND r.bucket_start = f.day_start
+)
+INSERT INTO usage_rollups
+    (account_id, meter_code, granularity, bucket_start, event_count, quantity_sum, quantity_max)
+SELECT account_id, meter_code, 'day', day_start, event_count, quantity_sum, quantity_max
+FROM fresh
+WHERE event_count > 0
+ON CONFLICT (account_id, meter_code, granularity, bucket_start) DO UPDATE
+SET event_count = EXCLUDED.event_count,
+    quantity_sum = EXCLUDED.quantity_sum,
+    quantity_max = EXCLUDED.quantity_max,
+    refreshed_at = now();
+
+-- name: claim_analytics_days :many
+-- Claim up to :batch_size queued account-days; returns each distinct one once.
+WITH claimed AS (
+    DELETE FROM analytics_rollup_queue
+    WHERE id IN (
+        SELECT id FROM analytics_rollup_queue ORDER BY id LIMIT :batch_size FOR UPDATE SKIP LOCKED
+    )
+    RETURNING account_id, day
+)
+SELECT DISTINCT account_id, day FROM claimed;
+
+-- name: delete_analytics_rollups :execrows
+-- Remove the daily rollups and active users of the listed account-days.
+WITH days AS (
+    SELECT * FROM unnest(:account_ids::bigint[], :days::date[]) AS d(account_id, day)
+), users_gone AS (
+    DELETE FROM analytics_daily_users u USING days d
+    WHERE u.account_id = d.account_id AND u.day = d.day
+)
+DELETE FROM analytics_daily_rollups r USING days d
+WHERE r.account_id = d.account_id AND r.day = d.day;
+
+-- name: insert_analytics_rollups :execrows
+-- Aggregate the raw events of the listed account-days (each day scans only its
+-- own partition): counts, distinct users, latency percentiles.
+WITH days AS (
+    SELECT * FROM unnest(:account_ids::bigint[], :days::date[]) AS d(account_id, day)
+)
+INSERT INTO analytics_daily_rollups
+    (account_id, day, category, name, event_count, user_count,
+     duration_p50, duration_p95, duration_p99, duration_max)
+SELECT e.account_id, d.day, e.category, e.name,
+       count(*),
+       count(DISTINCT e.user_id),
+       percentile_cont(0.50) WITHIN GROUP (ORDER BY e.duration_ms),
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY e.duration_ms),
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY e.duration_ms),
+       max(e.duration_ms)
+FROM days d
+JOIN analytics_events e
+  ON e.account_id = d.account_id
+ AND e.occurred_at >= d.day::timestamp AT TIME ZONE 'UTC'
+ AND e.occurred_at < (d.day + 1)::timestamp AT TIME ZONE 'UTC'
+GROUP BY e.account_id, d.day, e.category, e.name;
+
+-- name: insert_analytics_daily_users :execrows
+-- The distinct users active on each listed account-day.
+WITH days AS (
+    SELECT * FROM unnest(:account_ids::bigint[], :days::date[]) AS d(account_id, day)
+)
+INSERT INTO analytics_daily_users (account_id, day, user_id)
+SELECT DISTINCT e.account_id, d.day, e.user_id
+FROM days d
+JOIN analytics_events e
+  ON e.account_id = d.account_id
+ AND e.occurred_at >= d.day::timestamp AT TIME ZONE 'UTC'
+ AND e.occurred_at < (d.day + 1)::timestamp AT TIME ZONE 'UTC'
+WHERE e.user_id IS NOT NULL;
