@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DL     := $(BIN)/datalayer
 
 .DEFAULT_GOAL := help
-.PHONY: help install migrate rollback status check-sql test lint demo clean
+.PHONY: help install migrate rollback status check-sql seed partitions test lint demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,13 +30,20 @@ status: install ## show which migrations are applied
 check-sql: install ## prepare every named query against the migrated database
 	$(DL) check-sql
 
+seed: migrate ## load the default data set (1,000 accounts, 1M usage events; --reset)
+	$(DL) seed --reset
+
+partitions: install ## list event table partitions with their ranges, rows and sizes
+	$(DL) partitions list
+
 test: install ## run the whole test suite (unit and integration, real PostgreSQL)
 	$(BIN)/pytest
 
-lint: install ## ruff check, ruff format --check, mypy --strict
+lint: install ## ruff check, ruff format --check, mypy --strict, squawk on migrations
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict datalayer
+	$(BIN)/squawk --assume-in-transaction migrations/*.sql
 
 demo: install ## migrate and run a short tour of the library
 	$(DL) demo

@@ -111,6 +111,29 @@ def _cmd_rollups(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_seed(args: argparse.Namespace) -> int:
+    import time
+
+    from ._seed import seed_database
+
+    settings = _settings(args)
+    started = time.monotonic()
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        result = seed_database(
+            conn,
+            accounts=args.accounts,
+            events=args.events,
+            analytics=args.analytics,
+            seed=args.seed,
+            reset=args.reset,
+        )
+    for table, count in result.counts.items():
+        print(f"{table:<22} {count:>10,}")
+    steps = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result.timings.items())
+    print(f"seeded in {time.monotonic() - started:.1f}s ({steps})")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -157,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     rollups.add_argument("action", choices=["refresh"])
     rollups.add_argument("--batch-size", type=int, default=5000, help="queue rows per transaction")
     rollups.set_defaults(func=_cmd_rollups)
+    seed = sub.add_parser("seed", help="load a deterministic, realistic data set")
+    seed.add_argument("--accounts", type=int, default=1000)
+    seed.add_argument("--events", type=int, default=1_000_000, help="usage events")
+    seed.add_argument("--analytics", type=int, default=200_000, help="analytics events")
+    seed.add_argument("--seed", type=int, default=42, help="random seed (same seed, same data)")
+    seed.add_argument("--reset", action="store_true", help="empty every table first")
+    seed.set_defaults(func=_cmd_seed)
     sub.add_parser("demo", help="migrate and run a short tour of the library").set_defaults(
         func=_cmd_demo
     )

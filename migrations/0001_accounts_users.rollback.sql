@@ -1,2 +1,7 @@
+-- Rolling back means dropping what the migration created.
+-- squawk-ignore-file ban-drop-table, ban-drop-function
+SET LOCAL lock_timeout = '10s';
+SET LOCAL statement_timeout = '10min';
+
 DROP TABLE users;
 DROP TABLE accounts;

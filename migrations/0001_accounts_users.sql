@@ -5,6 +5,10 @@
 -- The one global lookup is login by email: users_email_key is unique across
 -- accounts on lower(email), a documented exception to the rule.
 
+-- A migration never waits long behind application locks, nor runs unbounded.
+SET LOCAL lock_timeout = '10s';
+SET LOCAL statement_timeout = '10min';
+
 CREATE TABLE accounts (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name        text NOT NULL CONSTRAINT accounts_name_check

@@ -1,3 +1,8 @@
+-- Rolling back means dropping what the migration created.
+-- squawk-ignore-file ban-drop-table, ban-drop-function
+SET LOCAL lock_timeout = '10s';
+SET LOCAL statement_timeout = '10min';
+
 DROP TABLE plan_meters;
 DROP FUNCTION plan_meters_guard_published();
 DROP TABLE plans;

@@ -5,6 +5,10 @@
 -- never edited: plans_published_immutable refuses any change to it except
 -- archiving, and plan_meters of a non-draft plan cannot change at all.
 
+-- A migration never waits long behind application locks, nor runs unbounded.
+SET LOCAL lock_timeout = '10s';
+SET LOCAL statement_timeout = '10min';
+
 CREATE TABLE meters (
     code         text PRIMARY KEY CONSTRAINT meters_code_check CHECK (code ~ '^[a-z][a-z0-9_]{0,62}$'),
     name         text NOT NULL CONSTRAINT meters_name_check CHECK (length(name) BETWEEN 1 AND 200),
@@ -17,17 +21,17 @@ CREATE TABLE meters (
 CREATE TABLE plans (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     code              text NOT NULL CONSTRAINT plans_code_check CHECK (code ~ '^[a-z][a-z0-9_-]{0,62}$'),
-    version           integer NOT NULL CONSTRAINT plans_version_check CHECK (version >= 1),
+    version           bigint NOT NULL CONSTRAINT plans_version_check CHECK (version >= 1),
     name              text NOT NULL CONSTRAINT plans_name_check CHECK (length(name) BETWEEN 1 AND 200),
     status            text NOT NULL DEFAULT 'draft' CONSTRAINT plans_status_check
                           CHECK (status IN ('draft', 'published', 'archived')),
     billing_interval  text NOT NULL CONSTRAINT plans_billing_interval_check
                           CHECK (billing_interval IN ('day', 'week', 'month', 'year')),
-    interval_count    integer NOT NULL DEFAULT 1 CONSTRAINT plans_interval_count_check
+    interval_count    bigint NOT NULL DEFAULT 1 CONSTRAINT plans_interval_count_check
                           CHECK (interval_count BETWEEN 1 AND 365),
     base_price_minor  bigint NOT NULL CONSTRAINT plans_base_price_check CHECK (base_price_minor >= 0),
-    currency          char(3) NOT NULL CONSTRAINT plans_currency_check CHECK (currency ~ '^[A-Z]{3}$'),
-    trial_days        integer NOT NULL DEFAULT 0 CONSTRAINT plans_trial_days_check
+    currency          text NOT NULL CONSTRAINT plans_currency_check CHECK (currency ~ '^[A-Z]{3}$'),
+    trial_days        bigint NOT NULL DEFAULT 0 CONSTRAINT plans_trial_days_check
                           CHECK (trial_days BETWEEN 0 AND 365),
     is_public         boolean NOT NULL DEFAULT true,
     published_at      timestamptz,
@@ -61,15 +65,17 @@ CREATE FUNCTION plans_guard_published() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF OLD.status = 'draft' THEN
-        RETURN NEW;
+        RETURN CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END;
     END IF;
     -- Archiving a published version is the only change allowed after publishing.
     IF OLD.status = 'published' AND NEW.status = 'archived'
-       AND (NEW.code, NEW.version, NEW.name, NEW.billing_interval, NEW.interval_count,
-            NEW.base_price_minor, NEW.currency, NEW.trial_days, NEW.is_public, NEW.published_at)
+       AND (NEW.id, NEW.code, NEW.version, NEW.name, NEW.billing_interval, NEW.interval_count,
+            NEW.base_price_minor, NEW.currency, NEW.trial_days, NEW.is_public, NEW.published_at,
+            NEW.created_at)
            IS NOT DISTINCT FROM
-           (OLD.code, OLD.version, OLD.name, OLD.billing_interval, OLD.interval_count,
-            OLD.base_price_minor, OLD.currency, OLD.trial_days, OLD.is_public, OLD.published_at)
+           (OLD.id, OLD.code, OLD.version, OLD.name, OLD.billing_interval, OLD.interval_count,
+            OLD.base_price_minor, OLD.currency, OLD.trial_days, OLD.is_public, OLD.published_at,
+            OLD.created_at)
     THEN
         RETURN NEW;
     END IF;
@@ -87,16 +93,23 @@ CREATE TRIGGER plans_published_immutable
 CREATE FUNCTION plan_meters_guard_published() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
+    plan_id bigint;
     plan_status text;
 BEGIN
-    SELECT status INTO plan_status FROM plans
-    WHERE id = COALESCE(NEW.plan_id, OLD.plan_id) FOR SHARE;
-    IF plan_status IS DISTINCT FROM 'draft' THEN
-        RAISE EXCEPTION 'plan % is %: its meters cannot change', COALESCE(NEW.plan_id, OLD.plan_id), plan_status
-            USING ERRCODE = 'check_violation', CONSTRAINT = 'plans_published_immutable',
-                  TABLE = 'plan_meters';
-    END IF;
-    RETURN COALESCE(NEW, OLD);
+    -- Both the plan a row leaves and the plan it joins must be drafts.
+    FOREACH plan_id IN ARRAY ARRAY[
+        CASE WHEN TG_OP <> 'INSERT' THEN OLD.plan_id END,
+        CASE WHEN TG_OP <> 'DELETE' THEN NEW.plan_id END]
+    LOOP
+        CONTINUE WHEN plan_id IS NULL;
+        SELECT p.status INTO plan_status FROM plans p WHERE p.id = plan_id FOR SHARE;
+        IF plan_status IS DISTINCT FROM 'draft' THEN
+            RAISE EXCEPTION 'plan % is %: its meters cannot change', plan_id, plan_status
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'plans_published_immutable',
+                      TABLE = 'plan_meters';
+        END IF;
+    END LOOP;
+    RETURN CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END;
 END
 $$;
 

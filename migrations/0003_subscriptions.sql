@@ -6,6 +6,10 @@
 -- downgrade ends the old subscription ('replaced') and starts a new one that
 -- points back at it through replaces_id, so the chain is the plan history.
 
+-- A migration never waits long behind application locks, nor runs unbounded.
+SET LOCAL lock_timeout = '10s';
+SET LOCAL statement_timeout = '10min';
+
 CREATE TABLE subscriptions (
     account_id            bigint NOT NULL REFERENCES accounts (id),
     id                    bigint GENERATED ALWAYS AS IDENTITY,

@@ -8,10 +8,15 @@
 -- over 90 partitions; a month holds ~70k rows today and ~7M at 100x, still an
 -- easy size for one partition, and retention works a month at a time.
 
+-- A migration never waits long behind application locks, nor runs unbounded.
+SET LOCAL lock_timeout = '10s';
+SET LOCAL statement_timeout = '10min';
+
 CREATE SEQUENCE analytics_events_id_seq AS bigint;
 
+-- No foreign keys, like usage_events (see 0004_usage.sql).
 CREATE TABLE analytics_events (
-    account_id   bigint NOT NULL REFERENCES accounts (id),
+    account_id   bigint NOT NULL,
     id           bigint NOT NULL DEFAULT nextval('analytics_events_id_seq'),
     user_id      bigint,
     category     text NOT NULL CONSTRAINT analytics_events_category_check
@@ -33,14 +38,17 @@ CREATE TABLE analytics_events (
 ALTER SEQUENCE analytics_events_id_seq OWNED BY analytics_events.id;
 
 CREATE TRIGGER analytics_events_append_only
-    BEFORE UPDATE ON analytics_events FOR EACH ROW EXECUTE FUNCTION refuse_update();
+    BEFORE UPDATE ON analytics_events
+    FOR EACH ROW EXECUTE FUNCTION refuse_change('analytics_events_append_only');
 
 -- Per account, day, category and event name: counts, distinct users and, for
 -- performance events, latency percentiles.
+-- Derived tables: no foreign keys, like the events they come from.
 CREATE TABLE analytics_daily_rollups (
-    account_id    bigint NOT NULL REFERENCES accounts (id),
+    account_id    bigint NOT NULL,
     day           date NOT NULL,
-    category      text NOT NULL,
+    category      text NOT NULL CONSTRAINT analytics_daily_rollups_category_check
+                      CHECK (category IN ('behaviour', 'feature', 'performance')),
     name          text NOT NULL,
     event_count   bigint NOT NULL CONSTRAINT analytics_daily_rollups_count_check
                       CHECK (event_count > 0),
@@ -57,7 +65,7 @@ CREATE TABLE analytics_daily_rollups (
 -- Distinct active users per account and day: daily/weekly/monthly active users
 -- are counted from here, never from raw events.
 CREATE TABLE analytics_daily_users (
-    account_id  bigint NOT NULL REFERENCES accounts (id),
+    account_id  bigint NOT NULL,
     day         date NOT NULL,
     user_id     bigint NOT NULL,
     CONSTRAINT analytics_daily_users_pkey PRIMARY KEY (account_id, day, user_id)

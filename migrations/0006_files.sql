@@ -10,6 +10,10 @@
 -- FOR UPDATE SKIP LOCKED across accounts: files_claim_idx is the one query here
 -- not scoped to an account, a documented exception like login.
 
+-- A migration never waits long behind application locks, nor runs unbounded.
+SET LOCAL lock_timeout = '10s';
+SET LOCAL statement_timeout = '10min';
+
 CREATE TABLE files (
     account_id        bigint NOT NULL REFERENCES accounts (id),
     id                bigint GENERATED ALWAYS AS IDENTITY,
@@ -25,9 +29,9 @@ CREATE TABLE files (
     status            text NOT NULL DEFAULT 'pending' CONSTRAINT files_status_check
                           CHECK (status IN ('pending', 'uploaded', 'processing', 'ready',
                                             'failed', 'deleted')),
-    attempts          integer NOT NULL DEFAULT 0 CONSTRAINT files_attempts_check
+    attempts          bigint NOT NULL DEFAULT 0 CONSTRAINT files_attempts_check
                           CHECK (attempts >= 0),
-    max_attempts      integer NOT NULL DEFAULT 5 CONSTRAINT files_max_attempts_check
+    max_attempts      bigint NOT NULL DEFAULT 5 CONSTRAINT files_max_attempts_check
                           CHECK (max_attempts BETWEEN 1 AND 100),
     lease_expires_at  timestamptz,
     processing_ms     bigint CONSTRAINT files_processing_ms_check CHECK (processing_ms >= 0),

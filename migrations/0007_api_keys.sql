@@ -3,6 +3,10 @@
 -- only its SHA-256 (secret_hash) is kept. Authentication looks the hash up
 -- across accounts (api_keys_secret_hash_key), the documented global exception.
 
+-- A migration never waits long behind application locks, nor runs unbounded.
+SET LOCAL lock_timeout = '10s';
+SET LOCAL statement_timeout = '10min';
+
 CREATE TABLE api_keys (
     account_id       bigint NOT NULL REFERENCES accounts (id),
     id               bigint GENERATED ALWAYS AS IDENTITY,

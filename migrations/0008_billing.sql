@@ -7,8 +7,12 @@
 -- The ledger is append-only and every transaction's entries sum to zero per
 -- currency, checked at commit (ledger_entries_balanced).
 
+-- A migration never waits long behind application locks, nor runs unbounded.
+SET LOCAL lock_timeout = '10s';
+SET LOCAL statement_timeout = '10min';
+
 CREATE TABLE invoice_number_counters (
-    year         integer PRIMARY KEY CONSTRAINT invoice_number_counters_year_check
+    year         bigint PRIMARY KEY CONSTRAINT invoice_number_counters_year_check
                      CHECK (year BETWEEN 2000 AND 9999),
     last_number  bigint NOT NULL DEFAULT 0 CONSTRAINT invoice_number_counters_last_check
                      CHECK (last_number >= 0)
@@ -23,7 +27,7 @@ CREATE TABLE invoices (
     number             text CONSTRAINT invoices_number_check CHECK (number ~ '^[0-9]{4}-[0-9]{6,}$'),
     status             text NOT NULL DEFAULT 'draft' CONSTRAINT invoices_status_check
                            CHECK (status IN ('draft', 'open', 'paid', 'void', 'uncollectible')),
-    currency           char(3) NOT NULL CONSTRAINT invoices_currency_check
+    currency           text NOT NULL CONSTRAINT invoices_currency_check
                            CHECK (currency ~ '^[A-Z]{3}$'),
     period_start       timestamptz NOT NULL,
     period_end         timestamptz NOT NULL,
@@ -98,7 +102,7 @@ CREATE TABLE payments (
     provider_payment_id  text NOT NULL CONSTRAINT payments_provider_payment_id_check
                              CHECK (length(provider_payment_id) BETWEEN 1 AND 200),
     amount_minor         bigint NOT NULL CONSTRAINT payments_amount_check CHECK (amount_minor > 0),
-    currency             char(3) NOT NULL CONSTRAINT payments_currency_check
+    currency             text NOT NULL CONSTRAINT payments_currency_check
                              CHECK (currency ~ '^[A-Z]{3}$'),
     status               text NOT NULL CONSTRAINT payments_status_check
                              CHECK (status IN ('pending', 'succeeded', 'failed', 'refunded')),
@@ -152,7 +156,7 @@ CREATE TABLE ledger_entries (
                         CHECK (ledger_account IN ('receivable', 'revenue', 'cash',
                                                   'customer_credit', 'tax', 'bad_debt')),
     amount_minor    bigint NOT NULL CONSTRAINT ledger_entries_amount_check CHECK (amount_minor <> 0),
-    currency        char(3) NOT NULL CONSTRAINT ledger_entries_currency_check
+    currency        text NOT NULL CONSTRAINT ledger_entries_currency_check
                         CHECK (currency ~ '^[A-Z]{3}$'),
     CONSTRAINT ledger_entries_pkey PRIMARY KEY (account_id, id),
     CONSTRAINT ledger_entries_transaction_fkey FOREIGN KEY (account_id, transaction_id)
@@ -190,16 +194,15 @@ CREATE CONSTRAINT TRIGGER ledger_entries_balanced
     AFTER INSERT ON ledger_entries DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION ledger_entries_check_balanced();
 
-CREATE FUNCTION refuse_change() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION '% is append-only', TG_TABLE_NAME
-        USING ERRCODE = 'check_violation', CONSTRAINT = TG_TABLE_NAME || '_append_only',
-              TABLE = TG_TABLE_NAME;
-END
-$$;
-
 CREATE TRIGGER ledger_transactions_append_only
-    BEFORE UPDATE OR DELETE ON ledger_transactions FOR EACH ROW EXECUTE FUNCTION refuse_change();
+    BEFORE UPDATE OR DELETE ON ledger_transactions
+    FOR EACH ROW EXECUTE FUNCTION refuse_change('ledger_transactions_append_only');
+CREATE TRIGGER ledger_transactions_no_truncate
+    BEFORE TRUNCATE ON ledger_transactions
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change('ledger_transactions_append_only');
 CREATE TRIGGER ledger_entries_append_only
-    BEFORE UPDATE OR DELETE ON ledger_entries FOR EACH ROW EXECUTE FUNCTION refuse_change();
+    BEFORE UPDATE OR DELETE ON ledger_entries
+    FOR EACH ROW EXECUTE FUNCTION refuse_change('ledger_entries_append_only');
+CREATE TRIGGER ledger_entries_no_truncate
+    BEFORE TRUNCATE ON ledger_entries
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change('ledger_entries_append_only');

@@ -2,21 +2,29 @@
 
 -- name: record_usage_event :one
 -- Store one event unless its idempotency key was seen before for the account
--- (whatever the timestamp). The key and the event go in one statement: a
+-- (whatever the timestamp). The account and meter are checked here (the event
+-- tables carry no foreign keys). The key and the event go in one statement: a
 -- concurrent sender of the same key waits for this one and then stores
--- nothing. No row back means a duplicate.
-WITH new_key AS (
+-- nothing. No row back means a duplicate, or an unknown account or meter.
+WITH target AS (
+    SELECT a.id AS account_id, m.code AS meter_code
+    FROM accounts a
+    JOIN meters m ON m.code = :meter_code
+    WHERE a.id = :account_id
+), new_key AS (
     INSERT INTO usage_event_keys (account_id, idempotency_key, event_id, occurred_at)
-    VALUES (:account_id, :idempotency_key, nextval('usage_events_id_seq'), :occurred_at)
+    SELECT t.account_id, :idempotency_key, nextval('usage_events_id_seq'), :occurred_at
+    FROM target t
     ON CONFLICT (account_id, idempotency_key) DO NOTHING
     RETURNING account_id, idempotency_key, event_id, occurred_at
 )
 INSERT INTO usage_events
     (account_id, id, user_id, api_key_id, meter_code, quantity, occurred_at, idempotency_key,
      properties)
-SELECT k.account_id, k.event_id, :user_id, :api_key_id, :meter_code, :quantity, k.occurred_at,
+SELECT k.account_id, k.event_id, :user_id, :api_key_id, t.meter_code, :quantity, k.occurred_at,
        k.idempotency_key, :properties
 FROM new_key k
+CROSS JOIN target t
 RETURNING account_id, id, user_id, api_key_id, meter_code, quantity, occurred_at, received_at,
           idempotency_key, properties;
 

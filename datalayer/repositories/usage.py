@@ -11,7 +11,7 @@ from pydantic import AwareDatetime, Field, StringConstraints
 
 from .._repository import Repository, one
 from .._validation import Id, validated
-from ..errors import InvalidInput
+from ..errors import InvalidInput, ReferenceViolation
 from ..models.usage import RecordResult, UsageEvent
 
 MeterCode = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
@@ -80,6 +80,11 @@ class UsageRepository(Repository):
         if event is not None:
             return RecordResult(event=event, duplicate=False)
         first = self._by_key(account_id=account_id, idempotency_key=idempotency_key)
+        if first is None:
+            raise ReferenceViolation(
+                f"unknown account {account_id} or meter {meter_code!r}",
+                table="usage_events",
+            )
         return RecordResult(event=first, duplicate=True)
 
     @validated
