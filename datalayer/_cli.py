@@ -173,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--ahead", type=int, default=3, help="months ahead of the current one (default 3)"
     )
     partitions.add_argument(
-        "--from", dest="start", metavar="YYYY-MM", help="first month (default: last month)"
+        "--from",
+        dest="start",
+        metavar="YYYY-MM",
+        help="first month (default: the month of the oldest accepted event, 35 days ago)",
     )
     partitions.set_defaults(func=_cmd_partitions)
     rollups = sub.add_parser("rollups", help="recompute usage and analytics rollups")

@@ -75,7 +75,11 @@ def _parse_bound(text: str) -> tuple[datetime | None, datetime | None]:
     match = _BOUND.search(text)
     if not match:
         return None, None
-    return (datetime.fromisoformat(match.group(1)), datetime.fromisoformat(match.group(2)))
+    # pg_get_expr prints bounds in the session's time zone; report them in UTC.
+    return (
+        datetime.fromisoformat(match.group(1)).astimezone(UTC),
+        datetime.fromisoformat(match.group(2)).astimezone(UTC),
+    )
 
 
 def list_partitions(

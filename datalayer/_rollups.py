@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
+
+import psycopg
 
 from ._database import Database
 
-__all__ = ["RefreshResult", "refresh_rollups"]
+__all__ = ["RefreshResult", "rebuild_rollups", "refresh_rollups"]
 
 log = logging.getLogger("datalayer")
 
@@ -52,3 +55,45 @@ def refresh_rollups(db: Database, *, batch_size: int = 5000) -> RefreshResult:
             break
     log.info("rollups refreshed: %d usage days, %d analytics days", usage_days, analytics_days)
     return RefreshResult(usage_days, analytics_days, batches)
+
+
+def rebuild_rollups(conn: psycopg.Connection[Any]) -> None:
+    """Recompute every rollup from the raw events in one set-based pass (bulk loads).
+
+    Empties the queues first, in the same transaction: what they held is
+    covered by the rebuild.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('datalayer.rollups'))")
+        conn.execute(
+            "TRUNCATE usage_rollup_queue, usage_rollups, analytics_rollup_queue,"
+            " analytics_daily_rollups, analytics_daily_users"
+        )
+        conn.execute(
+            "INSERT INTO usage_rollups (account_id, meter_code, granularity, bucket_start,"
+            " event_count, quantity_sum, quantity_max)"
+            " SELECT account_id, meter_code, 'hour', date_trunc('hour', occurred_at, 'UTC'),"
+            " count(*), sum(quantity), max(quantity) FROM usage_events GROUP BY 1, 2, 4"
+        )
+        conn.execute(
+            "INSERT INTO usage_rollups (account_id, meter_code, granularity, bucket_start,"
+            " event_count, quantity_sum, quantity_max)"
+            " SELECT account_id, meter_code, 'day', date_trunc('day', bucket_start, 'UTC'),"
+            " sum(event_count), sum(quantity_sum), max(quantity_max) FROM usage_rollups"
+            " WHERE granularity = 'hour' GROUP BY 1, 2, 4"
+        )
+        conn.execute(
+            "INSERT INTO analytics_daily_rollups (account_id, day, category, name, event_count,"
+            " user_count, duration_p50, duration_p95, duration_p99, duration_max)"
+            " SELECT account_id, (occurred_at AT TIME ZONE 'UTC')::date, category, name, count(*),"
+            " count(DISTINCT user_id),"
+            " percentile_cont(0.50) WITHIN GROUP (ORDER BY duration_ms),"
+            " percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms),"
+            " percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms), max(duration_ms)"
+            " FROM analytics_events GROUP BY 1, 2, 3, 4"
+        )
+        conn.execute(
+            "INSERT INTO analytics_daily_users (account_id, day, user_id)"
+            " SELECT DISTINCT account_id, (occurred_at AT TIME ZONE 'UTC')::date, user_id"
+            " FROM analytics_events WHERE user_id IS NOT NULL"
+        )

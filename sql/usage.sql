@@ -37,3 +37,9 @@ FROM usage_event_keys k
 JOIN usage_events e
   ON e.account_id = k.account_id AND e.occurred_at = k.occurred_at AND e.id = k.event_id
 WHERE k.account_id = :account_id AND k.idempotency_key = :idempotency_key;
+
+-- name: usage_target_exists :scalar
+-- Whether both the account and the meter exist (record_usage_event stores
+-- nothing for an unknown one, as for a duplicate; this tells them apart).
+SELECT EXISTS (SELECT 1 FROM accounts WHERE id = :account_id)
+   AND EXISTS (SELECT 1 FROM meters WHERE code = :meter_code);

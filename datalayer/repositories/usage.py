@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from psycopg.types.json import Jsonb
 from pydantic import AwareDatetime, Field, StringConstraints
 
-from .._repository import Repository, one
+from .._repository import Repository, one, scalar
 from .._validation import Id, validated
 from ..errors import InvalidInput, ReferenceViolation
 from ..models.usage import RecordResult, UsageEvent
@@ -43,6 +43,7 @@ class UsageRepository(Repository):
 
     _record = one("record_usage_event", UsageEvent)
     _by_key = one("get_usage_event_by_key", UsageEvent)
+    _target_exists = scalar("usage_target_exists", bool)
 
     @validated
     def record(
@@ -61,7 +62,8 @@ class UsageRepository(Repository):
 
         A key seen before (even with another timestamp, even sent by another
         process at the same moment) stores nothing and returns
-        ``duplicate=True`` with the first event; that is not an error. Raises
+        ``duplicate=True`` with the first event (``None`` if that event has
+        since been archived); that is not an error. Raises
         ``InvalidInput`` for a bad argument or a time outside the accepted
         window, ``PartitionMissing`` when the month has no partition,
         ``ReferenceViolation`` for an unknown account or meter.
@@ -80,7 +82,7 @@ class UsageRepository(Repository):
         if event is not None:
             return RecordResult(event=event, duplicate=False)
         first = self._by_key(account_id=account_id, idempotency_key=idempotency_key)
-        if first is None:
+        if first is None and not self._target_exists(account_id=account_id, meter_code=meter_code):
             raise ReferenceViolation(
                 f"unknown account {account_id} or meter {meter_code!r}",
                 table="usage_events",
