@@ -73,10 +73,17 @@ def _cmd_check_sql(args: argparse.Namespace) -> int:
 def _cmd_partitions(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from ._partitions import ensure_partitions, list_partitions
+    from ._partitions import create_partitioned_index, ensure_partitions, list_partitions
 
     settings = _settings(args)
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        if args.action == "add-index":
+            if not (args.table and args.index and args.columns):
+                raise DataLayerError("add-index needs --table, --index and --columns")
+            columns = [c.strip() for c in args.columns.split(",") if c.strip()]
+            create_partitioned_index(conn, args.table, args.index, columns)
+            print(f"index {args.index} on {args.table} ({', '.join(columns)}) is valid")
+            return 0
         if args.action == "ensure":
             start = None
             if args.start:
@@ -168,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--sql-dir", help="check the SQL files of this folder instead of sql/")
     check.set_defaults(func=_cmd_check_sql)
     partitions = sub.add_parser("partitions", help="create or list event table partitions")
-    partitions.add_argument("action", choices=["ensure", "list"])
+    partitions.add_argument("action", choices=["ensure", "list", "add-index"])
     partitions.add_argument(
         "--ahead", type=int, default=3, help="months ahead of the current one (default 3)"
     )
@@ -178,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="YYYY-MM",
         help="first month (default: the month of the oldest accepted event, 35 days ago)",
     )
+    partitions.add_argument("--table", help="add-index: the partitioned table")
+    partitions.add_argument("--index", help="add-index: the index name on the parent")
+    partitions.add_argument("--columns", help="add-index: comma-separated column names")
     partitions.set_defaults(func=_cmd_partitions)
     rollups = sub.add_parser("rollups", help="recompute usage and analytics rollups")
     rollups.add_argument("action", choices=["refresh"])

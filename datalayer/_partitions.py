@@ -206,6 +206,7 @@ def create_partitioned_index(
     partitions created later get the index automatically. Rerunning after a
     failure resumes: an invalid leftover index is dropped and rebuilt.
     ``conn`` must be in autocommit mode (CONCURRENTLY cannot run in a transaction).
+    Raises ``DataLayerError`` if the parent index is not valid at the end.
     """
     if not conn.autocommit:
         raise DataLayerError("create_partitioned_index needs an autocommit connection")
@@ -239,3 +240,8 @@ def create_partitioned_index(
                 sql.Identifier(name), sql.Identifier(child)
             )
         )
+    valid = conn.execute(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (name,)
+    ).fetchone()
+    if not (valid and valid[0]):
+        raise DataLayerError(f"index {name} on {parent} is still invalid; rerun to resume")

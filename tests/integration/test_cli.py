@@ -64,6 +64,28 @@ def test_the_demo_tours_the_library_and_exits_zero(new_url: str) -> None:
     assert "demo finished" in out
 
 
+def test_partitions_add_index_builds_a_valid_index_on_every_partition(fresh_url: str) -> None:
+    args = ["partitions", "add-index", "--table", "usage_events"]
+    args += ["--index", "usage_events_api_key_idx", "--columns", "account_id,api_key_id"]
+    for _ in range(2):  # rerunnable
+        result = run(*args, url=fresh_url)
+        assert result.returncode == 0, result.stderr
+    with psycopg.connect(fresh_url) as conn:
+        row = conn.execute(
+            "SELECT i.indisvalid,"
+            " (SELECT count(*) FROM pg_inherits WHERE inhparent = i.indexrelid),"
+            " (SELECT count(*) FROM pg_inherits WHERE inhparent = 'usage_events'::regclass)"
+            " FROM pg_index i WHERE i.indexrelid = 'usage_events_api_key_idx'::regclass"
+        ).fetchone()
+    assert row is not None
+    valid, attached, partitions = row
+    assert valid
+    assert attached == partitions > 0
+    missing = run("partitions", "add-index", "--table", "usage_events", url=fresh_url)
+    assert missing.returncode == 2
+    assert "needs --table, --index and --columns" in missing.stderr
+
+
 @pytest.mark.slow
 def test_the_demo_runs_on_an_embedded_postgresql_when_asked() -> None:
     result = subprocess.run(
