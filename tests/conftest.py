@@ -51,7 +51,21 @@ postgresql_noproc = factories.postgresql_noproc(
 
 
 @pytest.fixture(scope="session")
-def template_dbname(postgresql_noproc: Any) -> str:
+def _server_reachable() -> None:
+    """Fail (never skip) at once, with the reason, when the test server is unreachable."""
+    try:
+        with psycopg.connect(pg_url("postgres"), connect_timeout=3):
+            pass
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL at {PG_HOST}:{PG_PORT} is unreachable, so every database test fails: "
+            f"{exc}",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def template_dbname(_server_reachable: None, postgresql_noproc: Any) -> str:
     """Name of the migrated template database (created once per test session)."""
     return str(postgresql_noproc.template_dbname)
 
