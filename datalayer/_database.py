@@ -14,6 +14,7 @@ from typing import Any, Literal, Self, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from ._repository import Session
 from ._settings import Settings
 from ._uow import Repositories, UnitOfWork
 from .errors import ConcurrencyConflict, Unavailable, map_error
@@ -93,6 +94,11 @@ class _PoolSession:
             yield conn
         finally:
             self._db._pool.putconn(conn)
+
+    @contextmanager
+    def atomic(self) -> Iterator[Session]:
+        with self._db.unit_of_work() as uow:
+            yield uow._conn_session
 
 
 class Database(Repositories):

@@ -46,6 +46,10 @@ class Session(Protocol):
         """Lend a connection for one statement; errors raised are datalayer errors."""
         ...
 
+    def atomic(self) -> AbstractContextManager[Session]:
+        """A session whose statements share one transaction (a savepoint inside a unit of work)."""
+        ...
+
 
 class Repository:
     """Base of every repository: holds the session and never commits.
@@ -59,6 +63,14 @@ class Repository:
 
     def __init__(self, session: Session):
         self._session = session
+
+    def _atomic(self) -> AbstractContextManager[Session]:
+        """For a method of several statements: they commit or roll back together.
+
+        Outside a unit of work this is a transaction of its own; inside one, a
+        savepoint, so the caller's transaction still decides.
+        """
+        return self._session.atomic()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from types import TracebackType
 from typing import Any
@@ -9,8 +11,17 @@ from typing import Any
 import psycopg
 
 from ._repository import Session
-from .errors import DataLayerError
-from .repositories import AccountRepository, RollupRepository, UsageRepository, UserRepository
+from .errors import DataLayerError, map_error
+from .repositories import (
+    AccountRepository,
+    ApiKeyRepository,
+    FileRepository,
+    PlanRepository,
+    RollupRepository,
+    SubscriptionRepository,
+    UsageRepository,
+    UserRepository,
+)
 
 __all__ = ["Repositories", "UnitOfWork"]
 
@@ -41,6 +52,26 @@ class Repositories:
         """Usage events (``sql/usage.sql``)."""
         return UsageRepository(self._session)
 
+    @cached_property
+    def plans(self) -> PlanRepository:
+        """Plans and their meters (``sql/plans.sql``)."""
+        return PlanRepository(self._session)
+
+    @cached_property
+    def subscriptions(self) -> SubscriptionRepository:
+        """Subscriptions (``sql/subscriptions.sql``)."""
+        return SubscriptionRepository(self._session)
+
+    @cached_property
+    def files(self) -> FileRepository:
+        """Uploaded files (``sql/files.sql``)."""
+        return FileRepository(self._session)
+
+    @cached_property
+    def api_keys(self) -> ApiKeyRepository:
+        """API keys (``sql/api_keys.sql``)."""
+        return ApiKeyRepository(self._session)
+
 
 class _ConnectionSession:
     """Lends the unit of work's own connection, while the unit of work is open."""
@@ -55,6 +86,16 @@ class _ConnectionSession:
         if self.closed:
             raise DataLayerError("this unit of work has ended; open a new one")
         return self
+
+    @contextmanager
+    def atomic(self) -> Iterator[_ConnectionSession]:
+        if self.closed:
+            raise DataLayerError("this unit of work has ended; open a new one")
+        try:
+            with self._conn.transaction():  # a savepoint: the unit of work still decides
+                yield self
+        except psycopg.Error as exc:
+            raise map_error(exc) from exc
 
     def __enter__(self) -> psycopg.Connection[Any]:
         return self._conn

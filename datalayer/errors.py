@@ -16,6 +16,8 @@ __all__ = [
     "DatabaseError",
     "IntegrityError",
     "InvalidInput",
+    "InvalidTransition",
+    "LiveSubscriptionExists",
     "NotFound",
     "NotNullViolation",
     "PartitionMissing",
@@ -49,6 +51,30 @@ class SQLLoadError(DataLayerError):
 
 class NotFound(DataLayerError):
     """A row that the caller required does not exist."""
+
+
+class InvalidTransition(DataLayerError):
+    """A state change was refused because the row is not in the state it requires.
+
+    ``entity`` and ``entity_id`` name the row, ``expected`` the states the
+    change needs and ``actual`` the state found (``None`` when the row does
+    not exist). Nothing was changed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        entity: str,
+        entity_id: int | None = None,
+        expected: tuple[str, ...] = (),
+        actual: str | None = None,
+    ):
+        self.entity = entity
+        self.entity_id = entity_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(message)
 
 
 class InvalidInput(DataLayerError, ValueError):
@@ -88,6 +114,14 @@ class IntegrityError(DatabaseError):
 
 class AlreadyExists(IntegrityError):
     """A unique constraint refused a duplicate (SQLSTATE 23505)."""
+
+
+class LiveSubscriptionExists(AlreadyExists):
+    """The account already has a live subscription (trialing, active or past_due).
+
+    Raised for the partial unique index ``subscriptions_one_live_per_account``,
+    also when two processes start a subscription for one account at once.
+    """
 
 
 class ReferenceViolation(IntegrityError):

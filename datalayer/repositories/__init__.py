@@ -4,15 +4,23 @@ from .._loader import load_sql_dir
 from .._repository import Repository, bind_repositories
 from .._resources import sql_dir
 from .accounts import AccountRepository
+from .api_keys import ApiKeyRepository
+from .files import FileRepository
+from .plans import PlanRepository
 from .rollups import RollupRepository
+from .subscriptions import SubscriptionRepository
 from .usage import UsageRepository
 from .users import UserRepository
 
 __all__ = [
     "REPOSITORIES",
     "AccountRepository",
+    "ApiKeyRepository",
+    "FileRepository",
+    "PlanRepository",
     "Repository",
     "RollupRepository",
+    "SubscriptionRepository",
     "UsageRepository",
     "UserRepository",
 ]
@@ -22,6 +30,10 @@ REPOSITORIES: tuple[type[Repository], ...] = (
     UserRepository,
     RollupRepository,
     UsageRepository,
+    PlanRepository,
+    SubscriptionRepository,
+    FileRepository,
+    ApiKeyRepository,
 )
 
 # Fail at import, not at 3 a.m.: every declared query must exist with the

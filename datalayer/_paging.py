@@ -1,0 +1,106 @@
+"""Keyset pagination with opaque cursors, and partial-update parameters.
+
+Pages are ordered by a unique key (``id`` ascending by default) and continue
+"after" the last row of the previous page: no OFFSET, so a page costs the same
+however deep it is, and rows inserted meanwhile never shift a page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import InvalidInput
+
+__all__ = ["Page", "decode_cursor", "encode_cursor", "paginate", "update_params"]
+
+M = TypeVar("M", bound=BaseModel)
+Direction = Literal["asc", "desc"]
+_MAX_ID = 2**63 - 1
+
+
+class Page(BaseModel, Generic[M]):
+    """One page of rows and the cursor of the next page (``None`` on the last page)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    items: list[M]
+    next_cursor: str | None
+
+
+def encode_cursor(last_id: int, direction: Direction = "asc") -> str:
+    """An opaque cursor continuing after the row with id ``last_id``."""
+    raw = json.dumps({"v": 1, "id": last_id, "d": direction}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, direction: Direction = "asc") -> int:
+    """The id a cursor continues after; ``InvalidInput`` (field ``cursor``) if it is not ours."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if (
+            not isinstance(data, dict)
+            or data.get("v") != 1
+            or data.get("d") != direction
+            or type(data.get("id")) is not int
+            or not 0 <= data["id"] <= _MAX_ID
+        ):
+            raise ValueError
+    except (ValueError, binascii.Error, UnicodeError):
+        raise InvalidInput("not a cursor returned by this listing", field="cursor") from None
+    return int(data["id"])
+
+
+def paginate(
+    run: Callable[..., list[M]],
+    *,
+    cursor: str | None,
+    limit: int,
+    direction: Direction = "asc",
+    **params: Any,
+) -> Page[M]:
+    """Run a keyset page query and wrap its rows in a ``Page``.
+
+    The query takes ``:after_id`` (ascending: ``id > :after_id``; descending:
+    ``id < :after_id``) and ``:limit``, orders by ``id`` in that direction, and
+    returns rows with an ``id``. One extra row is fetched to know whether
+    another page follows.
+    """
+    if not 1 <= limit <= 1000:
+        raise InvalidInput("must be between 1 and 1000", field="limit")
+    if cursor is None:
+        after = 0 if direction == "asc" else _MAX_ID
+    else:
+        after = decode_cursor(cursor, direction)
+    rows = run(after_id=after, limit=limit + 1, **params)
+    more = len(rows) > limit
+    items = rows[:limit]
+    next_cursor = encode_cursor(items[-1].id, direction) if more and items else None  # type: ignore[attr-defined]
+    return Page[M](items=items, next_cursor=next_cursor)
+
+
+def update_params(fields: Mapping[str, Any], allowed: Iterable[str]) -> dict[str, Any]:
+    """Parameters of a partial-update query: ``set_<f>`` flags and values for each allowed field.
+
+    The SQL writes ``f = CASE WHEN :set_f THEN :f ELSE f END`` for each field,
+    so one static statement updates any subset. Fields given as ``None`` are
+    left unchanged. Raises ``InvalidInput`` when nothing is to change.
+    """
+    allowed = list(allowed)
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        raise InvalidInput("cannot be updated", field=unknown[0])
+    given = {k: v for k, v in fields.items() if v is not None}
+    if not given:
+        raise InvalidInput(f"give at least one of {', '.join(allowed)}", field="fields")
+    params: dict[str, Any] = {}
+    for name in allowed:
+        params[f"set_{name}"] = name in given
+        params[name] = given.get(name)
+    return params

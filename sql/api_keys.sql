@@ -1,0 +1,1 @@
+-- api_keys: see datalayer/repositories/api_keys.py.

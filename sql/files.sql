@@ -1,0 +1,1 @@
+-- files: see datalayer/repositories/files.py.

@@ -1,0 +1,1 @@
+-- plans: see datalayer/repositories/plans.py.

@@ -1,0 +1,1 @@
+-- subscriptions: see datalayer/repositories/subscriptions.py.
