@@ -129,15 +129,18 @@ def run_demo(database_url: str | None = None, *, embedded: bool = False) -> int:
         print(f"search(term='0%') -> {[u.display_name for u in hits]}")
 
         _step("Keyset pagination")
-        after = 0
-        while page := db.users.page(account_id=account.id, after_id=after, limit=2):
-            print(f"page: {[u.email.split('.')[0] for u in page]}")
-            after = page[-1].id
+        cursor = None
+        while True:
+            page = db.users.list(account_id=account.id, cursor=cursor, limit=2)
+            print(f"page: {[u.email.split('.')[0] for u in page.items]}")
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
 
         _step("run_in_transaction retries serialization failures and deadlocks")
 
         def rename_all(uow: UnitOfWork) -> int:
-            users = uow.users.page(account_id=account.id, limit=100)
+            users = uow.users.list(account_id=account.id, limit=100).items
             for user in users:
                 uow.users.rename(
                     account_id=account.id, user_id=user.id, display_name=user.display_name + "!"

@@ -20,12 +20,18 @@ FROM users
 WHERE lower(email) = lower(:email) AND deleted_at IS NULL;
 
 -- name: list_users :many
--- A page of an account's live users in id order, after the keyset cursor :after_id.
+-- A keyset page of an account's live users in id order, after :after_id.
 SELECT account_id, id, email, display_name, role, created_at, updated_at, deleted_at
 FROM users
 WHERE account_id = :account_id AND id > :after_id AND deleted_at IS NULL
 ORDER BY id
 LIMIT :limit;
+
+-- name: user_exists :scalar
+-- Whether the account has a live user with this id.
+SELECT EXISTS (
+    SELECT 1 FROM users WHERE account_id = :account_id AND id = :id AND deleted_at IS NULL
+);
 
 -- name: count_users :scalar
 -- How many live users an account has.
@@ -44,9 +50,29 @@ WHERE account_id = :account_id
 ORDER BY id
 LIMIT :limit;
 
--- name: update_user_display_name :one
--- Rename a live user and return it; no row when there is no such live user.
+-- name: update_user :one
+-- Change the named profile fields of a live user (set_<field> says which); no
+-- row if there is no such live user.
 UPDATE users
-SET display_name = :display_name, updated_at = now()
+SET display_name = CASE WHEN :set_display_name THEN :display_name ELSE display_name END,
+    role = CASE WHEN :set_role THEN :role ELSE role END,
+    email = CASE WHEN :set_email THEN :email ELSE email END,
+    updated_at = now()
 WHERE account_id = :account_id AND id = :id AND deleted_at IS NULL
+RETURNING account_id, id, email, display_name, role, created_at, updated_at, deleted_at;
+
+-- name: delete_user :one
+-- Soft-delete a live user (frees the email for a new sign-up); no row if the
+-- user is missing or already deleted.
+UPDATE users
+SET deleted_at = now(), updated_at = now()
+WHERE account_id = :account_id AND id = :id AND deleted_at IS NULL
+RETURNING account_id, id, email, display_name, role, created_at, updated_at, deleted_at;
+
+-- name: restore_user :one
+-- Undo a soft delete; no row if the user is missing or not deleted. Fails with
+-- users_email_key if a live user has taken the email meanwhile.
+UPDATE users
+SET deleted_at = NULL, updated_at = now()
+WHERE account_id = :account_id AND id = :id AND deleted_at IS NOT NULL
 RETURNING account_id, id, email, display_name, role, created_at, updated_at, deleted_at;

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from .users import User
+
 AccountStatus = Literal["active", "suspended", "closed"]
 
 
@@ -21,3 +23,12 @@ class Account(BaseModel):
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
+
+
+class AccountWithOwner(BaseModel):
+    """A new account and the owner user created with it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account: Account
+    owner: User

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 
-from .._repository import Repository, many, one
-from .._validation import Id, Name, validated
+from .._paging import Page, paginate, update_params
+from .._repository import Repository, many, one, scalar
+from .._validation import Email, Id, Limit, Name, validated
 from ..errors import NotFound
-from ..models import Account
+from ..models import Account, AccountStatus, AccountWithOwner
+from .users import DisplayName, UserRepository
 
 
 class AccountRepository(Repository):
@@ -18,6 +21,11 @@ class AccountRepository(Repository):
     _create = one("create_account", Account)
     _get = one("get_account", Account)
     _get_many = many("get_accounts_by_ids", Account)
+    _exists = scalar("account_exists", bool)
+    _list = many("list_accounts", Account)
+    _update = one("update_account", Account)
+    _delete = one("delete_account", Account)
+    _restore = one("restore_account", Account)
 
     @validated
     def create(self, *, name: Name) -> Account:
@@ -28,6 +36,26 @@ class AccountRepository(Repository):
         account = self._create(name=name)
         assert account is not None  # INSERT … RETURNING yields one row
         return account
+
+    @validated
+    def create_with_owner(
+        self, *, name: Name, owner_email: Email, owner_display_name: DisplayName = ""
+    ) -> AccountWithOwner:
+        """Create an account and its owner user together: both or neither.
+
+        Raises ``AlreadyExists`` (constraint ``users_email_key``) when the
+        email is taken — then no account is created either — and
+        ``InvalidInput`` for a bad argument.
+        """
+        with self._atomic() as session:
+            account = type(self)(session).create(name=name)
+            owner = UserRepository(session).create(
+                account_id=account.id,
+                email=owner_email,
+                display_name=owner_display_name,
+                role="owner",
+            )
+        return AccountWithOwner(account=account, owner=owner)
 
     @validated
     def get(self, *, account_id: Id) -> Account | None:
@@ -42,6 +70,50 @@ class AccountRepository(Repository):
         return account
 
     @validated
-    def get_many(self, *, account_ids: Sequence[Id]) -> list[Account]:
+    def exists(self, *, account_id: Id) -> bool:
+        """Whether a live (not deleted) account has this id."""
+        return bool(self._exists(id=account_id))
+
+    @validated
+    def get_many(self, *, account_ids: Sequence[Id]) -> builtins.list[Account]:
         """The accounts whose ids are listed, in id order; unknown ids are skipped."""
         return self._get_many(ids=list(account_ids))
+
+    @validated
+    def list(self, *, cursor: str | None = None, limit: Limit = 50) -> Page[Account]:
+        """A page of live accounts in id order; pass ``next_cursor`` back for the next.
+
+        Raises ``InvalidInput`` (field ``cursor``) for a cursor not from this listing.
+        """
+        return paginate(self._list, cursor=cursor, limit=limit)
+
+    @validated
+    def update(
+        self, *, account_id: Id, name: Name | None = None, status: AccountStatus | None = None
+    ) -> Account:
+        """Change the given fields of a live account (``None`` leaves one unchanged).
+
+        Raises ``NotFound`` for a missing or deleted account, ``InvalidInput``
+        when no field is given or a value is bad.
+        """
+        params = update_params({"name": name, "status": status}, ("name", "status"))
+        account = self._update(id=account_id, **params)
+        if account is None:
+            raise NotFound(f"account {account_id} not found")
+        return account
+
+    @validated
+    def delete(self, *, account_id: Id) -> Account:
+        """Soft-delete a live account; raises ``NotFound`` if missing or already deleted."""
+        account = self._delete(id=account_id)
+        if account is None:
+            raise NotFound(f"live account {account_id} not found")
+        return account
+
+    @validated
+    def restore(self, *, account_id: Id) -> Account:
+        """Undo a soft delete; raises ``NotFound`` if the account is missing or not deleted."""
+        account = self._restore(id=account_id)
+        if account is None:
+            raise NotFound(f"deleted account {account_id} not found")
+        return account

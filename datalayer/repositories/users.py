@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 from typing import Annotated
 
 from pydantic import Field
 
+from .._paging import Page, paginate, update_params
 from .._repository import Repository, many, one, scalar
 from .._validation import Email, Id, Limit, Text, escape_like, validated
 from ..errors import NotFound
@@ -23,9 +25,12 @@ class UserRepository(Repository):
     _get = one("get_user", User)
     _by_email = one("find_user_by_email", User)
     _list = many("list_users", User)
+    _exists = scalar("user_exists", bool)
     _count = scalar("count_users", int)
     _search = many("search_users", User)
-    _rename = one("update_user_display_name", User)
+    _update = one("update_user", User)
+    _delete = one("delete_user", User)
+    _restore = one("restore_user", User)
 
     @validated
     def create(
@@ -66,9 +71,17 @@ class UserRepository(Repository):
         return self._by_email(email=email)
 
     @validated
-    def page(self, *, account_id: Id, after_id: int = 0, limit: Limit = 50) -> list[User]:
-        """A page of the account's live users in id order, starting after ``after_id``."""
-        return self._list(account_id=account_id, after_id=after_id, limit=limit)
+    def list(self, *, account_id: Id, cursor: str | None = None, limit: Limit = 50) -> Page[User]:
+        """A page of the account's live users in id order; pass ``next_cursor`` for the next.
+
+        Raises ``InvalidInput`` (field ``cursor``) for a cursor not from this listing.
+        """
+        return paginate(self._list, cursor=cursor, limit=limit, account_id=account_id)
+
+    @validated
+    def exists(self, *, account_id: Id, user_id: Id) -> bool:
+        """Whether the account has a live user with this id."""
+        return bool(self._exists(account_id=account_id, id=user_id))
 
     @validated
     def count(self, *, account_id: Id) -> int:
@@ -76,14 +89,57 @@ class UserRepository(Repository):
         return self._count(account_id=account_id) or 0
 
     @validated
-    def search(self, *, account_id: Id, term: Text, limit: Limit = 50) -> list[User]:
+    def search(self, *, account_id: Id, term: Text, limit: Limit = 50) -> builtins.list[User]:
         """Live users whose email or display name contains ``term`` (wildcards literal)."""
         return self._search(account_id=account_id, term=escape_like(term), limit=limit)
 
     @validated
-    def rename(self, *, account_id: Id, user_id: Id, display_name: DisplayName) -> User:
-        """Set a live user's display name; raises ``NotFound`` when there is no such user."""
-        user = self._rename(account_id=account_id, id=user_id, display_name=display_name)
+    def update(
+        self,
+        *,
+        account_id: Id,
+        user_id: Id,
+        display_name: DisplayName | None = None,
+        role: UserRole | None = None,
+        email: Email | None = None,
+    ) -> User:
+        """Change the given profile fields of a live user (``None`` leaves one unchanged).
+
+        Raises ``NotFound`` when there is no such live user in the account,
+        ``AlreadyExists`` (``users_email_key``) for an email another live user
+        has, ``InvalidInput`` when no field is given or a value is bad.
+        """
+        fields = {"display_name": display_name, "role": role, "email": email}
+        user = self._update(
+            account_id=account_id,
+            id=user_id,
+            **update_params(fields, ("display_name", "role", "email")),
+        )
         if user is None:
             raise NotFound(f"user {user_id} not found in account {account_id}")
+        return user
+
+    def rename(self, *, account_id: int, user_id: int, display_name: str) -> User:
+        """Set a live user's display name: ``update`` with one field; raises as ``update``."""
+        return self.update(account_id=account_id, user_id=user_id, display_name=display_name)
+
+    @validated
+    def delete(self, *, account_id: Id, user_id: Id) -> User:
+        """Soft-delete a live user, freeing the email; ``NotFound`` if missing or deleted."""
+        user = self._delete(account_id=account_id, id=user_id)
+        if user is None:
+            raise NotFound(f"live user {user_id} not found in account {account_id}")
+        return user
+
+    @validated
+    def restore(self, *, account_id: Id, user_id: Id) -> User:
+        """Undo a soft delete.
+
+        Raises ``NotFound`` if the user is missing or not deleted, and
+        ``AlreadyExists`` (``users_email_key``) if a live user took the email
+        in the meantime.
+        """
+        user = self._restore(account_id=account_id, id=user_id)
+        if user is None:
+            raise NotFound(f"deleted user {user_id} not found in account {account_id}")
         return user

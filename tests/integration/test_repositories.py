@@ -12,6 +12,7 @@ from datalayer import (
     Account,
     AlreadyExists,
     CheckViolation,
+    Database,
     InvalidInput,
     NotFound,
     ReferenceViolation,
@@ -136,13 +137,51 @@ def test_keyset_pages_cover_every_user_once_in_id_order(uow: UnitOfWork, account
         uow.users.create(account_id=account.id, email=f"u{i}@acme.test").id for i in range(7)
     ]
     seen: list[int] = []
-    after = 0
-    while page := uow.users.page(account_id=account.id, after_id=after, limit=3):
-        assert len(page) <= 3
-        seen += [u.id for u in page]
-        after = page[-1].id
+    cursor = None
+    pages = 0
+    while True:
+        page = uow.users.list(account_id=account.id, cursor=cursor, limit=3)
+        assert len(page.items) <= 3
+        seen += [u.id for u in page.items]
+        pages += 1
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
     assert seen == created
+    assert pages == 3
     assert uow.users.count(account_id=account.id) == 7
+
+
+def test_a_page_is_stable_when_rows_are_inserted_before_it(
+    uow: UnitOfWork, account: Account
+) -> None:
+    for i in range(4):
+        uow.users.create(account_id=account.id, email=f"u{i}@acme.test")
+    first = uow.users.list(account_id=account.id, limit=2)
+    uow.users.delete(account_id=account.id, user_id=first.items[0].id)
+    second = uow.users.list(account_id=account.id, cursor=first.next_cursor, limit=2)
+    assert [u.email for u in second.items] == ["u2@acme.test", "u3@acme.test"]
+
+
+@pytest.mark.parametrize(
+    "cursor", ["", "garbage", "eyJ2IjoxfQ", "eyJ2IjoxLCJpZCI6LTEsImQiOiJhc2MifQ"]
+)
+def test_a_forged_cursor_is_refused_naming_the_cursor(
+    uow: UnitOfWork, account: Account, cursor: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        uow.users.list(account_id=account.id, cursor=cursor)
+    assert info.value.field == "cursor"
+
+
+def test_exists_and_count_see_only_live_rows(uow: UnitOfWork, account: Account) -> None:
+    user = uow.users.create(account_id=account.id, email="ada@acme.test")
+    assert uow.users.exists(account_id=account.id, user_id=user.id)
+    assert uow.accounts.exists(account_id=account.id)
+    uow.users.delete(account_id=account.id, user_id=user.id)
+    assert not uow.users.exists(account_id=account.id, user_id=user.id)
+    assert uow.users.count(account_id=account.id) == 0
+    assert uow.users.get(account_id=account.id, user_id=user.id) is not None  # still readable
 
 
 def test_tenant_scoped_reads_never_return_another_accounts_users(
@@ -152,7 +191,7 @@ def test_tenant_scoped_reads_never_return_another_accounts_users(
     mine = uow.users.create(account_id=account.id, email="mine@acme.test")
     uow.users.create(account_id=other.id, email="theirs@other.test")
     assert uow.users.get(account_id=other.id, user_id=mine.id) is None
-    assert [u.id for u in uow.users.page(account_id=account.id)] == [mine.id]
+    assert [u.id for u in uow.users.list(account_id=account.id).items] == [mine.id]
     assert uow.users.search(account_id=account.id, term="theirs") == []
 
 
@@ -166,3 +205,60 @@ def test_rename_returns_the_updated_user_or_raises_not_found(
     assert renamed.updated_at >= user.updated_at
     with pytest.raises(NotFound):
         uow.users.rename(account_id=account.id, user_id=2**62, display_name="x")
+
+
+def test_create_with_owner_makes_both_or_neither(
+    conn: psycopg.Connection[Any], uow: UnitOfWork
+) -> None:
+    made = uow.accounts.create_with_owner(name="Acme", owner_email="boss@acme.test")
+    assert made.owner.role == "owner"
+    assert made.owner.account_id == made.account.id
+    before = uow.accounts.list(limit=1000).items
+    with pytest.raises(AlreadyExists) as info, conn.transaction():
+        uow.accounts.create_with_owner(name="Copycat", owner_email="BOSS@acme.test")
+    assert info.value.constraint == "users_email_key"
+    assert uow.accounts.list(limit=1000).items == before  # no orphan account
+
+
+def test_create_with_owner_outside_a_unit_of_work_is_atomic(db: Database) -> None:
+    db.accounts.create_with_owner(name="Acme", owner_email="boss@acme.test")
+    with pytest.raises(AlreadyExists):
+        db.accounts.create_with_owner(name="Copycat", owner_email="boss@acme.test")
+    assert [a.name for a in db.accounts.list().items] == ["Acme"]
+
+
+def test_partial_update_changes_only_the_named_fields(uow: UnitOfWork, account: Account) -> None:
+    user = uow.users.create(account_id=account.id, email="ada@acme.test", display_name="Ada")
+    updated = uow.users.update(account_id=account.id, user_id=user.id, role="admin")
+    assert (updated.role, updated.display_name, updated.email) == ("admin", "Ada", user.email)
+    with pytest.raises(InvalidInput) as info:
+        uow.users.update(account_id=account.id, user_id=user.id)
+    assert info.value.field == "fields"
+    renamed = uow.accounts.update(account_id=account.id, name="Acme Corp")
+    assert (renamed.name, renamed.status) == ("Acme Corp", account.status)
+
+
+def test_soft_delete_and_restore_round_trip(uow: UnitOfWork, account: Account) -> None:
+    user = uow.users.create(account_id=account.id, email="ada@acme.test")
+    deleted = uow.users.delete(account_id=account.id, user_id=user.id)
+    assert deleted.deleted_at is not None
+    assert uow.users.find_by_email(email="ada@acme.test") is None
+    with pytest.raises(NotFound):
+        uow.users.delete(account_id=account.id, user_id=user.id)
+    restored = uow.users.restore(account_id=account.id, user_id=user.id)
+    assert restored.deleted_at is None
+    assert uow.users.find_by_email(email="ada@acme.test") == restored
+    assert uow.accounts.delete(account_id=account.id).deleted_at is not None
+    assert not uow.accounts.exists(account_id=account.id)
+    assert uow.accounts.restore(account_id=account.id).deleted_at is None
+
+
+def test_restoring_a_user_whose_email_was_taken_meanwhile_is_refused(
+    conn: psycopg.Connection[Any], uow: UnitOfWork, account: Account
+) -> None:
+    old = uow.users.create(account_id=account.id, email="ada@acme.test")
+    uow.users.delete(account_id=account.id, user_id=old.id)
+    uow.users.create(account_id=account.id, email="Ada@acme.test")
+    with pytest.raises(AlreadyExists) as info, conn.transaction():
+        uow.users.restore(account_id=account.id, user_id=old.id)
+    assert info.value.constraint == "users_email_key"
