@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import ipaddress
+import re
 import types
 import typing
 import uuid
@@ -156,19 +157,69 @@ def check_queries(
 ) -> list[Problem]:
     """Prepare each bound query of ``repositories`` on ``conn``; return every problem found.
 
-    ``conn`` must be connected to a migrated database. Nothing is executed.
+    ``conn`` must be an autocommit connection to a migrated database. Nothing
+    is committed: the check runs in one transaction that is rolled back, in
+    which temp-table DDL (staging tables) is executed so that the queries
+    using those tables can be prepared. A ``:copy`` query is checked by
+    preparing a SELECT of its table and columns (COPY cannot be prepared).
     """
     problems: list[Problem] = []
-    for repo in repositories:
-        for ref in repo.query_refs.values():
-            query = ref.query
-            if query is None:
-                continue
-            res = conn.pgconn.prepare(b"", query.positional_sql.encode())
-            if res.status != pq.ExecStatus.COMMAND_OK:
-                message = (res.error_message or b"").decode(errors="replace").strip()
-                problems.append(Problem(query, message.removeprefix("ERROR:").strip()))
-                continue
-            described = conn.pgconn.describe_prepared(b"")
-            problems.extend(Problem(query, m) for m in _compare(conn, query, ref, described))
+    # One transaction, rolled back: temp-table DDL is executed so the queries
+    # that use the table can be prepared after it.
+    conn.execute("BEGIN")
+    try:
+        for repo in repositories:
+            for ref in repo.query_refs.values():
+                if ref.query is not None:
+                    problems.extend(_check_one(conn, ref.query, ref))
+    finally:
+        conn.execute("ROLLBACK")
     return problems
+
+
+_COPY = re.compile(r"^\s*COPY\s+(\w+)\s*\(([^)]*)\)\s+FROM\s+STDIN", re.IGNORECASE)
+_TEMP_DDL = re.compile(r"^\s*CREATE\s+TEMP(ORARY)?\s+TABLE", re.IGNORECASE)
+
+
+def _error(result: PGresult) -> str:
+    return (
+        (result.error_message or b"")
+        .decode(errors="replace")
+        .strip()
+        .removeprefix("ERROR:")
+        .strip()
+    )
+
+
+def _check_one(conn: psycopg.Connection[Any], query: Query, ref: _QueryRef) -> list[Problem]:
+    """Check one query inside a savepoint, so a failure leaves the transaction usable."""
+    pgconn = conn.pgconn
+    pgconn.exec_(b"SAVEPOINT check_sql")
+    try:
+        if _TEMP_DDL.match(query.positional_sql) and not query.params:
+            # Executed (and rolled back with the check) so later queries can use the table.
+            result = pgconn.exec_(query.positional_sql.encode())
+            return (
+                []
+                if result.status == pq.ExecStatus.COMMAND_OK
+                else [Problem(query, _error(result))]
+            )
+        probe = query.positional_sql
+        if query.cardinality == "copy":
+            match = _COPY.match(query.positional_sql)
+            if not match:
+                return [Problem(query, "a :copy query must be COPY table (columns) FROM STDIN")]
+            # COPY cannot be prepared; a SELECT of its columns checks table and columns.
+            # The text comes from the project's own SQL files, never from input.
+            probe = f"SELECT {match.group(2)} FROM {match.group(1)}"  # noqa: S608
+        result = pgconn.prepare(b"", probe.encode())
+        if result.status != pq.ExecStatus.COMMAND_OK:
+            return [Problem(query, _error(result))]
+        if query.cardinality == "copy":
+            return []
+        described = pgconn.describe_prepared(b"")
+        return [Problem(query, m) for m in _compare(conn, query, ref, described)]
+    finally:
+        if pgconn.transaction_status == pq.TransactionStatus.INERROR:
+            pgconn.exec_(b"ROLLBACK TO SAVEPOINT check_sql")
+        pgconn.exec_(b"RELEASE SAVEPOINT check_sql")

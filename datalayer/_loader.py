@@ -13,7 +13,7 @@ from .errors import SQLLoadError
 
 __all__ = ["Cardinality", "Query", "load_file", "load_sql_dir", "parse_sql"]
 
-Cardinality = Literal["one", "many", "exec", "execrows", "scalar"]
+Cardinality = Literal["one", "many", "exec", "execrows", "scalar", "copy"]
 _CARDINALITIES: frozenset[str] = frozenset(get_args(Cardinality))
 
 # Any comment line that tries to be a header; it must then match _HEADER exactly.

@@ -15,7 +15,7 @@ import time, so a typo fails ``import datalayer`` rather than a request.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar, overload
 
@@ -29,6 +29,7 @@ __all__ = [
     "Repository",
     "Session",
     "bind_repositories",
+    "copy_in",
     "execrows",
     "execute",
     "many",
@@ -240,6 +241,50 @@ class execrows(_QueryRef):  # noqa: N801
 
     def _result(self, query: Query, cur: psycopg.Cursor[Any]) -> Any:
         return cur.rowcount
+
+
+class copy_in(_QueryRef):  # noqa: N801
+    """``:copy`` → a ``COPY … FROM STDIN (FORMAT BINARY)``; call with ``rows`` and ``types``.
+
+    Returns the number of rows written. Binary COPY needs the PostgreSQL type
+    name of every column (``types``), in the statement's column order.
+    """
+
+    cardinality = "copy"
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Self: ...
+    @overload
+    def __get__(self, obj: Repository, owner: type) -> _BoundCopy: ...
+    def __get__(self, obj: Repository | None, owner: type) -> Self | _BoundCopy:
+        return self if obj is None else _BoundCopy(self, obj._session)
+
+    def _copy(self, session: Session, rows: Iterable[Sequence[Any]], types: Sequence[str]) -> int:
+        query = self.query
+        if query is None:
+            raise SQLLoadError(f"{self.describe()}: query {self.name} was never bound")
+        count = 0
+        with session.connection() as conn:
+            try:
+                with conn.cursor() as cur, cur.copy(query.sql) as copy:
+                    copy.set_types(list(types))
+                    for row in rows:
+                        copy.write_row(row)
+                        count += 1
+            except psycopg.Error as exc:
+                raise map_error(exc) from exc
+        return count
+
+
+class _BoundCopy:
+    __slots__ = ("_ref", "_session")
+
+    def __init__(self, ref: copy_in, session: Session):
+        self._ref = ref
+        self._session = session
+
+    def __call__(self, *, rows: Iterable[Sequence[Any]], types: Sequence[str]) -> int:
+        return self._ref._copy(self._session, rows, types)
 
 
 def bind_repositories(

@@ -43,3 +43,64 @@ WHERE k.account_id = :account_id AND k.idempotency_key = :idempotency_key;
 -- nothing for an unknown one, as for a duplicate; this tells them apart).
 SELECT EXISTS (SELECT 1 FROM accounts WHERE id = :account_id)
    AND EXISTS (SELECT 1 FROM meters WHERE code = :meter_code);
+
+-- name: create_usage_staging :exec
+-- A staging table for one batch, private to the transaction and dropped at its
+-- end (so it also works behind PgBouncer in transaction mode).
+CREATE TEMP TABLE usage_staging (
+    idx              integer NOT NULL,
+    account_id       bigint NOT NULL,
+    user_id          bigint,
+    api_key_id       bigint,
+    meter_code       text NOT NULL,
+    quantity         numeric NOT NULL,
+    occurred_at      timestamptz NOT NULL,
+    idempotency_key  text NOT NULL,
+    properties       jsonb NOT NULL
+) ON COMMIT DROP;
+
+-- name: copy_usage_staging :copy
+-- Binary COPY of a batch into the staging table.
+COPY usage_staging (idx, account_id, user_id, api_key_id, meter_code, quantity, occurred_at,
+                    idempotency_key, properties) FROM STDIN (FORMAT BINARY);
+
+-- name: find_unknown_usage_targets :many
+-- Staged events whose account or meter does not exist, with the reason.
+SELECT s.idx,
+       CASE WHEN a.id IS NULL THEN 'unknown account' ELSE 'unknown meter' END AS reason
+FROM usage_staging s
+LEFT JOIN accounts a ON a.id = s.account_id
+LEFT JOIN meters m ON m.code = s.meter_code
+WHERE a.id IS NULL OR m.code IS NULL
+ORDER BY s.idx;
+
+-- name: insert_staged_usage :scalar
+-- Store every staged event of a known account and meter whose key is new: the
+-- first of a key within the batch wins, a key stored before (by any batch,
+-- with any timestamp) is a duplicate. One statement, so two batches racing
+-- on a key store it once. Returns how many events were stored.
+WITH candidates AS (
+    SELECT DISTINCT ON (s.account_id, s.idempotency_key)
+           s.account_id, s.user_id, s.api_key_id, s.meter_code, s.quantity, s.occurred_at,
+           s.idempotency_key, s.properties
+    FROM usage_staging s
+    JOIN accounts a ON a.id = s.account_id
+    JOIN meters m ON m.code = s.meter_code
+    ORDER BY s.account_id, s.idempotency_key, s.idx
+), new_keys AS (
+    INSERT INTO usage_event_keys (account_id, idempotency_key, event_id, occurred_at)
+    SELECT account_id, idempotency_key, nextval('usage_events_id_seq'), occurred_at
+    FROM candidates
+    ON CONFLICT (account_id, idempotency_key) DO NOTHING
+    RETURNING account_id, idempotency_key, event_id
+), stored AS (
+    INSERT INTO usage_events
+        (account_id, id, user_id, api_key_id, meter_code, quantity, occurred_at,
+         idempotency_key, properties)
+    SELECT c.account_id, k.event_id, c.user_id, c.api_key_id, c.meter_code, c.quantity,
+           c.occurred_at, c.idempotency_key, c.properties
+    FROM candidates c
+    JOIN new_keys k USING (account_id, idempotency_key)
+    RETURNING 1
+)
+SELECT count(*) FROM stored;

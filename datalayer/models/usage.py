@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 
 class UsageEvent(BaseModel):
@@ -36,3 +36,49 @@ class RecordResult(BaseModel):
 
     event: UsageEvent | None
     duplicate: bool
+
+
+class UsageEventIn(BaseModel):
+    """One usage event to record (input of ``record_batch``)."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+    account_id: Annotated[int, Field(ge=1, le=2**63 - 1)]
+    meter_code: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+    quantity: Annotated[Decimal, Field(ge=0, lt=Decimal("1e12"), allow_inf_nan=False)]
+    occurred_at: AwareDatetime
+    idempotency_key: Annotated[
+        str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")
+    ]
+    user_id: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = None
+    api_key_id: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+
+class Rejection(BaseModel):
+    """An event of a batch that was not stored, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    idempotency_key: str | None
+    reason: str
+
+
+class BatchResult(BaseModel):
+    """What ``record_batch`` did: events stored, duplicates skipped, rejections with reasons."""
+
+    model_config = ConfigDict(frozen=True)
+
+    inserted: int
+    duplicates: int
+    rejected: list[Rejection]
+
+
+class StagedRejection(BaseModel):
+    """A staged event refused by the database check (unknown account or meter)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    idx: int
+    reason: str

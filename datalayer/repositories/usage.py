@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
 from psycopg.types.json import Jsonb
-from pydantic import AwareDatetime, Field, StringConstraints
+from pydantic import AwareDatetime, Field, StringConstraints, TypeAdapter, ValidationError
 
-from .._repository import Repository, one, scalar
+from .._repository import Repository, copy_in, execute, many, one, scalar
 from .._validation import Id, validated
 from ..errors import InvalidInput, ReferenceViolation
-from ..models.usage import RecordResult, UsageEvent
+from ..models.usage import (
+    BatchResult,
+    RecordResult,
+    Rejection,
+    StagedRejection,
+    UsageEvent,
+    UsageEventIn,
+)
 
 MeterCode = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 IdempotencyKey = Annotated[
@@ -44,6 +52,10 @@ class UsageRepository(Repository):
     _record = one("record_usage_event", UsageEvent)
     _by_key = one("get_usage_event_by_key", UsageEvent)
     _target_exists = scalar("usage_target_exists", bool)
+    _create_staging = execute("create_usage_staging")
+    _copy_staging = copy_in("copy_usage_staging")
+    _unknown_targets = many("find_unknown_usage_targets", StagedRejection)
+    _insert_staged = scalar("insert_staged_usage", int)
 
     @validated
     def record(
@@ -93,3 +105,90 @@ class UsageRepository(Repository):
     def get_by_key(self, *, account_id: Id, idempotency_key: IdempotencyKey) -> UsageEvent | None:
         """The event stored under this idempotency key, or ``None``."""
         return self._by_key(account_id=account_id, idempotency_key=idempotency_key)
+
+    def record_batch(
+        self, *, events: Sequence[UsageEventIn | Mapping[str, Any]], now: datetime | None = None
+    ) -> BatchResult:
+        """Store a batch of events exactly once each; report duplicates and rejections.
+
+        Each event is validated (a bad field, or a time outside the accepted
+        window, rejects that event with the reason); the valid ones go in by
+        binary COPY into a transaction-private staging table, then one
+        set-based statement stores each new key's event. Events of an unknown
+        account or meter are rejected; a key already stored (or repeated in
+        the batch) is a duplicate, which is not an error. All-or-nothing for
+        the valid events: raises ``PartitionMissing`` (nothing stored) when a
+        month has no partition, ``Unavailable`` if the database is lost.
+        """
+        moment = now or datetime.now(UTC)
+        rejected: list[Rejection] = []
+        valid: list[tuple[int, UsageEventIn]] = []
+        for index, event in enumerate(_validate_all(events, rejected)):
+            if event is None:
+                continue
+            if event.occurred_at < moment - ACCEPTED_AGE:
+                reason = f"outside the accepted window: older than {ACCEPTED_AGE.days} days"
+            elif event.occurred_at > moment + ACCEPTED_SKEW:
+                reason = "outside the accepted window: more than 5 minutes in the future"
+            else:
+                valid.append((index, event))
+                continue
+            rejected.append(
+                Rejection(index=index, idempotency_key=event.idempotency_key, reason=reason)
+            )
+        inserted = 0
+        if valid:
+            with self._atomic() as session:
+                repo = type(self)(session)
+                repo._create_staging()
+                repo._copy_staging(
+                    rows=(
+                        (i, e.account_id, e.user_id, e.api_key_id, e.meter_code, e.quantity,
+                         e.occurred_at, e.idempotency_key, Jsonb(e.properties))
+                        for i, e in valid
+                    ),
+                    types=_STAGING_TYPES,
+                )  # fmt: skip
+                keys = dict(valid)
+                for unknown in repo._unknown_targets():
+                    key = keys[unknown.idx].idempotency_key
+                    rejected.append(
+                        Rejection(index=unknown.idx, idempotency_key=key, reason=unknown.reason)
+                    )
+                inserted = repo._insert_staged() or 0
+        rejected.sort(key=lambda r: r.index)
+        duplicates = len(events) - len(rejected) - inserted
+        return BatchResult(inserted=inserted, duplicates=duplicates, rejected=rejected)
+
+
+_STAGING_TYPES = [
+    "int4", "int8", "int8", "int8", "text", "numeric", "timestamptz", "text", "jsonb",
+]  # fmt: skip
+_EVENTS = TypeAdapter(list[UsageEventIn])
+
+
+def _validate_all(
+    events: Sequence[UsageEventIn | Mapping[str, Any]], rejected: list[Rejection]
+) -> list[UsageEventIn | None]:
+    """Validate a batch in one pass; on failure, event by event, recording rejections."""
+    try:
+        return list(_EVENTS.validate_python(list(events)))
+    except ValidationError:
+        pass
+    result: list[UsageEventIn | None] = []
+    for index, raw in enumerate(events):
+        try:
+            result.append(UsageEventIn.model_validate(raw))
+        except ValidationError as exc:
+            error = exc.errors(include_url=False, include_input=False)[0]
+            field = ".".join(str(p) for p in error["loc"])
+            key = raw.get("idempotency_key") if isinstance(raw, Mapping) else None
+            rejected.append(
+                Rejection(
+                    index=index,
+                    idempotency_key=key if isinstance(key, str) else None,
+                    reason=f"bad {field}: {error['msg']}",
+                )
+            )
+            result.append(None)
+    return result

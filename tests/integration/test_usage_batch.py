@@ -1,0 +1,132 @@
+"""Batch ingestion: binary COPY into staging, set-based exactly-once, rejections with reasons."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+
+from datalayer import Database, PartitionMissing
+from datalayer.models.usage import UsageEventIn
+
+
+@pytest.fixture
+def account_id(db: Database) -> int:
+    with db.connection() as conn:
+        conn.execute(
+            "INSERT INTO meters (code, name, unit, aggregation)"
+            " VALUES ('api_calls', 'API calls', 'call', 'sum')"
+        )
+    return db.accounts.create(name="Acme").id
+
+
+def event(account_id: int, key: str, **changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "account_id": account_id,
+        "meter_code": "api_calls",
+        "quantity": Decimal(1),
+        "occurred_at": datetime.now(UTC) - timedelta(minutes=1),
+        "idempotency_key": key,
+    }
+    return {**base, **changes}
+
+
+def _count(db: Database, table: str = "usage_events") -> int:
+    with db.connection() as conn:
+        row = conn.execute(
+            psycopg.sql.SQL("SELECT count(*) FROM {}").format(psycopg.sql.Identifier(table))
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_batch_stores_every_new_event_and_counts_duplicates(
+    db: Database, account_id: int
+) -> None:
+    first = db.usage.record_batch(events=[event(account_id, f"k{i}") for i in range(50)])
+    assert (first.inserted, first.duplicates, first.rejected) == (50, 0, [])
+    again = [event(account_id, f"k{i}", quantity=Decimal(7)) for i in range(40, 60)]
+    second = db.usage.record_batch(events=again)
+    assert (second.inserted, second.duplicates) == (10, 10)
+    assert _count(db) == 60 == _count(db, "usage_event_keys")
+
+
+def test_a_key_repeated_inside_one_batch_is_stored_once_the_first_time(
+    db: Database, account_id: int
+) -> None:
+    now = datetime.now(UTC)
+    batch = [
+        event(account_id, "same", quantity=Decimal(1), occurred_at=now - timedelta(minutes=2)),
+        event(account_id, "same", quantity=Decimal(9), occurred_at=now - timedelta(days=3)),
+    ]
+    result = db.usage.record_batch(events=batch)
+    assert (result.inserted, result.duplicates) == (1, 1)
+    stored = db.usage.get_by_key(account_id=account_id, idempotency_key="same")
+    assert stored is not None
+    assert stored.quantity == Decimal(1)
+
+
+def test_bad_events_are_rejected_with_their_reason_and_the_rest_stored(
+    db: Database, account_id: int
+) -> None:
+    now = datetime.now(UTC)
+    batch = [
+        event(account_id, "ok"),
+        event(account_id, "neg", quantity=Decimal(-1)),
+        event(account_id, "nan", quantity=Decimal("NaN")),
+        event(account_id, "huge", quantity=Decimal("1e13")),
+        event(account_id, "naive", occurred_at=datetime(2026, 1, 1)),
+        event(account_id, "old", occurred_at=now - timedelta(days=40)),
+        event(account_id, "future", occurred_at=now + timedelta(minutes=10)),
+        event(account_id, "meter", meter_code="no_such_meter"),
+        event(2**62, "account"),
+        event(account_id, ""),
+        event(account_id, "nul\x00"),
+    ]
+    result = db.usage.record_batch(events=batch)
+    assert result.inserted == 1
+    assert result.duplicates == 0
+    reasons = {r.index: r.reason for r in result.rejected}
+    assert sorted(reasons) == list(range(1, 11))
+    assert reasons[1].startswith("bad quantity")
+    assert reasons[2].startswith("bad quantity")
+    assert reasons[3].startswith("bad quantity")
+    assert reasons[4].startswith("bad occurred_at")
+    assert "older than 35 days" in reasons[5]
+    assert "in the future" in reasons[6]
+    assert reasons[7] == "unknown meter"
+    assert reasons[8] == "unknown account"
+    assert reasons[9].startswith("bad idempotency_key")
+    assert reasons[10].startswith("bad idempotency_key")
+    assert _count(db) == 1
+
+
+def test_a_batch_is_all_or_nothing_for_its_valid_events(db: Database, account_id: int) -> None:
+    now = datetime.now(UTC)
+    month = f"usage_events_{now:%Y_%m}"
+    with db.connection() as conn:
+        conn.execute(psycopg.sql.SQL("DROP TABLE {}").format(psycopg.sql.Identifier(month)))
+    last_month = now.replace(day=1) - timedelta(days=1)
+    batch = [
+        event(account_id, "a", occurred_at=last_month),  # its partition exists
+        event(account_id, "b", occurred_at=now - timedelta(minutes=1)),  # this month: none
+    ]
+    with pytest.raises(PartitionMissing) as info:
+        db.usage.record_batch(events=batch)
+    assert info.value.month == f"{now:%Y-%m}"
+    assert _count(db) == 0
+    assert _count(db, "usage_event_keys") == 0
+
+
+def test_validated_models_and_plain_dicts_are_both_accepted(db: Database, account_id: int) -> None:
+    model = UsageEventIn.model_validate(event(account_id, "model"))
+    result = db.usage.record_batch(events=[model, event(account_id, "dict")])
+    assert result.inserted == 2
+
+
+def test_an_empty_batch_does_nothing(db: Database) -> None:
+    result = db.usage.record_batch(events=[])
+    assert (result.inserted, result.duplicates, result.rejected) == (0, 0, [])
