@@ -183,6 +183,16 @@ _BY_SQLSTATE: dict[str, type[DatabaseError]] = {
 }
 
 
+# Constraints whose violation means something in the domain get their own class.
+_BY_CONSTRAINT: dict[str, tuple[type[DatabaseError], str]] = {
+    "subscriptions_one_live_per_account": (
+        LiveSubscriptionExists,
+        "the account already has a live subscription (trialing, active or past_due); "
+        "cancel or change it instead",
+    ),
+}
+
+
 def map_error(exc: BaseException) -> DataLayerError:
     """Translate a psycopg or pool exception into the datalayer error for it.
 
@@ -216,6 +226,9 @@ def map_error(exc: BaseException) -> DataLayerError:
         message = f"{message} (constraint {diag.constraint_name})"
     if diag.message_detail:
         message = f"{message}: {diag.message_detail}"
+    if diag.constraint_name in _BY_CONSTRAINT:
+        cls, meaning = _BY_CONSTRAINT[diag.constraint_name]
+        message = f"{meaning} (constraint {diag.constraint_name})"
     return cls(
         message,
         sqlstate=sqlstate,

@@ -2,10 +2,333 @@
 
 from __future__ import annotations
 
-from .._repository import Repository
+from typing import Annotated, NoReturn
+
+from pydantic import AwareDatetime, Field
+
+from .._paging import Page, paginate
+from .._repository import Repository, Session, many, one, scalar
+from .._validation import Id, Limit, validated
+from ..errors import InvalidInput, InvalidTransition, NotFound
+from ..models.plans import Plan
+from ..models.subscriptions import LIVE_STATUSES, Proration, Subscription, Upgrade
+from .plans import PlanRepository
+
+Batch = Annotated[int, Field(ge=1, le=10_000)]
+
+_LIVE: tuple[str, ...] = LIVE_STATUSES
+_UPGRADABLE: tuple[str, ...] = ("trialing", "active")
 
 
 class SubscriptionRepository(Repository):
-    """An account's subscriptions and their billing cycles."""
+    """An account's subscriptions and their billing cycles; every method is scoped by account.
+
+    Times default to the database's clock (the transaction's start); pass
+    ``now`` (timezone-aware) to use another clock, as a test clock does. A
+    subscription that belongs to another account is treated as missing.
+    """
 
     aggregate = "subscriptions"
+
+    _start = one("start_subscription", Subscription)
+    _get = one("get_subscription", Subscription)
+    _live = one("get_live_subscription", Subscription)
+    _list = many("list_subscriptions", Subscription)
+    _replace = one("replace_subscription", Subscription)
+    _insert_upgrade = one("insert_upgrade", Subscription)
+    _proration = one("compute_proration", Proration)
+    _schedule_downgrade = one("schedule_downgrade", Subscription)
+    _cancel_now = one("cancel_subscription_now", Subscription)
+    _cancel_at_end = one("cancel_subscription_at_period_end", Subscription)
+    _renew_due = scalar("renew_due_subscriptions", int)
+
+    @validated
+    def start(
+        self,
+        *,
+        account_id: Id,
+        plan_id: Id,
+        trial: bool = False,
+        now: AwareDatetime | None = None,
+    ) -> Subscription:
+        """Subscribe the account to a published plan and return the subscription.
+
+        Trialing until ``now + trial_days`` when ``trial`` is asked for and the
+        plan has trial days, else active (a trial is opt-in: the data layer
+        cannot know whether the account had one before). The first period is
+        ``[now, now + interval)`` and the billing anchor is ``now``.
+
+        Raises ``LiveSubscriptionExists`` when the account already has a live
+        subscription (also when two callers start one at the same moment: one
+        wins), ``NotFound`` when the plan does not exist, ``InvalidTransition``
+        (entity ``plan``) when it is a draft or archived, ``ReferenceViolation``
+        when the account does not exist, ``InvalidInput`` for a bad argument.
+        """
+        subscription = self._start(account_id=account_id, plan_id=plan_id, trial=trial, now=now)
+        if subscription is None:
+            raise _plan_refused(self._session, plan_id, expected=("published",))
+        return subscription
+
+    @validated
+    def get(self, *, account_id: Id, subscription_id: Id) -> Subscription | None:
+        """The account's subscription with this id, in any status, or ``None``."""
+        return self._get(account_id=account_id, id=subscription_id)
+
+    @validated
+    def require(self, *, account_id: Id, subscription_id: Id) -> Subscription:
+        """Like ``get``, but raises ``NotFound`` instead of returning ``None``."""
+        subscription = self._get(account_id=account_id, id=subscription_id)
+        if subscription is None:
+            raise _not_found(account_id, subscription_id)
+        return subscription
+
+    @validated
+    def current(self, *, account_id: Id) -> Subscription | None:
+        """The account's live (trialing, active or past-due) subscription, or ``None``."""
+        return self._live(account_id=account_id)
+
+    @validated
+    def history(
+        self, *, account_id: Id, cursor: str | None = None, limit: Limit = 50
+    ) -> Page[Subscription]:
+        """A page of the account's subscriptions in every status, newest first.
+
+        Pass ``next_cursor`` back for the next page. Raises ``InvalidInput``
+        (field ``cursor``) for a cursor this listing did not make.
+        """
+        return paginate(
+            self._list, cursor=cursor, limit=limit, direction="desc", account_id=account_id
+        )
+
+    @validated
+    def upgrade_now(
+        self,
+        *,
+        account_id: Id,
+        subscription_id: Id,
+        plan_id: Id,
+        now: AwareDatetime | None = None,
+    ) -> Upgrade:
+        """Move a subscription to another plan at once, in one transaction, with proration.
+
+        The subscription becomes ``replaced`` (ended at ``now``) and a new
+        active one on ``plan_id`` replaces it in the same billing cycle: same
+        period, same anchor, so its period started before it did. Nothing of
+        the proration is stored: the returned ``Proration`` credits the unused
+        fraction of the old base price and charges that of the new one, and
+        billing turns it into invoice lines. A trial ends with the upgrade; a
+        pending downgrade or cancellation at period end does not carry over.
+
+        Only a trialing or active subscription can be upgraded (a past-due one
+        is settled first), and only inside its current period. The new plan
+        must be published, differ from the current one, and share its currency
+        and interval (a change of interval waits for the period end:
+        ``downgrade_at_period_end``).
+
+        Raises ``NotFound`` (no such subscription in the account, or no such
+        plan), ``InvalidTransition`` (entity ``subscription``: not trialing or
+        active, or ``now`` outside the period; entity ``plan``: not published),
+        ``InvalidInput`` (field ``plan_id``: the same plan, another currency
+        or another interval). Nothing changes when it raises.
+        """
+        with self._atomic() as session:
+            repo = type(self)(session)
+            replaced = repo._replace(account_id=account_id, id=subscription_id, now=now)
+            if replaced is None:
+                repo._refuse(
+                    account_id,
+                    subscription_id,
+                    expected=_UPGRADABLE,
+                    why=f"{'now' if now is None else now.isoformat()} is outside its current "
+                    "period (renew it first) or it changed meanwhile",
+                )
+            subscription = repo._insert_upgrade(
+                account_id=account_id, replaces_id=subscription_id, plan_id=plan_id
+            )
+            if subscription is None:
+                raise _plan_refused(session, plan_id, expected=("published",), current=replaced)
+            proration = repo._proration(
+                account_id=account_id, subscription_id=subscription.id, now=now
+            )
+            assert proration is not None  # the row inserted just above
+        return Upgrade(replaced=replaced, subscription=subscription, proration=proration)
+
+    @validated
+    def downgrade_at_period_end(
+        self, *, account_id: Id, subscription_id: Id, plan_id: Id
+    ) -> Subscription:
+        """Schedule a move to ``plan_id`` at the end of the current period (``pending_plan_id``).
+
+        ``renew_due`` applies it: the subscription is replaced by one on the
+        new plan that starts the next period. Scheduling again replaces the
+        pending plan; a cancellation at period end wins over it. The plan must
+        be published, differ from the current one and share its currency; its
+        interval may differ.
+
+        Raises ``NotFound`` (no such subscription in the account, or no such
+        plan), ``InvalidTransition`` (entity ``subscription``: not live;
+        entity ``plan``: not published), ``InvalidInput`` (field ``plan_id``:
+        the same plan or another currency). Nothing changes when it raises.
+        """
+        subscription = self._schedule_downgrade(
+            account_id=account_id, id=subscription_id, plan_id=plan_id
+        )
+        if subscription is None:
+            current = self._check(account_id, subscription_id, expected=_LIVE)
+            raise _plan_refused(
+                self._session, plan_id, expected=("published",), current=current, interval=False
+            )
+        return subscription
+
+    @validated
+    def cancel_now(
+        self, *, account_id: Id, subscription_id: Id, now: AwareDatetime | None = None
+    ) -> Subscription:
+        """End a live subscription at once: canceled, with ``canceled_at = ended_at = now``.
+
+        A pending downgrade is dropped. Raises ``NotFound`` when the account has
+        no such subscription, ``InvalidTransition`` (nothing changed) when it
+        is not live.
+        """
+        subscription = self._cancel_now(account_id=account_id, id=subscription_id, now=now)
+        if subscription is None:
+            self._refuse(account_id, subscription_id, expected=_LIVE)
+        return subscription
+
+    @validated
+    def cancel_at_period_end(
+        self, *, account_id: Id, subscription_id: Id, now: AwareDatetime | None = None
+    ) -> Subscription:
+        """Let a live subscription run to the end of its period, then cancel it (``renew_due``).
+
+        ``canceled_at`` records when it was asked (``now``); the subscription
+        stays live until the renewal cancels it. Asking again is harmless.
+        Raises ``NotFound`` when the account has no such subscription,
+        ``InvalidTransition`` (nothing changed) when it is not live.
+        """
+        subscription = self._cancel_at_end(account_id=account_id, id=subscription_id, now=now)
+        if subscription is None:
+            self._refuse(account_id, subscription_id, expected=_LIVE)
+        return subscription
+
+    @validated
+    def renew_due(self, *, now: AwareDatetime | None = None, batch: Batch = 100) -> int:
+        """Renew up to ``batch`` live subscriptions whose period ended by ``now``, in one statement.
+
+        Each is canceled (cancel at period end), replaced by a subscription on
+        its pending plan (downgrade: the old one ends with its period and the
+        successor, ``replaces_id`` pointing back, starts the next one), or
+        moved one interval forward; a trial that ended by the period end
+        becomes active. Period ends stay on the billing anchor's grid (Jan 31,
+        Feb 28, Mar 31). Rows another renewer holds are skipped, so concurrent
+        renewers never handle one subscription twice.
+
+        Returns how many subscriptions were handled; call again until it
+        returns 0 (a subscription many periods behind advances one period per
+        call, so each period is renewed exactly once). This is a
+        maintenance task over every account, like ``rollups refresh``.
+        """
+        return self._renew_due(now=now, batch=batch) or 0
+
+    def _check(
+        self, account_id: int, subscription_id: int, *, expected: tuple[str, ...]
+    ) -> Subscription:
+        """The subscription, if the account has it in an expected status; else raise.
+
+        Raises ``NotFound`` (no such subscription in the account) or
+        ``InvalidTransition`` (another status).
+        """
+        found = self._get(account_id=account_id, id=subscription_id)
+        if found is None:
+            raise _not_found(account_id, subscription_id)
+        if found.status not in expected:
+            raise InvalidTransition(
+                f"subscription {subscription_id} is {found.status}; "
+                f"expected {' or '.join(expected)}",
+                entity="subscription",
+                entity_id=subscription_id,
+                expected=expected,
+                actual=found.status,
+            )
+        return found
+
+    def _refuse(
+        self,
+        account_id: int,
+        subscription_id: int,
+        *,
+        expected: tuple[str, ...],
+        why: str = "it changed meanwhile; retry",
+    ) -> NoReturn:
+        """Why a guarded change matched no row: raise ``NotFound`` or ``InvalidTransition``.
+
+        ``why`` explains a refusal of a subscription that is in an expected
+        status (a further condition of the statement did not hold).
+        """
+        found = self._check(account_id, subscription_id, expected=expected)
+        raise InvalidTransition(
+            f"subscription {subscription_id} is {found.status} but {why}",
+            entity="subscription",
+            entity_id=subscription_id,
+            expected=expected,
+            actual=found.status,
+        )
+
+
+def _not_found(account_id: int, subscription_id: int) -> NotFound:
+    return NotFound(f"subscription {subscription_id} not found in account {account_id}")
+
+
+def _plan_refused(
+    session: Session,
+    plan_id: int,
+    *,
+    expected: tuple[str, ...],
+    current: Subscription | None = None,
+    interval: bool = True,
+) -> NotFound | InvalidTransition | InvalidInput:
+    """Why a plan was refused for a subscription: missing, not published, or not a fit.
+
+    ``current`` is the subscription moving off its plan; the new plan must
+    differ from that one and share its currency (and its interval, when
+    ``interval``).
+    """
+    plans = PlanRepository(session)
+    plan = plans.get(plan_id=plan_id)
+    if plan is None:
+        return NotFound(f"plan {plan_id} not found")
+    if plan.status not in expected:
+        return InvalidTransition(
+            f"plan {plan.code} version {plan.version} (id {plan_id}) is {plan.status}; "
+            "subscriptions need a published plan",
+            entity="plan",
+            entity_id=plan_id,
+            expected=expected,
+            actual=plan.status,
+        )
+    old: Plan | None = plans.get(plan_id=current.plan_id) if current is not None else None
+    if old is not None:
+        if old.id == plan.id:
+            return InvalidInput("is already the subscription's plan", field="plan_id")
+        if old.currency != plan.currency:
+            return InvalidInput(
+                f"plan {plan_id} is priced in {plan.currency}, the subscription in {old.currency}",
+                field="plan_id",
+            )
+        if interval and (old.billing_interval, old.interval_count) != (
+            plan.billing_interval,
+            plan.interval_count,
+        ):
+            return InvalidInput(
+                f"plan {plan_id} bills every {plan.interval_count} {plan.billing_interval}, "
+                f"the subscription every {old.interval_count} {old.billing_interval}; "
+                "change the interval at the period end (downgrade_at_period_end)",
+                field="plan_id",
+            )
+    return InvalidTransition(
+        f"plan {plan_id} could not be applied: the subscription changed meanwhile; retry",
+        entity="plan",
+        entity_id=plan_id,
+        expected=expected,
+        actual=plan.status,
+    )
