@@ -23,7 +23,7 @@ import psycopg
 from psycopg.rows import BaseRowFactory, class_row, scalar_row, tuple_row
 
 from ._loader import Cardinality, Query
-from .errors import DataLayerError, SQLLoadError, map_error
+from .errors import DataLayerError, InvalidInput, SQLLoadError, map_error
 
 __all__ = [
     "Repository",
@@ -124,6 +124,8 @@ class _QueryRef:
                 return self._result(query, cur)
             except psycopg.Error as exc:
                 raise map_error(exc) from exc
+            except UnicodeEncodeError as exc:  # e.g. a lone surrogate in a str parameter
+                raise InvalidInput(f"not encodable as UTF-8 text: {exc.reason}") from None
 
     def row_factory(self) -> BaseRowFactory[Any]:
         return tuple_row

@@ -1,11 +1,344 @@
-"""API keys repository (``sql/api_keys.sql``)."""
+"""API keys repository (``sql/api_keys.sql``) and the key format.
+
+A key reads ``dl_<env>_<random><checksum>``, e.g. ``dl_live_`` + 32 base62
+characters from ``secrets`` (about 190 bits) + 6 base62 characters of CRC32
+over everything before them. As with GitHub tokens, the fixed prefix makes a
+leaked key easy for secret scanners to recognise, and the checksum lets a
+typo, a truncation or a tampered character be refused without a database
+round trip. The checksum is no secret and proves nothing about validity:
+only the database does that.
+
+Only SHA-256(secret) is stored. Validity (revoked, expired) is judged by the
+database clock.
+"""
 
 from __future__ import annotations
 
-from .._repository import Repository
+import hashlib
+import hmac
+import re
+import secrets
+import string
+import zlib
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
+
+from .._paging import Page, paginate
+from .._repository import Repository, execrows, many, one
+from .._validation import Id, Limit, Name, validated
+from ..errors import DataLayerError, InvalidInput, InvalidTransition, NotFound
+from ..models.api_keys import ApiKey, ApiKeyEnvironment, AuthContext, IssuedKey
+
+__all__ = [
+    "ApiKeyRepository",
+    "display_prefix",
+    "generate_secret",
+    "hash_secret",
+    "parse_secret",
+]
+
+ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase  # base62
+PREFIX = "dl"
+RANDOM_LENGTH = 32
+CHECKSUM_LENGTH = 6  # 62**6 > 2**32: any CRC32 fits
+DISPLAY_RANDOM_CHARS = 4
+SECRET_LENGTH = len(f"{PREFIX}_live_") + RANDOM_LENGTH + CHECKSUM_LENGTH  # "test" is as long
+_SECRET = re.compile(
+    rf"{PREFIX}_(?P<env>live|test)_[0-9A-Za-z]{{{RANDOM_LENGTH}}}[0-9A-Za-z]{{{CHECKSUM_LENGTH}}}"
+)
+
+
+def _base62(number: int, width: int) -> str:
+    digits = []
+    while number:
+        number, digit = divmod(number, 62)
+        digits.append(ALPHABET[digit])
+    return "".join(reversed(digits)).rjust(width, ALPHABET[0])
+
+
+def _checksum(body: str) -> str:
+    """CRC32 of ``body`` (``dl_<env>_<random>``) as 6 base62 characters."""
+    return _base62(zlib.crc32(body.encode("ascii")), CHECKSUM_LENGTH)
+
+
+def generate_secret(environment: ApiKeyEnvironment) -> str:
+    """A new secret ``dl_<environment>_<32 random base62><6 checksum>``."""
+    random_part = "".join(secrets.choice(ALPHABET) for _ in range(RANDOM_LENGTH))
+    body = f"{PREFIX}_{environment}_{random_part}"
+    return body + _checksum(body)
+
+
+def parse_secret(secret: str) -> ApiKeyEnvironment | None:
+    """The environment of a well-formed secret whose checksum holds, else ``None``.
+
+    Pure: no database. ``None`` means the string cannot be one of our keys
+    (wrong length, prefix or alphabet, a typo, a truncation); a well-formed
+    secret may still be unknown, revoked or expired.
+    """
+    if len(secret) != SECRET_LENGTH:
+        return None
+    match = _SECRET.fullmatch(secret)
+    if match is None:
+        return None
+    body, check = secret[:-CHECKSUM_LENGTH], secret[-CHECKSUM_LENGTH:]
+    if _checksum(body) != check:  # a public checksum: nothing to hide by timing
+        return None
+    environment: ApiKeyEnvironment = "live" if match["env"] == "live" else "test"
+    return environment
+
+
+def display_prefix(secret: str) -> str:
+    """What people see to recognise a key, e.g. ``dl_live_AbCd``: never enough to use it."""
+    return secret[: secret.rindex("_") + 1 + DISPLAY_RANDOM_CHARS]
+
+
+def hash_secret(secret: str) -> bytes:
+    """SHA-256 of the secret: the only thing about it that is stored (32 bytes)."""
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+#: A scope such as ``files:read`` or ``usage.events:write``: lowercase segments
+#: joined by ``:`` or ``.``; matched exactly (no wildcards).
+Scope = Annotated[
+    str,
+    Field(min_length=1, max_length=100, pattern=r"^[a-z][a-z0-9_]*(?:[:.][a-z][a-z0-9_]*)*$"),
+]
+Scopes = Annotated[Sequence[Scope], Field(max_length=64)]
+Overlap = Annotated[timedelta, Field(ge=timedelta(0), le=timedelta(days=90))]
+# Python's datetime stops at year 9999: a later instant (9999-12-31 23:00-05:00 is
+# year 10000 in UTC) would be stored by PostgreSQL and then fail to load.
+Expiry = Annotated[AwareDatetime, Field(lt=datetime(9999, 1, 1, tzinfo=UTC))]
+
+
+class _Credential(BaseModel):
+    """The row authentication reads: the live key with the presented hash."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: int
+    id: int
+    secret_hash: bytes
+    environment: ApiKeyEnvironment
+    scopes: tuple[str, ...]
+    expires_at: datetime | None
+    touch_due: bool
+
+
+class _RotationSource(BaseModel):
+    """A key locked for rotation and its state by the database clock."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: int
+    id: int
+    environment: ApiKeyEnvironment
+    state: Literal["active", "revoked", "expired"]
 
 
 class ApiKeyRepository(Repository):
-    """API keys for enterprise access; secrets are never stored."""
+    """API keys for enterprise access; secrets are never stored.
+
+    Every method but ``authenticate`` is scoped by ``account_id`` and never
+    sees another account's keys.
+    """
 
     aggregate = "api_keys"
+
+    _create = one("create_api_key", ApiKey)
+    _get = one("get_api_key", ApiKey)
+    _list = many("list_api_keys", ApiKey)
+    _find = one("find_api_key_credential", _Credential)
+    _touch = execrows("touch_api_key")
+    _revoke = one("revoke_api_key", ApiKey)
+    _lock = one("lock_api_key_for_rotation", _RotationSource)
+    _rotate = one("rotate_api_key", ApiKey)
+
+    @validated
+    def issue(
+        self,
+        *,
+        account_id: Id,
+        name: Name,
+        environment: ApiKeyEnvironment,
+        scopes: Scopes,
+        expires_at: Expiry | None = None,
+        created_by: Id | None = None,
+    ) -> IssuedKey:
+        """Create a key and return it with its secret, which is never shown again.
+
+        ``scopes`` are stored sorted and without duplicates. Raises
+        ``InvalidInput`` for a bad argument, a naive ``expires_at``, one not in
+        the future (by the database clock) or after 9998 (field ``expires_at``),
+        ``ReferenceViolation`` when the account does not exist or
+        ``created_by`` is not a user of it.
+        """
+        secret = generate_secret(environment)
+        key = self._create(
+            account_id=account_id,
+            name=name,
+            display_prefix=display_prefix(secret),
+            secret_hash=hash_secret(secret),
+            environment=environment,
+            scopes=sorted(set(scopes)),
+            created_by=created_by,
+            expires_at=expires_at,
+        )
+        if key is None:
+            raise InvalidInput("must be in the future", field="expires_at")
+        return IssuedKey(key=key, secret=SecretStr(secret))
+
+    @validated
+    def authenticate(self, *, secret: str, record_use: bool = True) -> AuthContext | None:
+        """Who ``secret`` proves to be; ``None`` for a malformed, unknown, revoked or expired key.
+
+        A malformed secret (bad format or checksum: a typo, a truncation) is
+        refused before any SQL. Otherwise one probe of the unique index on
+        SHA-256(secret) finds the live key, if any.
+
+        Constant time with respect to the secret: the database compares
+        SHA-256 digests, never the secret, so how long the index search takes
+        depends only on the digest of what was presented — and a digest close
+        to a stored one reveals nothing about a secret that would produce it,
+        so timing cannot be used to guess a key character by character. The
+        stored digest is then compared with ``hmac.compare_digest``, whose
+        duration does not depend on where two digests differ, so the final
+        check adds no timing signal even if the lookup ever matched on
+        something weaker than the whole digest. Format and checksum checks
+        look only at the presented string, never at stored data.
+
+        ``last_used_at`` is written at most once a minute per key, only when
+        the row read says it is older (so most calls are one read), and never
+        waits for a lock. Pass ``record_use=False`` on a read replica or in a
+        read-only transaction. Raises ``InvalidInput`` only when ``secret`` is
+        not a string.
+        """
+        if parse_secret(secret) is None:
+            return None
+        digest = hash_secret(secret)
+        row = self._find(secret_hash=digest)
+        if row is None or not hmac.compare_digest(row.secret_hash, digest):
+            return None
+        if record_use and row.touch_due:
+            self._touch(account_id=row.account_id, id=row.id)
+        return AuthContext(
+            key_id=row.id,
+            account_id=row.account_id,
+            environment=row.environment,
+            scopes=row.scopes,
+            expires_at=row.expires_at,
+        )
+
+    @staticmethod
+    @validated
+    def has_scope(*, context: AuthContext, scope: Scope) -> bool:
+        """Whether the authenticated key grants ``scope`` (exact match; no wildcards).
+
+        Pure: no database. Raises ``InvalidInput`` for a malformed scope.
+        """
+        return scope in context.scopes
+
+    @validated
+    def get(self, *, account_id: Id, key_id: Id) -> ApiKey | None:
+        """The account's key with this id, in any state, or ``None``."""
+        return self._get(account_id=account_id, id=key_id)
+
+    def require(self, *, account_id: int, key_id: int) -> ApiKey:
+        """Like ``get``, but raises ``NotFound`` instead of returning ``None``."""
+        key = self.get(account_id=account_id, key_id=key_id)
+        if key is None:
+            raise NotFound(f"api key {key_id} not found in account {account_id}")
+        return key
+
+    @validated
+    def revoke(self, *, account_id: Id, key_id: Id) -> ApiKey:
+        """Revoke a key at once and return it; it never authenticates again.
+
+        Idempotent: revoking a revoked key succeeds and keeps the first
+        ``revoked_at`` (so a retried request is harmless). Expired keys can be
+        revoked too. Raises ``NotFound`` when the account has no such key.
+        """
+        key = self._revoke(account_id=account_id, id=key_id)
+        if key is None:
+            raise NotFound(f"api key {key_id} not found in account {account_id}")
+        return key
+
+    @validated
+    def rotate(
+        self,
+        *,
+        account_id: Id,
+        key_id: Id,
+        overlap: Overlap,
+        created_by: Id | None = None,
+    ) -> IssuedKey:
+        """Issue the successor of a live key and let the old one expire after ``overlap``.
+
+        Atomically: the new key has the old one's name, environment and scopes
+        and ``rotated_from_id`` = the old key; the old key's ``expires_at``
+        becomes now + ``overlap`` (0 to 90 days), or stays put if it expires
+        sooner. Until then both keys authenticate; afterwards only the new one.
+        A rotated key may be rotated again (say, if the new secret was lost):
+        its expiry only ever moves earlier. ``created_by`` (who rotated) defaults
+        to the old key's creator.
+
+        Raises ``NotFound`` when the account has no such key,
+        ``InvalidTransition`` (``actual`` ``"revoked"`` or ``"expired"``) when
+        it is no longer live, ``ReferenceViolation`` when ``created_by`` is not
+        a user of the account, ``ConcurrencyConflict`` under repeatable read
+        or serializable isolation when another transaction changed the key.
+        """
+        with self._atomic() as session:
+            tx = type(self)(session)
+            source = tx._lock(account_id=account_id, id=key_id)
+            if source is None:
+                raise NotFound(f"api key {key_id} not found in account {account_id}")
+            if source.state != "active":
+                raise InvalidTransition(
+                    f"api key {key_id} is {source.state}; only a live key can be rotated",
+                    entity="api_key",
+                    entity_id=key_id,
+                    expected=("active",),
+                    actual=source.state,
+                )
+            secret = generate_secret(source.environment)
+            key = tx._rotate(
+                account_id=account_id,
+                id=key_id,
+                environment=source.environment,
+                overlap=overlap,
+                display_prefix=display_prefix(secret),
+                secret_hash=hash_secret(secret),
+                created_by=created_by,
+            )
+            if key is None:  # cannot happen while the lock is held; never assume silently
+                raise DataLayerError(f"api key {key_id} changed while locked for rotation")
+        return IssuedKey(key=key, secret=SecretStr(secret))
+
+    # Last: inside the class body, the name ``list`` is this method from here on.
+    @validated
+    def list(
+        self,
+        *,
+        account_id: Id,
+        cursor: str | None = None,
+        limit: Limit = 50,
+        include_revoked: bool = False,
+    ) -> Page[ApiKey]:
+        """A page of the account's keys, newest first, with the cursor of the next page.
+
+        Revoked keys are left out unless ``include_revoked``; expired ones are
+        listed (their ``expires_at`` says so). No secret or hash is ever
+        returned. Raises ``InvalidInput`` for a bad ``limit`` or a ``cursor``
+        this listing did not return.
+        """
+        return paginate(
+            self._list,
+            cursor=cursor,
+            limit=limit,
+            direction="desc",
+            account_id=account_id,
+            include_revoked=include_revoked,
+        )

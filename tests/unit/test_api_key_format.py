@@ -1,0 +1,133 @@
+"""The API key format and scope checks: pure logic, no database."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from datalayer import InvalidInput
+from datalayer.models.api_keys import AuthContext
+from datalayer.repositories.api_keys import (
+    ALPHABET,
+    ApiKeyRepository,
+    display_prefix,
+    generate_secret,
+    hash_secret,
+    parse_secret,
+)
+
+KEY = re.compile(r"dl_(live|test)_[0-9A-Za-z]{32}[0-9A-Za-z]{6}")
+environments = st.sampled_from(["live", "test"])
+
+
+def _decode62(text: str) -> int:
+    value = 0
+    for char in text:
+        value = value * 62 + ALPHABET.index(char)
+    return value
+
+
+@pytest.mark.parametrize("environment", ["live", "test"])
+def test_a_generated_secret_has_the_documented_shape_and_a_valid_checksum(
+    environment: str,
+) -> None:
+    secret = generate_secret(environment)  # type: ignore[arg-type]
+    assert KEY.fullmatch(secret)
+    assert secret.startswith(f"dl_{environment}_")
+    body, check = secret[:-6], secret[-6:]
+    assert _decode62(check) == zlib.crc32(body.encode())
+    assert parse_secret(secret) == environment
+
+
+def test_secrets_are_random_not_repeated() -> None:
+    made = {generate_secret("live") for _ in range(2000)}
+    assert len(made) == 2000
+    # Every base62 character turns up in the random parts: the alphabet is used whole.
+    assert set("".join(s[8:40] for s in made)) == set(ALPHABET)
+
+
+def test_the_display_prefix_is_the_environment_and_four_random_characters() -> None:
+    secret = generate_secret("test")
+    assert display_prefix(secret) == secret[:12]
+    assert display_prefix(secret).startswith("dl_test_")
+    assert len(display_prefix(secret)) == 12
+
+
+def test_the_hash_is_the_sha256_of_the_whole_secret() -> None:
+    secret = generate_secret("live")
+    assert hash_secret(secret) == hashlib.sha256(secret.encode()).digest()
+    assert len(hash_secret(secret)) == 32
+
+
+@given(environments, st.data())
+def test_any_single_character_changed_is_refused(environment: str, data: st.DataObject) -> None:
+    secret = generate_secret(environment)  # type: ignore[arg-type]
+    position = data.draw(st.integers(0, len(secret) - 1))
+    replacement = data.draw(
+        st.sampled_from(ALPHABET + "_-").filter(lambda c: c != secret[position])
+    )
+    tampered = secret[:position] + replacement + secret[position + 1 :]
+    assert parse_secret(tampered) is None
+
+
+@given(environments, st.data())
+def test_swapping_two_neighbouring_characters_is_refused(
+    environment: str, data: st.DataObject
+) -> None:
+    secret = generate_secret(environment)  # type: ignore[arg-type]
+    i = data.draw(st.integers(8, len(secret) - 2))
+    swapped = secret[:i] + secret[i + 1] + secret[i] + secret[i + 2 :]
+    assert parse_secret(swapped) == (environment if swapped == secret else None)
+
+
+@given(environments, st.integers(0, 45))
+def test_a_truncated_secret_is_refused(environment: str, keep: int) -> None:
+    assert parse_secret(generate_secret(environment)[:keep]) is None  # type: ignore[arg-type]
+
+
+def test_the_checksum_covers_the_environment() -> None:
+    secret = generate_secret("test")
+    assert parse_secret(secret.replace("dl_test_", "dl_live_", 1)) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", " ", "dl_live_", "x" * 46, "x" * 100_000, "dl_prod_" + "A" * 38, "\x00" * 46, "é" * 46],
+)
+def test_strings_that_are_not_keys_are_refused(text: str) -> None:
+    assert parse_secret(text) is None
+
+
+@given(st.text(max_size=60))
+def test_random_text_is_never_taken_for_a_key(text: str) -> None:
+    assert parse_secret(text) is None
+
+
+def test_extra_whitespace_around_a_valid_secret_is_refused() -> None:
+    secret = generate_secret("live")
+    for variant in (f" {secret}", f"{secret}\n", secret.upper(), secret + "0"):
+        assert parse_secret(variant) is None
+
+
+def _context(*scopes: str) -> AuthContext:
+    return AuthContext(key_id=1, account_id=1, environment="live", scopes=scopes, expires_at=None)
+
+
+def test_has_scope_grants_exactly_the_listed_scopes() -> None:
+    context = _context("files:read", "usage:write")
+    assert ApiKeyRepository.has_scope(context=context, scope="files:read")
+    assert not ApiKeyRepository.has_scope(context=context, scope="files:write")
+    assert not ApiKeyRepository.has_scope(context=context, scope="files")
+    assert not ApiKeyRepository.has_scope(context=_context(), scope="files:read")
+
+
+@pytest.mark.parametrize("scope", ["", "*", "files:*", "Files:read", "files read", "a\x00"])
+def test_has_scope_refuses_a_malformed_scope(scope: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        ApiKeyRepository.has_scope(context=_context("files:read"), scope=scope)
+    assert info.value.field == "scope"
