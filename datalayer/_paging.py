@@ -41,6 +41,8 @@ def encode_cursor(last_id: int, direction: Direction = "asc") -> str:
 
 def decode_cursor(cursor: str, direction: Direction = "asc") -> int:
     """The id a cursor continues after; ``InvalidInput`` (field ``cursor``) if it is not ours."""
+    if len(cursor) > 200:  # ours are ~40 characters; never parse unbounded input
+        raise InvalidInput("not a cursor returned by this listing", field="cursor")
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
@@ -52,7 +54,7 @@ def decode_cursor(cursor: str, direction: Direction = "asc") -> int:
             or not 0 <= data["id"] <= _MAX_ID
         ):
             raise ValueError
-    except (ValueError, binascii.Error, UnicodeError):
+    except (ValueError, binascii.Error, UnicodeError, RecursionError):
         raise InvalidInput("not a cursor returned by this listing", field="cursor") from None
     return int(data["id"])
 

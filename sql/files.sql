@@ -1,1 +1,196 @@
--- files: see datalayer/repositories/files.py.
+-- Files: uploaded file metadata and the processing work queue.
+--
+--   pending -> uploaded -> processing -> ready
+--                 ^            |
+--                 +-- retry ---+-> failed (after max_attempts)
+--   any state but deleted -> deleted -> (restore) the state it can be shown to have had
+--
+-- Every status change is a guarded UPDATE ... WHERE status IN (...) RETURNING: no
+-- row back means nothing changed, and the repository says why. Lease times use
+-- statement_timestamp(), not now(): a lease is wall-clock time between workers, and
+-- now() stands still for the whole of a long transaction.
+
+-- name: create_file :one
+-- Register an upload: a pending file of an account (storage_key is unique per account,
+-- deleted files included).
+INSERT INTO files (account_id, uploaded_by, storage_key, file_name, content_type, max_attempts)
+VALUES (:account_id, :uploaded_by, :storage_key, :file_name, :content_type, :max_attempts)
+RETURNING account_id, id, uploaded_by, storage_key, file_name, content_type, size_bytes,
+          checksum_sha256, status, attempts, max_attempts, lease_expires_at, processing_ms,
+          last_error, created_at, updated_at, uploaded_at, processed_at, deleted_at;
+
+-- name: get_file :one
+-- One file of an account by id, in any status (deleted included).
+SELECT account_id, id, uploaded_by, storage_key, file_name, content_type, size_bytes,
+       checksum_sha256, status, attempts, max_attempts, lease_expires_at, processing_ms,
+       last_error, created_at, updated_at, uploaded_at, processed_at, deleted_at
+FROM files
+WHERE account_id = :account_id AND id = :id;
+
+-- name: list_files :many
+-- A page of an account's files that are not deleted, in id order after the keyset
+-- cursor :after_id; optionally only one content type and creation times in
+-- [:created_since, :created_before). Walks files_pkey (account_id, id).
+SELECT account_id, id, uploaded_by, storage_key, file_name, content_type, size_bytes,
+       checksum_sha256, status, attempts, max_attempts, lease_expires_at, processing_ms,
+       last_error, created_at, updated_at, uploaded_at, processed_at, deleted_at
+FROM files
+WHERE account_id = :account_id
+  AND id > :after_id
+  AND status <> 'deleted'
+  AND (CAST(:content_type AS text) IS NULL OR content_type = :content_type)
+  AND created_at >= coalesce(CAST(:created_since AS timestamptz), '-infinity')
+  AND created_at < coalesce(CAST(:created_before AS timestamptz), 'infinity')
+ORDER BY id
+LIMIT :limit;
+
+-- name: list_files_by_status :many
+-- Like list_files, for the files in one status (deleted ones too: the trash).
+-- Walks files_account_status_idx (account_id, status, id).
+SELECT account_id, id, uploaded_by, storage_key, file_name, content_type, size_bytes,
+       checksum_sha256, status, attempts, max_attempts, lease_expires_at, processing_ms,
+       last_error, created_at, updated_at, uploaded_at, processed_at, deleted_at
+FROM files
+WHERE account_id = :account_id
+  AND status = :status
+  AND id > :after_id
+  AND (CAST(:content_type AS text) IS NULL OR content_type = :content_type)
+  AND created_at >= coalesce(CAST(:created_since AS timestamptz), '-infinity')
+  AND created_at < coalesce(CAST(:created_before AS timestamptz), 'infinity')
+ORDER BY id
+LIMIT :limit;
+
+-- name: count_files :scalar
+-- How many files an account has in status :status, or not deleted when :status is null.
+SELECT count(*)
+FROM files
+WHERE account_id = :account_id
+  AND (status = CAST(:status AS text) OR (CAST(:status AS text) IS NULL AND status <> 'deleted'));
+
+-- name: sum_storage_used :scalar
+-- Bytes stored for an account: the sizes of its files that are not deleted
+-- (numeric, so that the sum of many huge bigints cannot overflow).
+SELECT coalesce(sum(size_bytes), 0)
+FROM files
+WHERE account_id = :account_id AND status <> 'deleted';
+
+-- name: mark_file_uploaded :one
+-- pending -> uploaded, with the stored size and checksum; no row when the file is
+-- missing or not pending.
+UPDATE files
+SET status = 'uploaded',
+    size_bytes = :size_bytes,
+    checksum_sha256 = :checksum_sha256,
+    uploaded_at = now(),
+    updated_at = now()
+WHERE account_id = :account_id AND id = :id AND status IN ('pending')
+RETURNING account_id, id, uploaded_by, storage_key, file_name, content_type, size_bytes,
+          checksum_sha256, status, attempts, max_attempts, lease_expires_at, processing_ms,
+          last_error, created_at, updated_at, uploaded_at, processed_at, deleted_at;
+
+-- name: claim_files :many
+-- The work queue, across accounts (the documented exception to tenant scoping):
+-- lock up to :limit uploaded files, and processing files whose lease has expired,
+-- oldest upload first, skipping rows other workers hold (files_claim_idx and
+-- files_lease_idx, combined by a BitmapOr). Each becomes processing with a lease of
+-- :lease and one more attempt; attempts is the claim's fencing token. A file whose
+-- lease expired on its last attempt cannot be claimed again: it is failed for good
+-- and returned with status failed (the repository leaves it out).
+UPDATE files
+SET status = CASE WHEN attempts < max_attempts THEN 'processing' ELSE 'failed' END,
+    lease_expires_at = CASE
+        WHEN attempts < max_attempts THEN statement_timestamp() + CAST(:lease AS interval)
+    END,
+    last_error = CASE
+        WHEN status = 'processing'
+            THEN 'lease of attempt ' || attempts || ' of ' || max_attempts || ' expired'
+        ELSE last_error
+    END,
+    attempts = CASE WHEN attempts < max_attempts THEN attempts + 1 ELSE attempts END,
+    updated_at = now()
+WHERE (account_id, id) IN (
+    SELECT account_id, id
+    FROM files
+    WHERE status = 'uploaded'
+       OR (status = 'processing' AND lease_expires_at < statement_timestamp())
+    ORDER BY uploaded_at, account_id, id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING account_id, id, uploaded_by, storage_key, file_name, content_type, size_bytes,
+          checksum_sha256, status, attempts, max_attempts, lease_expires_at, processing_ms,
+          last_error, created_at, updated_at, uploaded_at, processed_at, deleted_at;
+
+-- name: renew_file_lease :one
+-- Extend the lease of the claim with attempt number :attempt to :lease from now;
+-- no row when the file is not processing under that attempt.
+UPDATE files
+SET lease_expires_at = statement_timestamp() + CAST(:lease AS interval),
+    updated_at = now()
+WHERE account_id = :account_id AND id = :id AND status IN ('processing')
+  AND attempts = :attempt
+RETURNING account_id, id, uploaded_by, storage_key, file_name, content_type, size_bytes,
+          checksum_sha256, status, attempts, max_attempts, lease_expires_at, processing_ms,
+          last_error, created_at, updated_at, uploaded_at, processed_at, deleted_at;
+
+-- name: complete_file :one
+-- processing -> ready for the claim with attempt number :attempt (the fencing token);
+-- no row when the file is not processing under that attempt.
+UPDATE files
+SET status = 'ready',
+    processing_ms = :processing_ms,
+    processed_at = now(),
+    lease_expires_at = NULL,
+    updated_at = now()
+WHERE account_id = :account_id AND id = :id AND status IN ('processing')
+  AND attempts = :attempt
+RETURNING account_id, id, uploaded_by, storage_key, file_name, content_type, size_bytes,
+          checksum_sha256, status, attempts, max_attempts, lease_expires_at, processing_ms,
+          last_error, created_at, updated_at, uploaded_at, processed_at, deleted_at;
+
+-- name: fail_file :one
+-- processing -> uploaded (to be retried) while attempts < max_attempts, else -> failed,
+-- for the claim with attempt number :attempt; records :last_error and drops the lease.
+-- No row when the file is not processing under that attempt.
+UPDATE files
+SET status = CASE WHEN attempts < max_attempts THEN 'uploaded' ELSE 'failed' END,
+    last_error = :last_error,
+    lease_expires_at = NULL,
+    updated_at = now()
+WHERE account_id = :account_id AND id = :id AND status IN ('processing')
+  AND attempts = :attempt
+RETURNING account_id, id, uploaded_by, storage_key, file_name, content_type, size_bytes,
+          checksum_sha256, status, attempts, max_attempts, lease_expires_at, processing_ms,
+          last_error, created_at, updated_at, uploaded_at, processed_at, deleted_at;
+
+-- name: delete_file :one
+-- Soft delete from any live status (a processing file loses its lease, so its worker
+-- can no longer complete it); no row when the file is missing or already deleted.
+UPDATE files
+SET status = 'deleted',
+    deleted_at = now(),
+    lease_expires_at = NULL,
+    updated_at = now()
+WHERE account_id = :account_id AND id = :id
+  AND status IN ('pending', 'uploaded', 'processing', 'ready', 'failed')
+RETURNING account_id, id, uploaded_by, storage_key, file_name, content_type, size_bytes,
+          checksum_sha256, status, attempts, max_attempts, lease_expires_at, processing_ms,
+          last_error, created_at, updated_at, uploaded_at, processed_at, deleted_at;
+
+-- name: restore_file :one
+-- deleted -> the status the kept columns prove: pending if never uploaded, ready if
+-- processed, failed if its attempts are spent, else uploaded (queued again; a file
+-- deleted while processing lost its lease). No row when the file is not deleted.
+UPDATE files
+SET status = CASE
+        WHEN uploaded_at IS NULL THEN 'pending'
+        WHEN processing_ms IS NOT NULL THEN 'ready'
+        WHEN attempts >= max_attempts THEN 'failed'
+        ELSE 'uploaded'
+    END,
+    deleted_at = NULL,
+    updated_at = now()
+WHERE account_id = :account_id AND id = :id AND status IN ('deleted')
+RETURNING account_id, id, uploaded_by, storage_key, file_name, content_type, size_bytes,
+          checksum_sha256, status, attempts, max_attempts, lease_expires_at, processing_ms,
+          last_error, created_at, updated_at, uploaded_at, processed_at, deleted_at;

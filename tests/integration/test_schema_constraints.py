@@ -28,6 +28,7 @@ from datalayer.errors import (
     CheckViolation,
     DatabaseError,
     DataLayerError,
+    LiveSubscriptionExists,
     PartitionMissing,
     ReferenceViolation,
     map_error,
@@ -761,7 +762,7 @@ def test_a_second_live_subscription_for_an_account_is_refused(
         w,
         "subscriptions",
         {**overrides, "account_id": w.acme},
-        AlreadyExists,
+        LiveSubscriptionExists,
         "subscriptions_one_live_per_account",
     )
 

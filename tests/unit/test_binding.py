@@ -243,3 +243,16 @@ def test_every_query_in_sql_dir_is_used_by_a_real_repository() -> None:
 
     used = {ref.name for repo in REPOSITORIES for ref in repo.query_refs.values()}
     assert used == set(load_sql_dir(sql_dir()))
+
+
+def test_a_huge_or_nested_cursor_is_refused_as_invalid_input_not_a_crash() -> None:
+    import base64
+
+    from datalayer import InvalidInput
+    from datalayer._paging import decode_cursor
+
+    nested = base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).decode()
+    for cursor in (nested, "a" * 201):
+        with pytest.raises(InvalidInput) as info:
+            decode_cursor(cursor)
+        assert info.value.field == "cursor"
