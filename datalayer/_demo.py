@@ -8,6 +8,8 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ from ._database import Database
 from ._migrate import migrate
 from ._settings import DEFAULT_DATABASE_URL, Settings
 from ._uow import UnitOfWork
-from .errors import AlreadyExists, InvalidInput
+from .errors import AlreadyExists, InvalidInput, InvalidTransition, LiveSubscriptionExists
+from .models import PlanMeterSpec
 
 __all__ = ["resolve_database_url", "run_demo"]
 
@@ -150,6 +153,8 @@ def run_demo(database_url: str | None = None, *, embedded: bool = False) -> int:
         renamed = db.run_in_transaction(rename_all, isolation="serializable")
         print(f"renamed {renamed} users in one serializable transaction")
 
+        _tour_saas(db, account.id, tag)
+
         _step("A primary-key read: repository vs raw psycopg, same pool (medians)")
         for _ in range(200):  # warm up both paths
             db.accounts.get(account_id=account.id)
@@ -177,3 +182,91 @@ def run_demo(database_url: str | None = None, *, embedded: bool = False) -> int:
         print(", ".join(f"{k}={stats.get(k, 0)}" for k in keys))
     print("\ndemo finished")
     return 0
+
+
+def _tour_saas(db: Database, account_id: int, tag: str) -> None:
+    """Plans and subscriptions, files, API keys and usage: the daily operations."""
+    with db.connection() as conn:  # reference data; `datalayer seed` loads the full set
+        conn.execute(
+            "INSERT INTO meters (code, name, unit, aggregation)"
+            " VALUES ('api_calls', 'API calls', 'call', 'sum') ON CONFLICT DO NOTHING"
+        )
+    meters = [
+        PlanMeterSpec(
+            meter_code="api_calls",
+            included_quantity=Decimal(10_000),
+            limit_kind="hard",
+            overage_unit_price_minor=Decimal(0),
+        )
+    ]
+
+    _step("Plans: versioned price books; a published version is immutable")
+    basic = db.plans.create_draft(
+        code=f"basic-{tag}", name="Basic", billing_interval="month",
+        base_price_minor=1_000, currency="USD", meters=meters,
+    )  # fmt: skip
+    db.plans.publish(plan_id=basic.id)
+    pro = db.plans.create_draft(
+        code=f"pro-{tag}", name="Pro", billing_interval="month",
+        base_price_minor=2_500, currency="USD", meters=meters,
+    )  # fmt: skip
+    db.plans.publish(plan_id=pro.id)
+    try:
+        db.plans.update_draft(plan_id=basic.id, base_price_minor=1)
+    except InvalidTransition as exc:
+        print(f"InvalidTransition: {exc}")
+
+    _step("Subscriptions: one live per account, upgrades with proration")
+    sub = db.subscriptions.start(account_id=account_id, plan_id=basic.id)
+    try:
+        db.subscriptions.start(account_id=account_id, plan_id=pro.id)
+    except LiveSubscriptionExists:
+        print("a second start: LiveSubscriptionExists")
+    upgrade = db.subscriptions.upgrade_now(
+        account_id=account_id, subscription_id=sub.id, plan_id=pro.id
+    )
+    p = upgrade.proration
+    print(
+        f"upgraded to {pro.code}: credit {p.credit_minor}, charge {p.charge_minor} cents "
+        f"for {float(p.fraction):.1%} of the period"
+    )
+
+    _step("Files: register, upload, claim with a lease, complete")
+    f = db.files.register(
+        account_id=account_id, storage_key=f"demo/{tag}", file_name="report.pdf",
+        content_type="application/pdf",
+    )  # fmt: skip
+    db.files.mark_uploaded(
+        account_id=account_id, file_id=f.id, size_bytes=2048, checksum_sha256="0" * 64
+    )
+    for claimed in db.files.claim(limit=10, lease=timedelta(minutes=5)):
+        db.files.complete(
+            account_id=claimed.account_id, file_id=claimed.id, attempt=claimed.attempts,
+            processing_ms=120,
+        )  # fmt: skip
+    print(f"file {f.id}: {db.files.require(account_id=account_id, file_id=f.id).status}")
+
+    _step("API keys: shown once, stored only as a hash, revoked at once")
+    issued = db.api_keys.issue(
+        account_id=account_id, name="ci", environment="live", scopes=["usage:write"]
+    )
+    secret = issued.secret.get_secret_value()
+    print(f"issued {issued.key.display_prefix}… (the secret is never stored)")
+    context = db.api_keys.authenticate(secret=secret)
+    print(f"authenticate -> account {context.account_id if context else None}")
+    db.api_keys.revoke(account_id=account_id, key_id=issued.key.id)
+    print(f"after revoke -> {db.api_keys.authenticate(secret=secret)}")
+
+    _step("Usage: a batch with duplicates and bad events, stored exactly once")
+    now = datetime.now(UTC)
+    events: list[dict[str, Any]] = [
+        {"account_id": account_id, "meter_code": "api_calls", "quantity": Decimal(1),
+         "occurred_at": now - timedelta(seconds=i), "idempotency_key": f"{tag}-{i % 80}"}
+        for i in range(100)
+    ]  # fmt: skip
+    events.append({**events[0], "meter_code": "unknown_meter", "idempotency_key": "x"})
+    result = db.usage.record_batch(events=events)
+    print(
+        f"inserted {result.inserted}, duplicates {result.duplicates}, "
+        f"rejected {[r.reason for r in result.rejected]}"
+    )

@@ -59,7 +59,10 @@ class AccountRepository(Repository):
 
     @validated
     def get(self, *, account_id: Id) -> Account | None:
-        """The account with this id (deleted ones included), or ``None``."""
+        """The account with this id (deleted ones included), or ``None``.
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        """
         return self._get(id=account_id)
 
     def require(self, *, account_id: int) -> Account:
@@ -71,12 +74,18 @@ class AccountRepository(Repository):
 
     @validated
     def exists(self, *, account_id: Id) -> bool:
-        """Whether a live (not deleted) account has this id."""
+        """Whether a live (not deleted) account has this id.
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        """
         return bool(self._exists(id=account_id))
 
     @validated
     def get_many(self, *, account_ids: Sequence[Id]) -> builtins.list[Account]:
-        """The accounts whose ids are listed, in id order; unknown ids are skipped."""
+        """The accounts whose ids are listed, in id order; unknown ids are skipped.
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        """
         return self._get_many(ids=list(account_ids))
 
     @validated

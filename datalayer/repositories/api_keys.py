@@ -242,7 +242,10 @@ class ApiKeyRepository(Repository):
 
     @validated
     def get(self, *, account_id: Id, key_id: Id) -> ApiKey | None:
-        """The account's key with this id, in any state, or ``None``."""
+        """The account's key with this id, in any state, or ``None``.
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        """
         return self._get(account_id=account_id, id=key_id)
 
     def require(self, *, account_id: int, key_id: int) -> ApiKey:

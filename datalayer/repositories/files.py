@@ -106,7 +106,10 @@ class FileRepository(Repository):
 
     @validated
     def get(self, *, account_id: Id, file_id: Id) -> File | None:
-        """The account's file with this id, in any status (deleted included), or ``None``."""
+        """The account's file with this id, in any status (deleted included), or ``None``.
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        """
         return self._get(account_id=account_id, id=file_id)
 
     def require(self, *, account_id: int, file_id: int) -> File:
@@ -163,7 +166,10 @@ class FileRepository(Repository):
 
     @validated
     def count(self, *, account_id: Id, status: FileStatus | None = None) -> int:
-        """How many files the account has in ``status``, or not deleted when ``status`` is None."""
+        """How many files the account has in ``status``, or not deleted when ``status`` is None.
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        """
         return self._count(account_id=account_id, status=status) or 0
 
     @validated
@@ -171,6 +177,8 @@ class FileRepository(Repository):
         """Bytes the account stores: the sum of ``size_bytes`` of its files not deleted.
 
         Pending files have no size yet and count as 0.
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
         """
         return int(self._storage(account_id=account_id) or 0)
 

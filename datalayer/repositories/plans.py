@@ -170,7 +170,10 @@ class PlanRepository(Repository):
 
     @validated
     def get(self, *, plan_id: Id) -> PlanWithMeters | None:
-        """The plan with this id (any status) and its meters, or ``None``."""
+        """The plan with this id (any status) and its meters, or ``None``.
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        """
         return self._get(id=plan_id)
 
     @validated
@@ -186,6 +189,8 @@ class PlanRepository(Repository):
         """The highest published version of ``code`` with its meters, or ``None``.
 
         Archived versions and drafts are never current.
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
         """
         return self._current(code=code)
 

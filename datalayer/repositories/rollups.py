@@ -26,15 +26,24 @@ class RollupRepository(Repository):
     _insert_users = execrows("insert_analytics_daily_users")
 
     def lock(self) -> None:
-        """Hold the refresh lock until the transaction ends (blocks other refreshers)."""
+        """Hold the refresh lock until the transaction ends (blocks other refreshers).
+
+        Raises only the errors of the database (``Unavailable``, ``QueryTimeout``).
+        """
         self._lock()
 
     def refresh_usage_hours(self, *, batch_size: int) -> list[UsageDayKey]:
-        """Recompute up to ``batch_size`` queued hour buckets; return the days they touch."""
+        """Recompute up to ``batch_size`` queued hour buckets; return the days they touch.
+
+        Raises only the errors of the database (``Unavailable``, ``QueryTimeout``).
+        """
         return self._usage_hours(batch_size=batch_size)
 
     def refresh_usage_days(self, *, days: Sequence[UsageDayKey]) -> int:
-        """Recompute the listed day buckets from their hour buckets; return rows written."""
+        """Recompute the listed day buckets from their hour buckets; return rows written.
+
+        Raises only the errors of the database (``Unavailable``, ``QueryTimeout``).
+        """
         if not days:
             return 0
         return self._usage_days(
@@ -44,11 +53,17 @@ class RollupRepository(Repository):
         )
 
     def claim_analytics_days(self, *, batch_size: int) -> list[AnalyticsDayKey]:
-        """Take up to ``batch_size`` queued account-days off the analytics queue."""
+        """Take up to ``batch_size`` queued account-days off the analytics queue.
+
+        Raises only the errors of the database (``Unavailable``, ``QueryTimeout``).
+        """
         return self._claim_analytics(batch_size=batch_size)
 
     def rebuild_analytics_days(self, *, days: Sequence[AnalyticsDayKey]) -> int:
-        """Replace the daily rollups and active users of the listed account-days."""
+        """Replace the daily rollups and active users of the listed account-days.
+
+        Raises only the errors of the database (``Unavailable``, ``QueryTimeout``).
+        """
         if not days:
             return 0
         params = {"account_ids": [d.account_id for d in days], "days": [d.day for d in days]}

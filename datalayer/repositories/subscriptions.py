@@ -71,7 +71,10 @@ class SubscriptionRepository(Repository):
 
     @validated
     def get(self, *, account_id: Id, subscription_id: Id) -> Subscription | None:
-        """The account's subscription with this id, in any status, or ``None``."""
+        """The account's subscription with this id, in any status, or ``None``.
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        """
         return self._get(account_id=account_id, id=subscription_id)
 
     @validated
@@ -84,7 +87,10 @@ class SubscriptionRepository(Repository):
 
     @validated
     def current(self, *, account_id: Id) -> Subscription | None:
-        """The account's live (trialing, active or past-due) subscription, or ``None``."""
+        """The account's live (trialing, active or past-due) subscription, or ``None``.
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        """
         return self._live(account_id=account_id)
 
     @validated
@@ -227,6 +233,8 @@ class SubscriptionRepository(Repository):
         returns 0 (a subscription many periods behind advances one period per
         call, so each period is renewed exactly once). This is a
         maintenance task over every account, like ``rollups refresh``.
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
         """
         return self._renew_due(now=now, batch=batch) or 0
 

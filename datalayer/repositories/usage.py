@@ -103,7 +103,10 @@ class UsageRepository(Repository):
 
     @validated
     def get_by_key(self, *, account_id: Id, idempotency_key: IdempotencyKey) -> UsageEvent | None:
-        """The event stored under this idempotency key, or ``None``."""
+        """The event stored under this idempotency key, or ``None``.
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        """
         return self._by_key(account_id=account_id, idempotency_key=idempotency_key)
 
     def record_batch(

@@ -55,7 +55,10 @@ class UserRepository(Repository):
 
     @validated
     def get(self, *, account_id: Id, user_id: Id) -> User | None:
-        """The account's user with this id (deleted ones included), or ``None``."""
+        """The account's user with this id (deleted ones included), or ``None``.
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        """
         return self._get(account_id=account_id, id=user_id)
 
     def require(self, *, account_id: int, user_id: int) -> User:
@@ -67,7 +70,10 @@ class UserRepository(Repository):
 
     @validated
     def find_by_email(self, *, email: Email) -> User | None:
-        """The live user with this email in any account, case-insensitively, or ``None``."""
+        """The live user with this email in any account, case-insensitively, or ``None``.
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        """
         return self._by_email(email=email)
 
     @validated
@@ -80,17 +86,26 @@ class UserRepository(Repository):
 
     @validated
     def exists(self, *, account_id: Id, user_id: Id) -> bool:
-        """Whether the account has a live user with this id."""
+        """Whether the account has a live user with this id.
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        """
         return bool(self._exists(account_id=account_id, id=user_id))
 
     @validated
     def count(self, *, account_id: Id) -> int:
-        """How many live users the account has."""
+        """How many live users the account has.
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        """
         return self._count(account_id=account_id) or 0
 
     @validated
     def search(self, *, account_id: Id, term: Text, limit: Limit = 50) -> builtins.list[User]:
-        """Live users whose email or display name contains ``term`` (wildcards literal)."""
+        """Live users whose email or display name contains ``term`` (wildcards literal).
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        """
         return self._search(account_id=account_id, term=escape_like(term), limit=limit)
 
     @validated
@@ -125,7 +140,10 @@ class UserRepository(Repository):
 
     @validated
     def delete(self, *, account_id: Id, user_id: Id) -> User:
-        """Soft-delete a live user, freeing the email; ``NotFound`` if missing or deleted."""
+        """Soft-delete a live user, freeing the email; ``NotFound`` if missing or deleted.
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        """
         user = self._delete(account_id=account_id, id=user_id)
         if user is None:
             raise NotFound(f"live user {user_id} not found in account {account_id}")

@@ -60,6 +60,11 @@ def test_the_demo_tours_the_library_and_exits_zero(new_url: str) -> None:
     assert "InvalidInput, field='email'" in out
     assert "after rollback: None" in out
     assert "search(term='0%') -> ['00% off', '10% off', '20% off']" in out
+    assert "a second start: LiveSubscriptionExists" in out
+    assert "InvalidTransition: plan basic-" in out
+    assert ": ready" in out
+    assert "after revoke -> None" in out
+    assert "inserted 80, duplicates 20, rejected ['unknown meter']" in out
     assert "repository get:" in out
     assert "demo finished" in out
 

@@ -256,3 +256,17 @@ def test_a_huge_or_nested_cursor_is_refused_as_invalid_input_not_a_crash() -> No
         with pytest.raises(InvalidInput) as info:
             decode_cursor(cursor)
         assert info.value.field == "cursor"
+
+
+def test_every_public_repository_method_documents_what_it_raises() -> None:
+    import inspect
+
+    from datalayer.repositories import REPOSITORIES
+
+    missing = [
+        f"{repo.__name__}.{name}"
+        for repo in REPOSITORIES
+        for name, fn in inspect.getmembers(repo, inspect.isfunction)
+        if not name.startswith("_") and "raise" not in (inspect.getdoc(fn) or "").lower()
+    ]
+    assert missing == []
