@@ -14,11 +14,15 @@ from ._repository import Session
 from .errors import DataLayerError, map_error
 from .repositories import (
     AccountRepository,
+    AnalyticsRepository,
     ApiKeyRepository,
+    BillingRepository,
     FileRepository,
     PlanRepository,
+    QuotaRepository,
     RollupRepository,
     SubscriptionRepository,
+    UsageReportRepository,
     UsageRepository,
     UserRepository,
 )
@@ -71,6 +75,26 @@ class Repositories:
     def api_keys(self) -> ApiKeyRepository:
         """API keys (``sql/api_keys.sql``)."""
         return ApiKeyRepository(self._session)
+
+    @cached_property
+    def quotas(self) -> QuotaRepository:
+        """Quota counters and reservations (``sql/quotas.sql``)."""
+        return QuotaRepository(self._session)
+
+    @cached_property
+    def usage_reports(self) -> UsageReportRepository:
+        """Usage time series and totals from rollups (``sql/usage_reports.sql``)."""
+        return UsageReportRepository(self._session)
+
+    @cached_property
+    def analytics(self) -> AnalyticsRepository:
+        """Analytics events and dashboards (``sql/analytics.sql``)."""
+        return AnalyticsRepository(self._session)
+
+    @cached_property
+    def billing(self) -> BillingRepository:
+        """Invoices, payments and the ledger (``sql/billing.sql``)."""
+        return BillingRepository(self._session)
 
 
 class _ConnectionSession:

@@ -4,23 +4,31 @@ from .._loader import load_sql_dir
 from .._repository import Repository, bind_repositories
 from .._resources import sql_dir
 from .accounts import AccountRepository
+from .analytics import AnalyticsRepository
 from .api_keys import ApiKeyRepository
+from .billing import BillingRepository
 from .files import FileRepository
 from .plans import PlanRepository
+from .quotas import QuotaRepository
 from .rollups import RollupRepository
 from .subscriptions import SubscriptionRepository
 from .usage import UsageRepository
+from .usage_reports import UsageReportRepository
 from .users import UserRepository
 
 __all__ = [
     "REPOSITORIES",
     "AccountRepository",
+    "AnalyticsRepository",
     "ApiKeyRepository",
+    "BillingRepository",
     "FileRepository",
     "PlanRepository",
+    "QuotaRepository",
     "Repository",
     "RollupRepository",
     "SubscriptionRepository",
+    "UsageReportRepository",
     "UsageRepository",
     "UserRepository",
 ]
@@ -34,6 +42,10 @@ REPOSITORIES: tuple[type[Repository], ...] = (
     SubscriptionRepository,
     FileRepository,
     ApiKeyRepository,
+    QuotaRepository,
+    UsageReportRepository,
+    AnalyticsRepository,
+    BillingRepository,
 )
 
 # Fail at import, not at 3 a.m.: every declared query must exist with the

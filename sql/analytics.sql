@@ -1,0 +1,1 @@
+-- analytics: see datalayer/repositories/analytics.py.

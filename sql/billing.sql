@@ -1,0 +1,1 @@
+-- billing: see datalayer/repositories/billing.py.

@@ -1,0 +1,1 @@
+-- quotas: see datalayer/repositories/quotas.py.

@@ -1,0 +1,1 @@
+-- usage_reports: see datalayer/repositories/usage_reports.py.
