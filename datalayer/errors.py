@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -22,6 +23,7 @@ __all__ = [
     "NotNullViolation",
     "PartitionMissing",
     "QueryTimeout",
+    "QuotaExceeded",
     "ReadOnlyTransaction",
     "ReferenceViolation",
     "SQLLoadError",
@@ -74,6 +76,29 @@ class InvalidTransition(DataLayerError):
         self.entity_id = entity_id
         self.expected = expected
         self.actual = actual
+        super().__init__(message)
+
+
+class QuotaExceeded(DataLayerError):
+    """Consuming would pass a hard limit; nothing was consumed.
+
+    ``limit``, ``used`` (consumed and reserved) and ``remaining`` describe the
+    quota of ``meter_code`` for the current period, as read when refusing.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        meter_code: str,
+        limit: Decimal,
+        used: Decimal,
+        remaining: Decimal,
+    ):
+        self.meter_code = meter_code
+        self.limit = limit
+        self.used = used
+        self.remaining = remaining
         super().__init__(message)
 
 

@@ -1,11 +1,238 @@
-"""Quota repository (``sql/quotas.sql``)."""
+"""Quota repository (``sql/quotas.sql``): atomic consumption, reservations, status."""
 
 from __future__ import annotations
 
-from .._repository import Repository
+import builtins
+from datetime import timedelta
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from .._repository import Repository, execrows, many, one, scalar
+from .._validation import Id, validated
+from ..errors import (
+    CheckViolation,
+    ConcurrencyConflict,
+    InvalidTransition,
+    NotFound,
+    QuotaExceeded,
+)
+from ..models.quotas import QuotaCounter, QuotaDecision, QuotaState, QuotaStatus, Reservation
+from .usage_reports import UsageReportRepository
+
+MeterCode = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+Quantity = Annotated[Decimal, Field(gt=0, lt=Decimal("1e12"), allow_inf_nan=False)]
+Settled = Annotated[Decimal, Field(ge=0, lt=Decimal("1e12"), allow_inf_nan=False)]
+Ttl = Annotated[timedelta, Field(gt=timedelta(0), le=timedelta(days=7))]
+
+_HARD_LIMIT_CHECK = "quota_counters_hard_limit_check"
+# A consume retries when the counter appeared under it (first use of a period).
+_ATTEMPTS = 3
 
 
 class QuotaRepository(Repository):
-    """Quotas: atomic consumption of hard limits, reservations for long jobs, current usage."""
+    """Quotas of the live subscription's plan, per meter and billing period.
+
+    Hard limits are enforced by one atomic UPDATE (and, as the last line of
+    defence, by the ``quota_counters_hard_limit_check`` constraint); they are
+    never decided from a cache or a read-then-write.
+    """
 
     aggregate = "quotas"
+
+    _consume = one("consume_quota", QuotaCounter)
+    _open_counter = execrows("open_quota_counter")
+    _states = many("get_quota_states", QuotaState)
+    _reserve = one("reserve_quota", Reservation)
+    _settle = one("settle_quota_reservation", QuotaCounter)
+    _get_reservation = one("get_quota_reservation", Reservation)
+    _expire = scalar("expire_quota_reservations", int)
+
+    @validated
+    def consume(
+        self, *, account_id: Id, meter_code: MeterCode, quantity: Quantity
+    ) -> QuotaDecision:
+        """Consume ``quantity`` of the meter's quota for the current period.
+
+        Hard limit: one atomic statement admits it only if ``used + reserved +
+        quantity <= limit``, so concurrent callers can never overspend; a
+        refusal raises ``QuotaExceeded`` (limit, used, remaining) and consumes
+        nothing. Soft limit: always admitted; ``over_limit`` says the limit was
+        passed. Raises ``NotFound`` when the account has no live subscription
+        whose plan has the meter, ``InvalidInput`` for a bad argument.
+        """
+        for _ in range(_ATTEMPTS):
+            counter = self._consume(account_id=account_id, meter_code=meter_code, quantity=quantity)
+            if counter is not None:
+                return _decision(counter)
+            self._refuse_or_open(account_id, meter_code, quantity)
+        raise _busy(meter_code)
+
+    @validated
+    def reserve(
+        self, *, account_id: Id, meter_code: MeterCode, quantity: Quantity, ttl: Ttl
+    ) -> Reservation:
+        """Hold ``quantity`` for a long job, under the same hard-limit rule as ``consume``.
+
+        The reservation expires after ``ttl`` (at most 7 days) unless settled
+        or released; ``expire_reservations`` returns expired holds. Raises
+        ``QuotaExceeded``, ``NotFound`` (no live plan with the meter) and
+        ``InvalidInput``.
+        """
+        for _ in range(_ATTEMPTS):
+            reservation = self._reserve(
+                account_id=account_id, meter_code=meter_code, quantity=quantity, ttl=ttl
+            )
+            if reservation is not None:
+                return reservation
+            self._refuse_or_open(account_id, meter_code, quantity)
+        raise _busy(meter_code)
+
+    @validated
+    def settle(self, *, account_id: Id, reservation_id: Id, used: Settled) -> QuotaCounter:
+        """Close a held reservation, charging ``used`` (which may differ from what was held).
+
+        Raises ``InvalidTransition`` when the reservation is no longer held
+        (settled, released or expired), ``NotFound`` when the account has no
+        such reservation, ``QuotaExceeded`` when ``used`` passes a hard limit
+        (the reservation then stays held), ``InvalidInput`` for a bad argument.
+        """
+        return self._close(account_id, reservation_id, used, "settled")
+
+    @validated
+    def release(self, *, account_id: Id, reservation_id: Id) -> QuotaCounter:
+        """Give a held reservation back unused.
+
+        Raises ``InvalidTransition`` when it is no longer held and
+        ``NotFound`` when the account has no such reservation.
+        """
+        return self._close(account_id, reservation_id, Decimal(0), "released")
+
+    def expire_reservations(self) -> int:
+        """Release every held reservation past its expiry; return how many.
+
+        Run it periodically (a crashed job never settles). Raises only the
+        errors of the database (``Unavailable``, ``QueryTimeout``).
+        """
+        return self._expire() or 0
+
+    @validated
+    def status(self, *, account_id: Id) -> builtins.list[QuotaStatus]:
+        """Per meter of the live plan: limit, used, reserved, remaining and metered usage.
+
+        ``metered`` is read from rollups plus the not-yet-rolled tail for the
+        current period. Raises ``InvalidInput`` for a bad argument; an account
+        without a live subscription has an empty status.
+        """
+        states = self._states(account_id=account_id, meter_code=None)
+        if not states:
+            return []
+        first = states[0]
+        metered = {
+            t.meter_code: t.quantity_sum
+            for t in UsageReportRepository(self._session).period_totals(
+                account_id=account_id, period_start=first.period_start, period_end=first.period_end
+            )
+        }
+        return [
+            QuotaStatus(
+                meter_code=s.meter_code,
+                limit_kind=s.limit_kind,
+                limit=s.limit_quantity,
+                used=s.used,
+                reserved=s.reserved,
+                remaining=s.limit_quantity - s.used - s.reserved,
+                metered=metered.get(s.meter_code, Decimal(0)),
+                period_start=s.period_start,
+                period_end=s.period_end,
+            )
+            for s in states
+        ]
+
+    def _refuse_or_open(self, account_id: int, meter_code: str, quantity: Decimal) -> None:
+        """After a refused update: raise if the limit is the reason, else make the counter.
+
+        The update also finds nothing when the period's counter does not exist
+        yet (first use in a period), or was created by another caller after
+        this one looked: then the caller simply tries again.
+        """
+        state = self._state(account_id, meter_code)
+        if not state.counter_exists:
+            self._open_counter(account_id=account_id, meter_code=meter_code)
+        elif state.limit_kind == "hard" and (
+            state.used + state.reserved + quantity > state.limit_quantity
+        ):
+            raise _exceeded(state, quantity)
+
+    def _state(self, account_id: int, meter_code: str) -> QuotaState:
+        states = self._states(account_id=account_id, meter_code=meter_code)
+        if not states:
+            raise NotFound(
+                f"account {account_id} has no live subscription whose plan has meter {meter_code}"
+            )
+        return states[0]
+
+    def _close(
+        self,
+        account_id: int,
+        reservation_id: int,
+        used: Decimal,
+        status: Literal["settled", "released"],
+    ) -> QuotaCounter:
+        try:
+            counter = self._settle(
+                account_id=account_id, id=reservation_id, used=used, status=status
+            )
+        except CheckViolation as exc:
+            if exc.constraint != _HARD_LIMIT_CHECK:
+                raise
+            reservation = self._get_reservation(account_id=account_id, id=reservation_id)
+            assert reservation is not None
+            state = self._state(account_id, reservation.meter_code)
+            raise _exceeded(state, used - reservation.quantity) from exc
+        if counter is not None:
+            return counter
+        reservation = self._get_reservation(account_id=account_id, id=reservation_id)
+        if reservation is None:
+            raise NotFound(f"reservation {reservation_id} not found in account {account_id}")
+        raise InvalidTransition(
+            f"reservation {reservation_id} is {reservation.status}, not held",
+            entity="quota_reservation",
+            entity_id=reservation_id,
+            expected=("held",),
+            actual=reservation.status,
+        )
+
+
+def _decision(counter: QuotaCounter) -> QuotaDecision:
+    remaining = counter.limit_quantity - counter.used - counter.reserved
+    return QuotaDecision(
+        meter_code=counter.meter_code,
+        limit_kind=counter.limit_kind,
+        limit=counter.limit_quantity,
+        used=counter.used,
+        reserved=counter.reserved,
+        remaining=remaining,
+        over_limit=counter.limit_kind != "none" and remaining < 0,
+    )
+
+
+def _exceeded(state: QuotaState, quantity: Decimal) -> QuotaExceeded:
+    taken = state.used + state.reserved
+    remaining = state.limit_quantity - taken
+    return QuotaExceeded(
+        f"{quantity} {state.meter_code} would pass the hard limit of {state.limit_quantity} "
+        f"({taken} used or reserved, {remaining} remaining this period)",
+        meter_code=state.meter_code,
+        limit=state.limit_quantity,
+        used=taken,
+        remaining=remaining,
+    )
+
+
+def _busy(meter_code: str) -> ConcurrencyConflict:
+    return ConcurrencyConflict(
+        f"the quota counter of {meter_code} kept changing under this call; retry",
+        table="quota_counters",
+    )
