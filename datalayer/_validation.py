@@ -10,13 +10,13 @@ from pydantic import AfterValidator, ConfigDict, Field, ValidationError, validat
 
 from .errors import InvalidInput
 
-__all__ = ["Email", "Id", "Limit", "Name", "Text", "validated"]
+__all__ = ["Email", "Id", "Limit", "Name", "Text", "no_nul", "validated"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _no_nul(value: str) -> str:
+def no_nul(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain NUL bytes")
     return value
@@ -25,12 +25,12 @@ def _no_nul(value: str) -> str:
 # PostgreSQL bigint ids are positive in this schema.
 Id = Annotated[int, Field(ge=1, le=2**63 - 1)]
 Limit = Annotated[int, Field(ge=1, le=1000)]
-Text = Annotated[str, Field(max_length=10_000), AfterValidator(_no_nul)]
-Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_nul)]
+Text = Annotated[str, Field(max_length=10_000), AfterValidator(no_nul)]
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(no_nul)]
 Email = Annotated[
     str,
     Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$"),
-    AfterValidator(_no_nul),
+    AfterValidator(no_nul),
 ]
 
 _CONFIG = ConfigDict(strict=True, str_strip_whitespace=False)

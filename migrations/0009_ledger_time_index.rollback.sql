@@ -1,0 +1,6 @@
+-- transactional: false
+-- squawk-ignore-file ban-concurrent-index-creation-in-transaction
+SET lock_timeout = '10s';
+SET statement_timeout = '30min';
+
+DROP INDEX CONCURRENTLY IF EXISTS ledger_transactions_occurred_idx;
