@@ -37,7 +37,7 @@ partitions: install ## list event table partitions with their ranges, rows and s
 	$(DL) partitions list
 
 test: install ## run the whole test suite (unit and integration, real PostgreSQL)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 lint: install ## ruff check, ruff format --check, mypy --strict, squawk on migrations
 	$(BIN)/ruff check .

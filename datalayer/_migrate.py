@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,16 +86,24 @@ def ensure_database(settings: Settings) -> bool:
 
 @contextmanager
 def _locked(settings: Settings, timeout_s: float) -> Iterator[None]:
+    """Hold the migration advisory lock (a session lock, released if we die).
+
+    It is polled with pg_try_advisory_lock rather than waited for: a waiting
+    statement would hold a snapshot, and a migration running CREATE INDEX
+    CONCURRENTLY in the other process waits for every such snapshot, so the
+    two would wait on each other.
+    """
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(timeout_s * 1000)}ms"))
-        )
-        try:
-            conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATE_LOCK_KEY,))
-        except psycopg.errors.LockNotAvailable as exc:
-            raise DataLayerError(
-                f"another process has been migrating this database for over {timeout_s}s"
-            ) from exc
+        deadline = time.monotonic() + timeout_s
+        while True:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_MIGRATE_LOCK_KEY,)).fetchone()
+            if row and row[0]:
+                break
+            if time.monotonic() > deadline:
+                raise DataLayerError(
+                    f"another process has been migrating this database for over {timeout_s}s"
+                )
+            time.sleep(0.2)
         try:
             yield
         finally:

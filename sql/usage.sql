@@ -74,6 +74,11 @@ LEFT JOIN meters m ON m.code = s.meter_code
 WHERE a.id IS NULL OR m.code IS NULL
 ORDER BY s.idx;
 
+-- name: drop_usage_staging :exec
+-- Drop the batch's staging table now, so that a unit of work can record several
+-- batches (ON COMMIT DROP alone would keep it until the transaction ends).
+DROP TABLE usage_staging;
+
 -- name: insert_staged_usage :scalar
 -- Store every staged event of a known account and meter whose key is new: the
 -- first of a key within the batch wins, a key stored before (by any batch,

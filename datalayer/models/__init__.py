@@ -1,6 +1,16 @@
 """Typed rows: one pydantic model per entity, grouped by aggregate."""
 
 from .accounts import Account, AccountStatus, AccountWithOwner
+from .analytics import (
+    ActiveUsers,
+    AnalyticsBatchResult,
+    AnalyticsCategory,
+    AnalyticsEventIn,
+    AnalyticsRejection,
+    FeatureUsage,
+    LatencyPercentiles,
+    PendingDay,
+)
 from .api_keys import ApiKey, ApiKeyEnvironment, AuthContext, IssuedKey
 from .billing import (
     Balance,
@@ -31,19 +41,26 @@ from .plans import (
 from .quotas import QuotaCounter, QuotaDecision, QuotaStatus, Reservation
 from .subscriptions import Proration, Subscription, SubscriptionStatus, Upgrade
 from .usage import BatchResult, RecordResult, Rejection, UsageEvent, UsageEventIn
-from .usage_reports import MeterTotal
+from .usage_reports import AccountUsage, MeterTotal, UsageBucket
 from .users import User, UserRole
 
 __all__ = [
     "Account",
     "AccountStatus",
+    "AccountUsage",
     "AccountWithOwner",
+    "ActiveUsers",
+    "AnalyticsBatchResult",
+    "AnalyticsCategory",
+    "AnalyticsEventIn",
+    "AnalyticsRejection",
     "ApiKey",
     "ApiKeyEnvironment",
     "AuthContext",
     "Balance",
     "BatchResult",
     "BillingInterval",
+    "FeatureUsage",
     "File",
     "FileStatus",
     "Invoice",
@@ -52,6 +69,7 @@ __all__ = [
     "InvoiceStatus",
     "InvoiceWithLines",
     "IssuedKey",
+    "LatencyPercentiles",
     "LedgerAccount",
     "LedgerEntry",
     "LedgerKind",
@@ -61,6 +79,7 @@ __all__ = [
     "MonthlyRevenue",
     "Payment",
     "PaymentStatus",
+    "PendingDay",
     "Plan",
     "PlanMeter",
     "PlanMeterSpec",
@@ -77,6 +96,7 @@ __all__ = [
     "Subscription",
     "SubscriptionStatus",
     "Upgrade",
+    "UsageBucket",
     "UsageEvent",
     "UsageEventIn",
     "User",

@@ -56,6 +56,7 @@ class UsageRepository(Repository):
     _copy_staging = copy_in("copy_usage_staging")
     _unknown_targets = many("find_unknown_usage_targets", StagedRejection)
     _insert_staged = scalar("insert_staged_usage", int)
+    _drop_staging = execute("drop_usage_staging")
 
     @validated
     def record(
@@ -159,6 +160,7 @@ class UsageRepository(Repository):
                         Rejection(index=unknown.idx, idempotency_key=key, reason=unknown.reason)
                     )
                 inserted = repo._insert_staged() or 0
+                repo._drop_staging()
         rejected.sort(key=lambda r: r.index)
         duplicates = len(events) - len(rejected) - inserted
         return BatchResult(inserted=inserted, duplicates=duplicates, rejected=rejected)

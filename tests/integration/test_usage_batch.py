@@ -130,3 +130,11 @@ def test_validated_models_and_plain_dicts_are_both_accepted(db: Database, accoun
 def test_an_empty_batch_does_nothing(db: Database) -> None:
     result = db.usage.record_batch(events=[])
     assert (result.inserted, result.duplicates, result.rejected) == (0, 0, [])
+
+
+def test_several_batches_can_be_recorded_in_one_unit_of_work(db: Database, account_id: int) -> None:
+    with db.unit_of_work() as uow:
+        first = uow.usage.record_batch(events=[event(account_id, "one")])
+        second = uow.usage.record_batch(events=[event(account_id, "two"), event(account_id, "one")])
+    assert (first.inserted, second.inserted, second.duplicates) == (1, 1, 1)
+    assert _count(db) == 2
