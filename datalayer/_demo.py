@@ -19,7 +19,13 @@ from ._database import Database
 from ._migrate import migrate
 from ._settings import DEFAULT_DATABASE_URL, Settings
 from ._uow import UnitOfWork
-from .errors import AlreadyExists, InvalidInput, InvalidTransition, LiveSubscriptionExists
+from .errors import (
+    AlreadyExists,
+    InvalidInput,
+    InvalidTransition,
+    LiveSubscriptionExists,
+    QuotaExceeded,
+)
 from .models import PlanMeterSpec
 
 __all__ = ["resolve_database_url", "run_demo"]
@@ -270,3 +276,36 @@ def _tour_saas(db: Database, account_id: int, tag: str) -> None:
         f"inserted {result.inserted}, duplicates {result.duplicates}, "
         f"rejected {[r.reason for r in result.rejected]}"
     )
+
+    _step("Quotas: a hard limit holds under concurrency; the refusal says why")
+    db.quotas.consume(account_id=account_id, meter_code="api_calls", quantity=Decimal(9_990))
+    try:
+        db.quotas.consume(account_id=account_id, meter_code="api_calls", quantity=Decimal(20))
+    except QuotaExceeded as exc:
+        print(
+            f"QuotaExceeded: limit {exc.limit:.0f}, used {exc.used:.0f}, "
+            f"remaining {exc.remaining:.0f}"
+        )
+
+    _step("Billing: invoice the period, finalise (gap-free number), pay, balance")
+    current = upgrade.subscription
+    invoice = db.billing.generate_invoice(
+        account_id=account_id, subscription_id=current.id,
+        period_start=current.current_period_start, period_end=current.current_period_end,
+        prorations=[upgrade.proration],
+    )  # fmt: skip
+    for line in invoice.lines:
+        print(f"  {line.kind:<12} {line.amount_minor:>7} {line.description}")
+    again = db.billing.generate_invoice(
+        account_id=account_id, subscription_id=current.id,
+        period_start=current.current_period_start, period_end=current.current_period_end,
+    )  # fmt: skip
+    print(f"generated twice -> the same invoice: {again.id == invoice.id}")
+    opened = db.billing.finalize(account_id=account_id, invoice_id=invoice.id)
+    paid = db.billing.record_payment(
+        account_id=account_id, invoice_id=invoice.id, provider="stripe",
+        provider_payment_id=f"pi_{tag}", amount_minor=opened.total_minor, currency="USD",
+    )  # fmt: skip
+    print(f"invoice {opened.number}: total {opened.total_minor}, now {paid.invoice.status}")
+    for balance in db.billing.balance(account_id=account_id):
+        print(f"balance {balance.currency}: receivable {balance.receivable_minor}")
