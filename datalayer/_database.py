@@ -14,6 +14,8 @@ from typing import Any, Literal, Self, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from ._cache import Cache
+from ._cached import CachedReads
 from ._repository import Session
 from ._settings import Settings
 from ._uow import Repositories, UnitOfWork
@@ -87,6 +89,13 @@ class _PoolSession:
     def __init__(self, db: Database):
         self._db = db
 
+    @property
+    def cache(self) -> Cache | None:
+        return self._db.cache
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        fn()  # autocommit: the statement that asked is committed already
+
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         conn = self._db._acquire()
@@ -133,7 +142,9 @@ class Database(Repositories):
             max_idle=settings.pool_max_idle,
             reconnect_timeout=settings.pool_reconnect_timeout,
         )
+        self.cache = Cache(settings.redis_url)
         super().__init__(_PoolSession(self))
+        self.cached = CachedReads(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._pool.closed else "open"
@@ -158,8 +169,9 @@ class Database(Repositories):
         return self
 
     def close(self) -> None:
-        """Close the pool and every connection in it."""
+        """Close the pool and every connection in it, and the cache's connections."""
         self._pool.close()
+        self.cache.close()
 
     def __enter__(self) -> Self:
         return self.open()
@@ -220,7 +232,7 @@ class Database(Repositories):
             conn.isolation_level = _ISOLATION[isolation] if isolation else None
             conn.read_only = True if read_only else None
             with conn.transaction():
-                uow = UnitOfWork(conn)
+                uow = UnitOfWork(conn, cache=self.cache)
                 yield uow
         except psycopg.Error as exc:
             raise map_error(exc) from exc
@@ -231,6 +243,8 @@ class Database(Repositories):
                 conn.isolation_level = None
                 conn.read_only = None
             self._pool.putconn(conn)
+        # Committed: now (never before, never after a rollback) invalidate caches.
+        uow._run_after_commit()
 
     def run_in_transaction(
         self,

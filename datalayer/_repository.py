@@ -15,14 +15,17 @@ import time, so a typo fails ``import datalayer`` rather than a request.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypeVar, overload
 
 import psycopg
 from psycopg.rows import BaseRowFactory, class_row, scalar_row, tuple_row
 
 from ._loader import Cardinality, Query
+
+if TYPE_CHECKING:
+    from ._cache import Cache
 from .errors import DataLayerError, InvalidInput, SQLLoadError, map_error
 
 __all__ = [
@@ -51,6 +54,15 @@ class Session(Protocol):
         """A session whose statements share one transaction (a savepoint inside a unit of work)."""
         ...
 
+    @property
+    def cache(self) -> Cache | None:
+        """The Redis cache of the database, or ``None`` without one."""
+        ...
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the session's work is committed (never after a rollback)."""
+        ...
+
 
 class Repository:
     """Base of every repository: holds the session and never commits.
@@ -64,6 +76,12 @@ class Repository:
 
     def __init__(self, session: Session):
         self._session = session
+
+    def _invalidate(self, *tags: str) -> None:
+        """After the current transaction commits, make the cached values of ``tags`` stale."""
+        cache = self._session.cache
+        if cache is not None and cache.enabled and tags:
+            self._session.after_commit(lambda: cache.invalidate(*tags))
 
     def _atomic(self) -> AbstractContextManager[Session]:
         """For a method of several statements: they commit or roll back together.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from types import TracebackType
@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 
+from ._cache import Cache
 from ._repository import Session
 from .errors import DataLayerError, map_error
 from .repositories import (
@@ -100,11 +101,20 @@ class Repositories:
 class _ConnectionSession:
     """Lends the unit of work's own connection, while the unit of work is open."""
 
-    __slots__ = ("_conn", "closed")
+    __slots__ = ("_cache", "_conn", "_hooks", "closed")
 
-    def __init__(self, conn: psycopg.Connection[Any]):
+    def __init__(self, conn: psycopg.Connection[Any], cache: Cache | None = None):
         self._conn = conn
+        self._cache = cache
+        self._hooks: list[Callable[[], None]] = []
         self.closed = False
+
+    @property
+    def cache(self) -> Cache | None:
+        return self._cache
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        self._hooks.append(fn)
 
     def connection(self) -> _ConnectionSession:
         if self.closed:
@@ -141,8 +151,8 @@ class UnitOfWork(Repositories):
     its block raises ``DataLayerError``.
     """
 
-    def __init__(self, conn: psycopg.Connection[Any]):
-        self._conn_session = _ConnectionSession(conn)
+    def __init__(self, conn: psycopg.Connection[Any], *, cache: Cache | None = None):
+        self._conn_session = _ConnectionSession(conn, cache)
         super().__init__(self._conn_session)
 
     @property
@@ -154,3 +164,8 @@ class UnitOfWork(Repositories):
 
     def _close(self) -> None:
         self._conn_session.closed = True
+
+    def _run_after_commit(self) -> None:
+        hooks, self._conn_session._hooks = self._conn_session._hooks, []
+        for hook in hooks:
+            hook()

@@ -115,3 +115,10 @@ SELECT account_id, name, :display_prefix::text, :secret_hash::bytea, environment
 FROM old
 RETURNING account_id, id, name, display_prefix, environment, scopes, created_by,
           rotated_from_id, expires_at, revoked_at, last_used_at, created_at;
+
+-- name: list_api_key_hashes :many
+-- The secret hashes of an account's keys (all, or only :key_id when not null):
+-- what cache invalidation needs to find their cached auth contexts.
+SELECT secret_hash
+FROM api_keys
+WHERE account_id = :account_id AND (:key_id::bigint IS NULL OR id = :key_id::bigint);

@@ -155,10 +155,10 @@ RETURNING s.account_id, s.id, s.plan_id, s.status, s.current_period_start, s.cur
           s.billing_anchor, s.trial_end, s.cancel_at_period_end, s.pending_plan_id,
           s.replaces_id, s.canceled_at, s.ended_at, s.created_at, s.updated_at;
 
--- name: renew_due_subscriptions :scalar
+-- name: renew_due_subscriptions :many
 -- Renew up to :batch live subscriptions whose period ended by :now, skipping
 -- rows another renewer holds (so concurrent renewers never take one twice),
--- and return how many were handled. Each one, by what it asks for:
+-- and return the subscriptions handled. Each one, by what it asks for:
 --   cancel_at_period_end -> canceled, ended at the period end;
 --   pending_plan_id      -> replaced, ended at the period end, and a successor
 --                           on the pending plan (replaces_id = the old one)
@@ -236,4 +236,4 @@ successors AS (
     WHERE r.status = 'replaced'
     RETURNING account_id, id
 )
-SELECT count(*) FROM renewed;
+SELECT account_id, id FROM renewed ORDER BY account_id, id;

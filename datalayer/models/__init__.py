@@ -28,6 +28,7 @@ from .billing import (
     PaymentStatus,
     RecordedPayment,
 )
+from .cached import AuthBundle, SubscriptionWithPlan
 from .files import File, FileStatus
 from .plans import (
     BillingInterval,
@@ -56,6 +57,7 @@ __all__ = [
     "AnalyticsRejection",
     "ApiKey",
     "ApiKeyEnvironment",
+    "AuthBundle",
     "AuthContext",
     "Balance",
     "BatchResult",
@@ -95,6 +97,7 @@ __all__ = [
     "Reservation",
     "Subscription",
     "SubscriptionStatus",
+    "SubscriptionWithPlan",
     "Upgrade",
     "UsageBucket",
     "UsageEvent",

@@ -79,3 +79,12 @@ class Upgrade(BaseModel):
     replaced: Subscription
     subscription: Subscription
     proration: Proration
+
+
+class RenewedSubscription(BaseModel):
+    """A subscription that ``renew_due`` handled (renewed, canceled or replaced)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: int
+    id: int

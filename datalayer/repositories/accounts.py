@@ -10,6 +10,7 @@ from .._repository import Repository, many, one, scalar
 from .._validation import Email, Id, Limit, Name, validated
 from ..errors import NotFound
 from ..models import Account, AccountStatus, AccountWithOwner
+from .api_keys import account_cache_tags
 from .users import DisplayName, UserRepository
 
 
@@ -109,6 +110,7 @@ class AccountRepository(Repository):
         account = self._update(id=account_id, **params)
         if account is None:
             raise NotFound(f"account {account_id} not found")
+        self._account_changed(account_id)
         return account
 
     @validated
@@ -117,6 +119,7 @@ class AccountRepository(Repository):
         account = self._delete(id=account_id)
         if account is None:
             raise NotFound(f"live account {account_id} not found")
+        self._account_changed(account_id)
         return account
 
     @validated
@@ -125,4 +128,10 @@ class AccountRepository(Repository):
         account = self._restore(id=account_id)
         if account is None:
             raise NotFound(f"deleted account {account_id} not found")
+        self._account_changed(account_id)
         return account
+
+    def _account_changed(self, account_id: int) -> None:
+        """After commit, drop cached auth contexts: a key authenticates only for a live account."""
+        if self._session.cache is not None and self._session.cache.enabled:
+            self._invalidate(*account_cache_tags(self._session, account_id))

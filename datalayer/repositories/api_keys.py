@@ -26,8 +26,9 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 
+from .._cache import account_tag, key_tag
 from .._paging import Page, paginate
-from .._repository import Repository, execrows, many, one
+from .._repository import Repository, Session, execrows, many, one
 from .._validation import Id, Limit, Name, validated
 from ..errors import DataLayerError, InvalidInput, InvalidTransition, NotFound
 from ..models.api_keys import ApiKey, ApiKeyEnvironment, AuthContext, IssuedKey
@@ -113,6 +114,10 @@ Overlap = Annotated[timedelta, Field(ge=timedelta(0), le=timedelta(days=90))]
 Expiry = Annotated[AwareDatetime, Field(lt=datetime(9999, 1, 1, tzinfo=UTC))]
 
 
+class _KeyHash(BaseModel):
+    secret_hash: bytes
+
+
 class _Credential(BaseModel):
     """The row authentication reads: the live key with the presented hash."""
 
@@ -150,6 +155,7 @@ class ApiKeyRepository(Repository):
     _create = one("create_api_key", ApiKey)
     _get = one("get_api_key", ApiKey)
     _list = many("list_api_keys", ApiKey)
+    _hashes = many("list_api_key_hashes", _KeyHash)
     _find = one("find_api_key_credential", _Credential)
     _touch = execrows("touch_api_key")
     _revoke = one("revoke_api_key", ApiKey)
@@ -188,6 +194,9 @@ class ApiKeyRepository(Repository):
         )
         if key is None:
             raise InvalidInput("must be in the future", field="expires_at")
+        # A negative cache entry for this hash (someone tried it) must not
+        # outlive the key's creation.
+        self._invalidate(key_tag(hash_secret(secret)))
         return IssuedKey(key=key, secret=SecretStr(secret))
 
     @validated
@@ -266,6 +275,7 @@ class ApiKeyRepository(Repository):
         key = self._revoke(account_id=account_id, id=key_id)
         if key is None:
             raise NotFound(f"api key {key_id} not found in account {account_id}")
+        self._invalidate_keys(account_id, key_id)
         return key
 
     @validated
@@ -318,6 +328,8 @@ class ApiKeyRepository(Repository):
             )
             if key is None:  # cannot happen while the lock is held; never assume silently
                 raise DataLayerError(f"api key {key_id} changed while locked for rotation")
+            tx._invalidate_keys(account_id, key_id)
+            tx._invalidate(key_tag(hash_secret(secret)))
         return IssuedKey(key=key, secret=SecretStr(secret))
 
     # Last: inside the class body, the name ``list`` is this method from here on.
@@ -345,3 +357,25 @@ class ApiKeyRepository(Repository):
             account_id=account_id,
             include_revoked=include_revoked,
         )
+
+    @validated
+    def record_use(self, *, account_id: Id, key_id: Id) -> bool:
+        """Set ``last_used_at`` to now unless it was set in the last minute; True if written.
+
+        For callers that authenticated without this repository (the cache).
+        Never waits for a lock held by another writer. Raises ``InvalidInput``
+        for a bad argument.
+        """
+        return self._touch(account_id=account_id, id=key_id) > 0
+
+    def _invalidate_keys(self, account_id: int, key_id: int | None = None) -> None:
+        """After commit, drop cached auth contexts of the account's keys (or of one key)."""
+        if self._session.cache is not None and self._session.cache.enabled:
+            rows = self._hashes(account_id=account_id, key_id=key_id)
+            self._invalidate(*(key_tag(r.secret_hash) for r in rows))
+
+
+def account_cache_tags(session: Session, account_id: int) -> list[str]:
+    """Cache tags of everything derived from an account: its subscription and its keys' auth."""
+    rows = ApiKeyRepository(session)._hashes(account_id=account_id, key_id=None)
+    return [account_tag(account_id), *(key_tag(r.secret_hash) for r in rows)]

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from .._cache import plan_tag
 from .._paging import Page, paginate, update_params
 from .._repository import Repository, many, one
 from .._validation import Id, Limit, Name, validated
@@ -112,6 +113,8 @@ class PlanRepository(Repository):
         is no such plan.
         """
         plan = self._publish(id=plan_id)
+        if plan is not None:
+            self._invalidate(plan_tag(plan.code))
         if plan is None:
             raise self._refused(plan_id, expected=("draft",), action="published")
         return plan
@@ -125,6 +128,8 @@ class PlanRepository(Repository):
         such plan.
         """
         plan = self._archive(id=plan_id)
+        if plan is not None:
+            self._invalidate(plan_tag(plan.code))
         if plan is None:
             raise self._refused(plan_id, expected=("published",), action="archived")
         return plan

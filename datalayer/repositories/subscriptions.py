@@ -7,11 +7,18 @@ from typing import Annotated, NoReturn
 from pydantic import AwareDatetime, Field
 
 from .._paging import Page, paginate
-from .._repository import Repository, Session, many, one, scalar
+from .._repository import Repository, Session, many, one
 from .._validation import Id, Limit, validated
 from ..errors import InvalidInput, InvalidTransition, NotFound
 from ..models.plans import Plan
-from ..models.subscriptions import LIVE_STATUSES, Proration, Subscription, Upgrade
+from ..models.subscriptions import (
+    LIVE_STATUSES,
+    Proration,
+    RenewedSubscription,
+    Subscription,
+    Upgrade,
+)
+from .api_keys import account_cache_tags
 from .plans import PlanRepository
 
 Batch = Annotated[int, Field(ge=1, le=10_000)]
@@ -40,7 +47,7 @@ class SubscriptionRepository(Repository):
     _schedule_downgrade = one("schedule_downgrade", Subscription)
     _cancel_now = one("cancel_subscription_now", Subscription)
     _cancel_at_end = one("cancel_subscription_at_period_end", Subscription)
-    _renew_due = scalar("renew_due_subscriptions", int)
+    _renew_due = many("renew_due_subscriptions", RenewedSubscription)
 
     @validated
     def start(
@@ -67,6 +74,7 @@ class SubscriptionRepository(Repository):
         subscription = self._start(account_id=account_id, plan_id=plan_id, trial=trial, now=now)
         if subscription is None:
             raise _plan_refused(self._session, plan_id, expected=("published",))
+        self._changed(subscription.account_id)
         return subscription
 
     @validated
@@ -157,6 +165,7 @@ class SubscriptionRepository(Repository):
                 account_id=account_id, subscription_id=subscription.id, now=now
             )
             assert proration is not None  # the row inserted just above
+        self._changed(account_id)
         return Upgrade(replaced=replaced, subscription=subscription, proration=proration)
 
     @validated
@@ -184,6 +193,7 @@ class SubscriptionRepository(Repository):
             raise _plan_refused(
                 self._session, plan_id, expected=("published",), current=current, interval=False
             )
+        self._changed(subscription.account_id)
         return subscription
 
     @validated
@@ -199,6 +209,7 @@ class SubscriptionRepository(Repository):
         subscription = self._cancel_now(account_id=account_id, id=subscription_id, now=now)
         if subscription is None:
             self._refuse(account_id, subscription_id, expected=_LIVE)
+        self._changed(subscription.account_id)
         return subscription
 
     @validated
@@ -215,6 +226,7 @@ class SubscriptionRepository(Repository):
         subscription = self._cancel_at_end(account_id=account_id, id=subscription_id, now=now)
         if subscription is None:
             self._refuse(account_id, subscription_id, expected=_LIVE)
+        self._changed(subscription.account_id)
         return subscription
 
     @validated
@@ -236,7 +248,15 @@ class SubscriptionRepository(Repository):
 
         Raises ``InvalidInput`` for a bad argument, before any SQL.
         """
-        return self._renew_due(now=now, batch=batch) or 0
+        renewed = self._renew_due(now=now, batch=batch)
+        for account_id in sorted({r.account_id for r in renewed}):
+            self._changed(account_id)
+        return len(renewed)
+
+    def _changed(self, account_id: int) -> None:
+        """After commit, drop the account's cached subscription and API-key auth contexts."""
+        if self._session.cache is not None and self._session.cache.enabled:
+            self._invalidate(*account_cache_tags(self._session, account_id))
 
     def _check(
         self, account_id: int, subscription_id: int, *, expected: tuple[str, ...]

@@ -1,0 +1,31 @@
+"""Composite views served from the cache: what a request needs, in one value."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from .api_keys import AuthContext
+from .plans import PlanWithMeters
+from .subscriptions import Subscription
+
+
+class SubscriptionWithPlan(BaseModel):
+    """An account's live subscription and its plan with meters (quotas and prices)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    subscription: Subscription
+    plan: PlanWithMeters
+
+
+class AuthBundle(BaseModel):
+    """Everything a request authenticated by an API key needs.
+
+    The key's context (account, scopes, environment, expiry) and the account's
+    live subscription with its plan (``None`` without a live subscription).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    context: AuthContext
+    current: SubscriptionWithPlan | None
