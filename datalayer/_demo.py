@@ -69,6 +69,18 @@ def resolve_database_url(explicit: str | None = None, *, embedded: bool = False)
     return str(server.get_uri(database="datalayer")), f"an embedded PostgreSQL in {pgdata}"
 
 
+_LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _redis_reachable(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=0.2).ping())
+    except redis.RedisError:
+        return False
+
+
 def _median_us(fn: Callable[[], object], n: int) -> float:
     samples = []
     for _ in range(n):
@@ -86,6 +98,8 @@ def run_demo(database_url: str | None = None, *, embedded: bool = False) -> int:
     """Run the tour; return the process exit status."""
     url, source = resolve_database_url(database_url, embedded=embedded)
     settings = Settings.from_env(database_url=url)
+    if settings.redis_url is None and _redis_reachable(_LOCAL_REDIS):
+        settings = settings.model_copy(update={"redis_url": _LOCAL_REDIS})
     print(f"datalayer demo — using {source}: {settings.safe_database_url}")
 
     _step("Migrations (yoyo, plain SQL, creates the database if missing)")
@@ -309,3 +323,16 @@ def _tour_saas(db: Database, account_id: int, tag: str) -> None:
     print(f"invoice {opened.number}: total {opened.total_minor}, now {paid.invoice.status}")
     for balance in db.billing.balance(account_id=account_id):
         print(f"balance {balance.currency}: receivable {balance.receivable_minor}")
+
+    _step("Cache: the auth bundle (key + subscription + plan) from Redis")
+    if not db.cache.enabled:
+        print("no Redis (set REDIS_URL): db.cached reads PostgreSQL directly")
+        return
+    db.cache.namespace = f"demo-{tag}"
+    issued = db.api_keys.issue(account_id=account_id, name="cached", environment="live", scopes=[])
+    secret = issued.secret.get_secret_value()
+    miss_us = _median_us(lambda: db.cached.auth(secret=secret), 1)
+    hit_us = _median_us(lambda: db.cached.auth(secret=secret), 200)
+    db.api_keys.revoke(account_id=account_id, key_id=issued.key.id)
+    print(f"first call (miss) {miss_us:.0f} µs, then hits {hit_us:.0f} µs (median of 200)")
+    print(f"after revoke -> {db.cached.auth(secret=secret)}; stats {db.cache.stats.as_dict()}")
