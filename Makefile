@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DL     := $(BIN)/datalayer
 
 .DEFAULT_GOAL := help
-.PHONY: help install migrate rollback status check-sql seed partitions test lint demo clean
+.PHONY: help install migrate rollback status check-sql seed partitions bench test lint demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ seed: migrate ## load the default data set (1,000 accounts, 1M usage events; --r
 
 partitions: install ## list event table partitions with their ranges, rows and sizes
 	$(DL) partitions list
+
+bench: migrate ## time hot queries against raw-psycopg baselines (seeds an empty database)
+	$(DL) bench --json bench-results.json
 
 test: install ## run the whole test suite (unit and integration, real PostgreSQL)
 	$(BIN)/pytest -n 2

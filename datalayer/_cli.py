@@ -1,4 +1,4 @@
-"""The ``datalayer`` command: migrate, rollback, status, check-sql, demo."""
+"""The ``datalayer`` command: migrations, checks, partitions, rollups, seed, bench, demo."""
 
 from __future__ import annotations
 
@@ -141,6 +141,29 @@ def _cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ._bench import format_table, run_bench, write_json
+    from ._database import Database
+    from ._seed import seed_database
+
+    settings = _settings(args)
+    _migrate.migrate(settings)
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM usage_events").fetchone()
+        if not row or not row[0]:
+            print("the database is empty: seeding it first (datalayer seed)")
+            seed_database(conn)
+    with Database(settings) as db:
+        results = run_bench(db, quick=args.quick)
+    print(format_table(results))
+    if args.json:
+        write_json(results, Path(args.json))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -200,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--seed", type=int, default=42, help="random seed (same seed, same data)")
     seed.add_argument("--reset", action="store_true", help="empty every table first")
     seed.set_defaults(func=_cmd_seed)
+    bench = sub.add_parser("bench", help="time the hot queries against raw-psycopg baselines")
+    bench.add_argument("--quick", action="store_true", help="fewer iterations")
+    bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    bench.set_defaults(func=_cmd_bench)
     demo = sub.add_parser("demo", help="migrate and run a short tour of the library")
     demo.add_argument(
         "--embedded",
