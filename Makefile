@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DL     := $(BIN)/datalayer
 
 .DEFAULT_GOAL := help
-.PHONY: help install migrate rollback status check-sql seed partitions bench test lint demo clean
+.PHONY: help install migrate rollback status check-sql seed partitions bench backup restore archive test lint demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,15 @@ partitions: install ## list event table partitions with their ranges, rows and s
 
 bench: migrate ## time hot queries against raw-psycopg baselines (seeds an empty database)
 	$(DL) bench --json bench-results.json
+
+backup: install ## pg_dump -Fc plus a manifest into backups/
+	$(DL) backup --out backups
+
+restore: install ## restore the newest backup into a new database (RESTORE_INTO, default datalayer_restored) and verify
+	$(DL) restore "$$(ls -t backups/*.dump | head -1)" --into $${RESTORE_INTO:-datalayer_restored}
+
+archive: install ## archive event partitions older than 13 months into archive/, then drop them
+	$(DL) archive --out archive
 
 test: install ## run the whole test suite (unit and integration, real PostgreSQL)
 	$(BIN)/pytest -n 2

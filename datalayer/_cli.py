@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import psycopg
 
 from . import _migrate
-from ._settings import Settings
+from ._settings import Settings, redact
 from .errors import DataLayerError
 
 log = logging.getLogger("datalayer")
@@ -164,6 +164,76 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _conninfo_with_db(url: str, dbname: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return make_conninfo("", **params)
+
+
+def _cmd_archive(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ._archive import archive_partitions, restore_archive
+
+    settings = _settings(args)
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        if args.target:
+            if args.target[0] != "restore" or len(args.target) != 2:
+                raise DataLayerError("usage: datalayer archive restore MANIFEST")
+            rows = restore_archive(conn, Path(args.target[1]))
+            print(f"restored {rows} rows from {args.target[1]}")
+            return 0
+        results = archive_partitions(
+            conn, older_than_months=args.older_than_months, out_dir=Path(args.out),
+            dry_run=args.dry_run,
+        )  # fmt: skip
+    for r in results:
+        state = "would archive" if args.dry_run else ("archived" if r.dropped else "kept")
+        count = "" if r.rows is None else f"{r.rows} rows, "
+        print(f"{state} {r.name} [{r.start:%Y-%m-%d}, {r.end:%Y-%m-%d}): {count}{r.file}")
+    if not results:
+        print(f"nothing older than {args.older_than_months} months to archive")
+    return 0
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ._backup import backup, verify_backup
+
+    settings = _settings(args)
+    if args.target:
+        if args.target[0] != "verify" or len(args.target) != 2:
+            raise DataLayerError("usage: datalayer backup verify DUMP")
+        verify_backup(
+            Path(args.target[1]),
+            scratch_url_base=_conninfo_with_db(settings.database_url, "postgres"),
+        )
+        print(f"{args.target[1]}: restored into a scratch database and matches its manifest")
+        return 0
+    path = backup(settings.database_url, Path(args.out))
+    print(f"wrote {path} and {path.with_suffix('.manifest.json').name}")
+    return 0
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ._backup import restore_backup
+
+    settings = _settings(args)
+    into = (
+        args.into
+        if "=" in args.into or "://" in args.into
+        else _conninfo_with_db(settings.database_url, args.into)
+    )
+    restore_backup(Path(args.dump), into=into, overwrite=args.overwrite)
+    print(f"restored {args.dump} into {redact(into)} and verified it against its manifest")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -227,6 +297,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer iterations")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.set_defaults(func=_cmd_bench)
+    archive = sub.add_parser(
+        "archive", help="archive partitions past retention, or: archive restore MANIFEST"
+    )
+    archive.add_argument("target", nargs="*", help="restore MANIFEST (to bring a month back)")
+    archive.add_argument("--older-than-months", type=int, default=13, help="retention (13)")
+    archive.add_argument("--out", default="archive", help="directory for archive files")
+    archive.add_argument("--dry-run", action="store_true", help="list, change nothing")
+    archive.set_defaults(func=_cmd_archive)
+    backup = sub.add_parser("backup", help="pg_dump -Fc with a manifest, or: backup verify DUMP")
+    backup.add_argument("target", nargs="*", help="verify DUMP (restore into a scratch database)")
+    backup.add_argument("--out", default="backups", help="directory for the dump (backups)")
+    backup.set_defaults(func=_cmd_backup)
+    restore = sub.add_parser("restore", help="restore a dump into a new database and verify it")
+    restore.add_argument("dump")
+    restore.add_argument("--into", required=True, help="database name, URL or conninfo")
+    restore.add_argument("--overwrite", action="store_true", help="replace an existing database")
+    restore.set_defaults(func=_cmd_restore)
     demo = sub.add_parser("demo", help="migrate and run a short tour of the library")
     demo.add_argument(
         "--embedded",

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -108,3 +109,23 @@ def test_the_demo_runs_on_an_embedded_postgresql_when_asked() -> None:
     assert result.returncode == 0, result.stderr
     assert "using an embedded PostgreSQL" in result.stdout
     assert "demo finished" in result.stdout
+
+
+def test_backup_verify_restore_and_archive_commands(
+    fresh_url: str, tmp_path: Path, new_url: str
+) -> None:
+    made = run("backup", "--out", str(tmp_path), url=fresh_url)
+    assert made.returncode == 0, made.stderr
+    (dump,) = tmp_path.glob("*.dump")
+    assert (tmp_path / dump.name.replace(".dump", ".manifest.json")).exists()
+    verified = run("backup", "verify", str(dump), url=fresh_url)
+    assert verified.returncode == 0, verified.stderr
+    target = psycopg.conninfo.conninfo_to_dict(new_url)["dbname"]
+    restored = run("restore", str(dump), "--into", str(target), url=fresh_url)
+    assert restored.returncode == 0, restored.stderr
+    again = run("restore", str(dump), "--into", str(target), url=fresh_url)
+    assert again.returncode == 2
+    assert "already exists" in again.stderr
+    dry = run("archive", "--dry-run", "--out", str(tmp_path / "archive"), url=fresh_url)
+    assert dry.returncode == 0, dry.stderr
+    assert "nothing older than 13 months" in dry.stdout

@@ -1,0 +1,217 @@
+"""Archiving old partitions: round trip, crash safety, retention window, dry run."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from datalayer import DataLayerError, _archive
+from datalayer._archive import archive_partitions, restore_archive
+from datalayer._partitions import ensure_partitions, list_partitions
+
+OLD = datetime(2020, 1, 1, tzinfo=UTC)  # partitions 2020_01 .. 2020_03 are created
+NOW = datetime(2021, 3, 15, tzinfo=UTC)  # 13 months back: only the 2020_01 ones are out
+
+
+@pytest.fixture
+def aconn(fresh_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to a fresh database with old partitions full of events."""
+    with psycopg.connect(fresh_url, autocommit=True) as conn:
+        conn.execute("SET timezone = 'UTC'")
+        ensure_partitions(conn, start=OLD, now=datetime(2020, 3, 10, tzinfo=UTC), ahead=0)
+        conn.execute(
+            "INSERT INTO meters (code, name, unit, aggregation)"
+            " VALUES ('api_calls', 'API calls', 'call', 'sum')"
+            " ON CONFLICT DO NOTHING"
+        )
+        conn.execute(
+            """
+            INSERT INTO usage_events (account_id, meter_code, quantity, occurred_at,
+                                      idempotency_key, properties)
+            SELECT g % 7 + 1, 'api_calls', g * 1.5,
+                   timestamptz '2020-01-01 00:00:00+00' + g * interval '17 minutes',
+                   'k' || g, jsonb_build_object('note', E'tab\\there\nnewline ' || g)
+            FROM generate_series(0, 4000) g
+            """
+        )
+        conn.execute(
+            """
+            INSERT INTO analytics_events (account_id, category, name, occurred_at)
+            SELECT g % 3 + 1, 'behaviour', 'page.view',
+                   timestamptz '2020-01-01 00:00:00+00' + g * interval '1 hour'
+            FROM generate_series(0, 1500) g
+            """
+        )
+        yield conn
+
+
+def digest(conn: psycopg.Connection[Any], table: str, start: str, end: str) -> tuple[int, str]:
+    """Row count and md5 of the ordered rows of ``table`` in ``[start, end)``."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n'"
+            " ORDER BY t.account_id, t.occurred_at, t.id), ''))"
+            " FROM {} t WHERE occurred_at >= %s AND occurred_at < %s"
+        ).format(sql.Identifier(table)),
+        (start, end),
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])
+
+
+def table_exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s)", (name,)).fetchone() != (None,)
+
+
+def partition_names(conn: psycopg.Connection[Any]) -> set[str]:
+    return {p.name for p in list_partitions(conn)}
+
+
+JAN = ("2020-01-01T00:00:00+00:00", "2020-02-01T00:00:00+00:00")
+
+
+def test_archive_drop_and_restore_round_trip_gives_identical_rows(
+    aconn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    usage_before = digest(aconn, "usage_events", *JAN)
+    analytics_before = digest(aconn, "analytics_events", *JAN)
+    assert usage_before[0] > 2000
+    assert analytics_before[0] == 744
+
+    results = archive_partitions(aconn, out_dir=tmp_path, now=NOW)
+
+    assert {r.name for r in results} == {"usage_events_2020_01", "analytics_events_2020_01"}
+    assert all(r.dropped for r in results)
+    assert not table_exists(aconn, "usage_events_2020_01")
+    assert digest(aconn, "usage_events", *JAN)[0] == 0
+    manifest = json.loads((tmp_path / "usage_events_2020_01.manifest.json").read_text())
+    assert manifest["rows"] == usage_before[0]
+    assert manifest["parent"] == "usage_events"
+    assert manifest["range_start"] == "2020-01-01T00:00:00+00:00"
+    assert manifest["schema_version"].startswith("00")
+
+    restored = restore_archive(aconn, tmp_path / "usage_events_2020_01.manifest.json")
+    assert restored == usage_before[0]
+    assert restore_archive(aconn, tmp_path / "analytics_events_2020_01.manifest.json") == 744
+    assert digest(aconn, "usage_events", *JAN) == usage_before
+    assert digest(aconn, "analytics_events", *JAN) == analytics_before
+    assert "usage_events_2020_01" in partition_names(aconn)
+
+
+def test_partitions_inside_the_retention_window_are_untouched(
+    aconn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    feb = digest(aconn, "usage_events", "2020-02-01", "2020-03-01")
+    before = partition_names(aconn)
+
+    archive_partitions(aconn, out_dir=tmp_path, now=NOW)
+
+    after = partition_names(aconn)
+    assert before - after == {"usage_events_2020_01", "analytics_events_2020_01"}
+    assert {"usage_events_2020_02", "usage_events_2020_03"} <= after
+    assert digest(aconn, "usage_events", "2020-02-01", "2020-03-01") == feb
+    assert feb[0] > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "analytics_events_2020_01.copy.gz",
+        "analytics_events_2020_01.manifest.json",
+        "usage_events_2020_01.copy.gz",
+        "usage_events_2020_01.manifest.json",
+    ]
+
+
+def test_dry_run_lists_the_partitions_and_changes_nothing(
+    aconn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    before = partition_names(aconn)
+    out = tmp_path / "archive"
+
+    results = archive_partitions(aconn, out_dir=out, now=NOW, dry_run=True)
+
+    assert {r.name for r in results} == {"usage_events_2020_01", "analytics_events_2020_01"}
+    assert all(not r.dropped and r.rows is None for r in results)
+    assert partition_names(aconn) == before
+    assert not out.exists()
+
+
+def test_a_crash_between_detach_and_drop_loses_nothing_and_a_rerun_finishes(
+    aconn: psycopg.Connection[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = {t: digest(aconn, t, *JAN) for t in ("usage_events", "analytics_events")}
+
+    def crash(conn: psycopg.Connection[Any], name: str) -> None:
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(_archive, "_drop_detached", crash)
+    with pytest.raises(RuntimeError):
+        archive_partitions(aconn, out_dir=tmp_path, now=NOW)
+    # The first one (analytics) is detached, not dropped: its rows are still there.
+    assert table_exists(aconn, "analytics_events_2020_01")
+    assert "analytics_events_2020_01" not in partition_names(aconn)
+    assert "usage_events_2020_01" in partition_names(aconn)
+    monkeypatch.undo()
+
+    results = archive_partitions(aconn, out_dir=tmp_path, now=NOW)
+
+    assert {r.name for r in results} == {"usage_events_2020_01", "analytics_events_2020_01"}
+    for table in before:
+        assert not table_exists(aconn, f"{table}_2020_01")
+        restore_archive(aconn, tmp_path / f"{table}_2020_01.manifest.json")
+        assert digest(aconn, table, *JAN) == before[table]
+
+
+def test_a_file_corrupted_before_verification_is_rewritten_on_rerun(
+    aconn: psycopg.Connection[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = {t: digest(aconn, t, *JAN) for t in ("usage_events", "analytics_events")}
+    real_write = _archive._write
+
+    def write_then_crash(conn: psycopg.Connection[Any], cand: Any, out_dir: Path) -> Any:
+        manifest = real_write(conn, cand, out_dir)
+        path = out_dir / f"{cand.name}.copy.gz"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # torn write
+        return manifest
+
+    monkeypatch.setattr(_archive, "_write", write_then_crash)
+    with pytest.raises(DataLayerError, match=r"analytics_events_2020_01\.copy\.gz"):
+        archive_partitions(aconn, out_dir=tmp_path, now=NOW)
+    # Verification failed: the detached table is kept.
+    assert table_exists(aconn, "analytics_events_2020_01")
+    monkeypatch.undo()
+
+    archive_partitions(aconn, out_dir=tmp_path, now=NOW)
+
+    for table in before:
+        assert not table_exists(aconn, f"{table}_2020_01")
+        restore_archive(aconn, tmp_path / f"{table}_2020_01.manifest.json")
+        assert digest(aconn, table, *JAN) == before[table]
+
+
+def test_restore_refuses_a_corrupted_archive_and_creates_nothing(
+    aconn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    archive_partitions(aconn, out_dir=tmp_path, now=NOW)
+    path = tmp_path / "usage_events_2020_01.copy.gz"
+    data = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(data.replace(b"api_calls", b"api_callz", 1)))
+
+    with pytest.raises(DataLayerError, match=r"usage_events_2020_01\.copy\.gz"):
+        restore_archive(aconn, tmp_path / "usage_events_2020_01.manifest.json")
+    assert not table_exists(aconn, "usage_events_2020_01")
+
+
+def test_archiving_in_a_transaction_uses_a_plain_detach(fresh_url: str, tmp_path: Path) -> None:
+    with psycopg.connect(fresh_url, autocommit=True) as setup:
+        ensure_partitions(setup, start=OLD, now=datetime(2020, 1, 10, tzinfo=UTC), ahead=0)
+    with psycopg.connect(fresh_url) as conn:
+        results = archive_partitions(conn, out_dir=tmp_path, now=NOW)
+        conn.commit()
+        assert {r.rows for r in results} == {0}
+        assert not table_exists(conn, "usage_events_2020_01")
