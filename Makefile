@@ -49,7 +49,7 @@ archive: install ## archive event partitions older than 13 months into archive/,
 	$(DL) archive --out archive
 
 test: install ## run the whole test suite (unit and integration, real PostgreSQL)
-	$(BIN)/pytest -n 2
+	DATALAYER_QUERY_COVERAGE=1 $(BIN)/pytest -n 2
 
 lint: install ## ruff check, ruff format --check, mypy --strict, squawk on migrations
 	$(BIN)/ruff check .

@@ -292,6 +292,8 @@ class Cache:
         if self._client is None or not tags:
             return
         self.stats.add("invalidations", len(tags))
+        if self._pending and time.monotonic() >= self._down_until:
+            self._replay()  # earlier failures first, also in a process that only writes
         if time.monotonic() < self._down_until:
             with self._pending_lock:
                 self._pending.update(tags)

@@ -119,3 +119,11 @@ FROM plans p
 WHERE p.status = 'published' AND p.is_public AND p.id > :after_id
 ORDER BY p.id
 LIMIT :limit;
+
+-- name: list_plan_subscriber_cache_keys :many
+-- The accounts with a live subscription on the plan and their API keys' secret
+-- hashes: whose cached subscription and auth views show the plan.
+SELECT s.account_id, k.secret_hash
+FROM subscriptions s
+LEFT JOIN api_keys k ON k.account_id = s.account_id
+WHERE s.plan_id = :plan_id AND s.status IN ('trialing', 'active', 'past_due');

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from .._cache import plan_tag
+from .._cache import account_tag, key_tag, plan_tag
 from .._paging import Page, paginate, update_params
 from .._repository import Repository, many, one
 from .._validation import Id, Limit, Name, validated
@@ -30,6 +30,11 @@ _UPDATABLE = (
 )
 
 
+class _Subscriber(BaseModel):
+    account_id: int
+    secret_hash: bytes | None
+
+
 class PlanRepository(Repository):
     """Versioned plans with their meters: a shared reference table (no ``account_id``).
 
@@ -42,6 +47,7 @@ class PlanRepository(Repository):
 
     _create = one("create_plan", Plan)
     _add_meters = many("add_plan_meters", PlanMeter)
+    _subscribers = many("list_plan_subscriber_cache_keys", _Subscriber)
     _publish = one("publish_plan", Plan)
     _archive = one("archive_plan", Plan)
     _update = one("update_draft_plan", Plan)
@@ -130,6 +136,7 @@ class PlanRepository(Repository):
         plan = self._archive(id=plan_id)
         if plan is not None:
             self._invalidate(plan_tag(plan.code))
+            self._invalidate_subscribers(plan_id)
         if plan is None:
             raise self._refused(plan_id, expected=("published",), action="archived")
         return plan
@@ -224,3 +231,14 @@ class PlanRepository(Repository):
             expected=expected,
             actual=plan.status,
         )
+
+    def _invalidate_subscribers(self, plan_id: int) -> None:
+        """After commit, drop the cached views that embed this plan (its status changed)."""
+        if self._session.cache is None or not self._session.cache.enabled:
+            return
+        tags: set[str] = set()
+        for row in self._subscribers(plan_id=plan_id):
+            tags.add(account_tag(row.account_id))
+            if row.secret_hash is not None:
+                tags.add(key_tag(row.secret_hash))
+        self._invalidate(*sorted(tags))
