@@ -157,7 +157,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             seed_database(conn)
     with Database(settings) as db:
         results = run_bench(db, quick=args.quick)
+        cache = db.cache.stats.as_dict() if db.cache.enabled else None
     print(format_table(results))
+    if cache is not None:
+        print(
+            f"cache: hit ratio {cache['hit_ratio_pct']}% ({cache['hits']} hits, "
+            f"{cache['misses']} misses, {cache['rebuilds']} rebuilds, {cache['errors']} errors)"
+        )
     if args.json:
         write_json(results, Path(args.json))
         print(f"wrote {args.json}")
