@@ -240,6 +240,17 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ._export import export_account
+
+    result = export_account(_settings(args).database_url, args.account_id, Path(args.out))
+    total = sum(result.rows.values())
+    print(f"wrote {result.path}: {total} rows from {len(result.rows)} tables")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -320,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--into", required=True, help="database name, URL or conninfo")
     restore.add_argument("--overwrite", action="store_true", help="replace an existing database")
     restore.set_defaults(func=_cmd_restore)
+    export = sub.add_parser("export-account", help="every row of one account, as one archive")
+    export.add_argument("account_id", type=int)
+    export.add_argument("--out", required=True, help="the .tar.gz file to write")
+    export.set_defaults(func=_cmd_export)
     demo = sub.add_parser("demo", help="migrate and run a short tour of the library")
     demo.add_argument(
         "--embedded",
