@@ -81,7 +81,9 @@ def table_checksums(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
     conn.execute("SET DateStyle = 'ISO, YMD'")
     conn.execute("SET extra_float_digits = 1")
     result: dict[str, dict[str, Any]] = {}
-    for table in _tables(conn):
+    tables = _tables(conn)
+    for position, table in enumerate(tables, start=1):
+        log.info("checksumming %s (%d of %d)", table, position, len(tables))
         row = conn.execute(
             sql.SQL(
                 "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), ''))"
@@ -140,6 +142,7 @@ def backup(database_url: str, out_dir: Path) -> Path:
             version = schema_version(conn)
             server = conn.execute("SHOW server_version").fetchone()
             # The exporting transaction stays open while pg_dump reads its snapshot.
+            log.info("running pg_dump -Fc into %s", path)
             _run(
                 ["pg_dump", "-Fc", f"--snapshot={row[0]}", "-f", str(path), "--dbname", conninfo],
                 env,
@@ -194,6 +197,7 @@ def _restore_verified(
     url = _with_dbname(server_url, dbname)
     try:
         conninfo, env = _split(url)
+        log.info("running pg_restore of %s into %s", dump_path, dbname)
         _run(
             ["pg_restore", "--no-owner", "--exit-on-error", "--dbname", conninfo, str(dump_path)],
             env,

@@ -348,8 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``datalayer`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    # Long-running operations show their steps; -v shows everything else too.
+    long_running = args.command in {"backup", "restore", "archive"}
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if args.verbose or long_running else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
