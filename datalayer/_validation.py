@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import Annotated, ParamSpec, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, ParamSpec, TypeVar
 
-from pydantic import AfterValidator, ConfigDict, Field, ValidationError, validate_call
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    validate_call,
+)
 
 from .errors import InvalidInput
 
-__all__ = ["Email", "Id", "Limit", "Name", "Text", "no_nul", "validated"]
+__all__ = ["Email", "Id", "Limit", "Name", "Text", "no_nul", "validate_batch", "validated"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -59,3 +67,33 @@ def validated(func: Callable[P, R]) -> Callable[P, R]:
 def escape_like(term: str) -> str:
     """Escape LIKE wildcards so ``term`` matches literally (with ``ESCAPE '\\'``)."""
     return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+BatchModel = TypeVar("BatchModel", bound=BaseModel)
+
+
+def validate_batch(
+    model: type[BatchModel],
+    adapter: TypeAdapter[list[BatchModel]],
+    events: Sequence[BatchModel | Mapping[str, Any]],
+) -> tuple[list[BatchModel | None], list[tuple[int, str]]]:
+    """Validate a batch in one pass; when that fails, event by event.
+
+    Returns the models (``None`` in place of a bad event) and, for each bad
+    event, its index and the reason ("bad <field>: <message>").
+    """
+    try:
+        return list(adapter.validate_python(list(events))), []
+    except ValidationError:
+        pass
+    result: list[BatchModel | None] = []
+    bad: list[tuple[int, str]] = []
+    for index, raw in enumerate(events):
+        try:
+            result.append(model.model_validate(raw))
+        except ValidationError as exc:
+            error = exc.errors(include_url=False, include_input=False)[0]
+            field = ".".join(str(p) for p in error["loc"])
+            bad.append((index, f"bad {field}: {error['msg']}"))
+            result.append(None)
+    return result, bad

@@ -8,10 +8,10 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from psycopg.types.json import Jsonb
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from .._repository import Repository, copy_in, execrows, execute, many
-from .._validation import Id, Limit, validated
+from .._validation import Id, Limit, validate_batch, validated
 from ..errors import InvalidInput
 from ..models.analytics import (
     ActiveUsers,
@@ -221,18 +221,7 @@ def _has_nul(value: Any) -> bool:
 def _validate_all(
     events: Sequence[AnalyticsEventIn | Mapping[str, Any]], rejected: list[AnalyticsRejection]
 ) -> list[AnalyticsEventIn | None]:
-    """Validate a batch in one pass; on failure, event by event, recording rejections."""
-    try:
-        return list(_EVENTS.validate_python(list(events)))
-    except ValidationError:
-        pass
-    result: list[AnalyticsEventIn | None] = []
-    for index, raw in enumerate(events):
-        try:
-            result.append(AnalyticsEventIn.model_validate(raw))
-        except ValidationError as exc:
-            error = exc.errors(include_url=False, include_input=False)[0]
-            field = ".".join(str(p) for p in error["loc"])
-            rejected.append(AnalyticsRejection(index=index, reason=f"bad {field}: {error['msg']}"))
-            result.append(None)
-    return result
+    """Validate a batch (see ``validate_batch``), recording each bad event."""
+    models, bad = validate_batch(AnalyticsEventIn, _EVENTS, events)
+    rejected.extend(AnalyticsRejection(index=index, reason=reason) for index, reason in bad)
+    return models

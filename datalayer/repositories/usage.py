@@ -8,10 +8,10 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from psycopg.types.json import Jsonb
-from pydantic import AwareDatetime, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import AwareDatetime, Field, StringConstraints, TypeAdapter
 
 from .._repository import Repository, copy_in, execute, many, one, scalar
-from .._validation import Id, validated
+from .._validation import Id, validate_batch, validated
 from ..errors import InvalidInput, ReferenceViolation
 from ..models.usage import (
     BatchResult,
@@ -175,25 +175,14 @@ _EVENTS = TypeAdapter(list[UsageEventIn])
 def _validate_all(
     events: Sequence[UsageEventIn | Mapping[str, Any]], rejected: list[Rejection]
 ) -> list[UsageEventIn | None]:
-    """Validate a batch in one pass; on failure, event by event, recording rejections."""
-    try:
-        return list(_EVENTS.validate_python(list(events)))
-    except ValidationError:
-        pass
-    result: list[UsageEventIn | None] = []
-    for index, raw in enumerate(events):
-        try:
-            result.append(UsageEventIn.model_validate(raw))
-        except ValidationError as exc:
-            error = exc.errors(include_url=False, include_input=False)[0]
-            field = ".".join(str(p) for p in error["loc"])
-            key = raw.get("idempotency_key") if isinstance(raw, Mapping) else None
-            rejected.append(
-                Rejection(
-                    index=index,
-                    idempotency_key=key if isinstance(key, str) else None,
-                    reason=f"bad {field}: {error['msg']}",
-                )
+    """Validate a batch (see ``validate_batch``), recording each bad event with its key."""
+    models, bad = validate_batch(UsageEventIn, _EVENTS, events)
+    for index, reason in bad:
+        raw = events[index]
+        key = raw.get("idempotency_key") if isinstance(raw, Mapping) else None
+        rejected.append(
+            Rejection(
+                index=index, idempotency_key=key if isinstance(key, str) else None, reason=reason
             )
-            result.append(None)
-    return result
+        )
+    return models
