@@ -59,7 +59,8 @@ def _run(args: list[str], env: dict[str, str], what: str) -> str:
     return done.stdout
 
 
-def _tables(conn: psycopg.Connection[Any]) -> list[str]:
+def public_tables(conn: psycopg.Connection[Any]) -> list[str]:
+    """The tables of ``public`` (partitioned parents, not their partitions), yoyo's excluded."""
     rows = conn.execute(
         """
         SELECT relname FROM pg_class
@@ -71,24 +72,36 @@ def _tables(conn: psycopg.Connection[Any]) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def table_checksums(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
+def table_checksums(
+    conn: psycopg.Connection[Any], *, ignore_columns: frozenset[str] = frozenset()
+) -> dict[str, dict[str, Any]]:
     """Per public table (yoyo's excluded): ``{"rows": count, "md5": md5 of the ordered rows}``.
 
     Rows are rendered as text in UTC with ISO dates, so two databases holding
-    the same rows give the same checksums.
+    the same rows give the same checksums. Columns named in ``ignore_columns``
+    (bookkeeping such as ``refreshed_at``) are left out of the md5.
     """
     conn.execute("SET TIME ZONE 'UTC'")
     conn.execute("SET DateStyle = 'ISO, YMD'")
     conn.execute("SET extra_float_digits = 1")
     result: dict[str, dict[str, Any]] = {}
-    tables = _tables(conn)
+    tables = public_tables(conn)
     for position, table in enumerate(tables, start=1):
         log.info("checksumming %s (%d of %d)", table, position, len(tables))
+        columns = [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass"
+                " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                (table,),
+            )
+            if str(r[0]) not in ignore_columns
+        ]
         row = conn.execute(
             sql.SQL(
                 "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), ''))"
-                " FROM {} t"
-            ).format(sql.Identifier(table))
+                " FROM (SELECT {} FROM {}) t"
+            ).format(sql.SQL(", ").join(sql.Identifier(c) for c in columns), sql.Identifier(table))
         ).fetchone()
         assert row is not None
         result[table] = {"rows": int(row[0]), "md5": str(row[1])}

@@ -16,6 +16,8 @@ from typing import Any, TextIO
 import psycopg
 import psycopg.sql
 
+from .._backup import public_tables
+from .._backup import table_checksums as backup_checksums
 from .._partitions import ensure_partitions
 from .._rollups import rebuild_rollups
 from ..errors import DataLayerError
@@ -25,34 +27,6 @@ from ._load import DAYS, Progress, SeedResult
 from ._tenants import seed_accounts, seed_catalog, seed_subscriptions
 
 __all__ = ["SeedResult", "seed_database", "table_checksums"]
-
-# Tables in dependency order (children last); TRUNCATE takes them all at once.
-TABLES = [
-    "accounts",
-    "users",
-    "meters",
-    "plans",
-    "plan_meters",
-    "subscriptions",
-    "usage_events",
-    "usage_event_keys",
-    "usage_rollups",
-    "usage_rollup_queue",
-    "quota_counters",
-    "quota_reservations",
-    "analytics_events",
-    "analytics_daily_rollups",
-    "analytics_daily_users",
-    "analytics_rollup_queue",
-    "files",
-    "api_keys",
-    "invoice_number_counters",
-    "invoices",
-    "invoice_lines",
-    "payments",
-    "ledger_transactions",
-    "ledger_entries",
-]
 
 
 def seed_database(
@@ -105,12 +79,9 @@ def seed_database(
                 )
             )
         conn.execute(
-            "TRUNCATE accounts, users, meters, plans, plan_meters, subscriptions, usage_events,"
-            " usage_event_keys, usage_rollups, usage_rollup_queue, quota_counters,"
-            " quota_reservations, analytics_events, analytics_daily_rollups,"
-            " analytics_daily_users, analytics_rollup_queue, files, api_keys,"
-            " invoice_number_counters, invoices, invoice_lines, payments, ledger_transactions,"
-            " ledger_entries RESTART IDENTITY CASCADE"
+            psycopg.sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
+                psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, public_tables(conn)))
+            )
         )
         for table in ("ledger_entries", "ledger_transactions"):
             conn.execute(
@@ -154,31 +125,10 @@ def seed_database(
 
 
 def table_checksums(conn: psycopg.Connection[Any]) -> dict[str, str]:
-    """An md5 per seeded table over its rows in a stable order, for comparing two loads.
+    """An md5 per table over its rows in a stable order, for comparing two loads.
 
     ``refreshed_at`` (when a rollup was last recomputed) is bookkeeping, not
     data, and is left out.
     """
-    sums = {}
-    for table in TABLES:
-        columns = [
-            r[0]
-            for r in conn.execute(
-                "SELECT column_name FROM information_schema.columns"
-                " WHERE table_schema = 'public' AND table_name = %s"
-                " AND column_name <> 'refreshed_at'"
-                " ORDER BY ordinal_position",
-                (table,),
-            )
-        ]
-        row = conn.execute(
-            psycopg.sql.SQL(
-                "SELECT md5(coalesce(string_agg(r::text, E'\\n' ORDER BY r::text), ''))"
-                " FROM (SELECT {} FROM {}) r"
-            ).format(
-                psycopg.sql.SQL(", ").join(psycopg.sql.Identifier(c) for c in columns),
-                psycopg.sql.Identifier(table),
-            )
-        ).fetchone()
-        sums[table] = str(row[0]) if row else ""
-    return sums
+    sums = backup_checksums(conn, ignore_columns=frozenset({"refreshed_at"}))
+    return {table: str(meta["md5"]) for table, meta in sums.items()}
