@@ -9,6 +9,10 @@
 SET LOCAL lock_timeout = '10s';
 SET LOCAL statement_timeout = '10min';
 
+-- indexes:
+--   accounts_pkey used by get_account, get_accounts_by_ids, account_exists, list_accounts,
+--     update_account, delete_account, restore_account, find_api_key_credential,
+--     usage_target_exists, record_usage_event, find_known_accounts, insert_staged_usage
 CREATE TABLE accounts (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name        text NOT NULL CONSTRAINT accounts_name_check
@@ -21,6 +25,9 @@ CREATE TABLE accounts (
     CONSTRAINT accounts_updated_after_created CHECK (updated_at >= created_at)
 );
 
+-- indexes:
+--   users_pkey used by get_user, list_users, user_exists, count_users, search_users,
+--     update_user, delete_user, restore_user
 CREATE TABLE users (
     account_id    bigint NOT NULL REFERENCES accounts (id),
     id            bigint GENERATED ALWAYS AS IDENTITY,
@@ -38,4 +45,6 @@ CREATE TABLE users (
 
 -- Login looks a user up by email across accounts (the documented global
 -- exception). A soft-deleted user frees the address for a new sign-up.
+-- used by: find_user_by_email, create_user (uniqueness), update_user (uniqueness),
+--   restore_user (uniqueness)
 CREATE UNIQUE INDEX users_email_key ON users (lower(email)) WHERE deleted_at IS NULL;

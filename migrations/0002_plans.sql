@@ -9,6 +9,9 @@
 SET LOCAL lock_timeout = '10s';
 SET LOCAL statement_timeout = '10min';
 
+-- indexes:
+--   meters_pkey used by usage_target_exists, record_usage_event, find_known_meters,
+--     insert_staged_usage
 CREATE TABLE meters (
     code         text PRIMARY KEY CONSTRAINT meters_code_check CHECK (code ~ '^[a-z][a-z0-9_]{0,62}$'),
     name         text NOT NULL CONSTRAINT meters_name_check CHECK (length(name) BETWEEN 1 AND 200),
@@ -18,6 +21,11 @@ CREATE TABLE meters (
     created_at   timestamptz NOT NULL DEFAULT now()
 );
 
+-- indexes:
+--   plans_pkey used by get_plan_row, get_plan, publish_plan, archive_plan, update_draft_plan,
+--     list_public_plans, start_subscription, insert_upgrade, schedule_downgrade,
+--     compute_proration, renew_due_subscriptions
+--   plans_code_version_key used by create_plan (the code's highest version, and uniqueness)
 CREATE TABLE plans (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     code              text NOT NULL CONSTRAINT plans_code_check CHECK (code ~ '^[a-z][a-z0-9_-]{0,62}$'),
@@ -40,10 +48,15 @@ CREATE TABLE plans (
     CONSTRAINT plans_published_at_check CHECK ((status = 'draft') = (published_at IS NULL))
 );
 
--- "The current published version of a code" and "public plans" read this.
+-- The current published version of a code. (Public plans are listed in id
+-- order, through plans_pkey.)
+-- used by: get_current_plan
 CREATE INDEX plans_published_idx ON plans (code, version DESC) WHERE status = 'published';
 
 -- Included quota and overage price of one meter in one plan version.
+-- indexes:
+--   plan_meters_pkey used by get_plan, get_current_plan, list_public_plans, consume_quota,
+--     reserve_quota, get_quota_states, open_quota_counter, add_plan_meters (uniqueness)
 CREATE TABLE plan_meters (
     plan_id                   bigint NOT NULL REFERENCES plans (id),
     meter_code                text NOT NULL REFERENCES meters (code),
@@ -59,6 +72,10 @@ CREATE TABLE plan_meters (
     CONSTRAINT plan_meters_pkey PRIMARY KEY (plan_id, meter_code)
 );
 
+-- The foreign key's index (deleting a meter or changing its code finds its
+-- plan_meters here). Queries reach plan_meters by plan (plan_meters_pkey); on a
+-- table this small the planner may filter one meter here instead.
+-- used by: FK plan_meters_meter_code_fkey, open_quota_counter (small-table plans)
 CREATE INDEX plan_meters_meter_code_idx ON plan_meters (meter_code);
 
 CREATE FUNCTION plans_guard_published() RETURNS trigger

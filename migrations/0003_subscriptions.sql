@@ -10,6 +10,9 @@
 SET LOCAL lock_timeout = '10s';
 SET LOCAL statement_timeout = '10min';
 
+-- indexes:
+--   subscriptions_pkey used by get_subscription, list_subscriptions, insert_upgrade,
+--     compute_proration, renew_due_subscriptions
 CREATE TABLE subscriptions (
     account_id            bigint NOT NULL REFERENCES accounts (id),
     id                    bigint GENERATED ALWAYS AS IDENTITY,
@@ -42,17 +45,28 @@ CREATE TABLE subscriptions (
     CONSTRAINT subscriptions_replaces_other_check CHECK (replaces_id <> id)
 );
 
+-- An account's live subscription is found (and kept unique) here.
+-- used by: get_live_subscription, consume_quota, reserve_quota, get_quota_states,
+--   open_quota_counter, replace_subscription, schedule_downgrade, cancel_subscription_now,
+--   cancel_subscription_at_period_end, start_subscription (uniqueness),
+--   insert_upgrade (uniqueness), renew_due_subscriptions (uniqueness)
 CREATE UNIQUE INDEX subscriptions_one_live_per_account ON subscriptions (account_id)
     WHERE status IN ('trialing', 'active', 'past_due');
 
 -- Each subscription is replaced at most once; also the index of the self-FK.
+-- used by: insert_upgrade (uniqueness), renew_due_subscriptions (uniqueness),
+--   FK subscriptions_replaces_fkey
 CREATE UNIQUE INDEX subscriptions_replaces_key ON subscriptions (account_id, replaces_id)
     WHERE replaces_id IS NOT NULL;
 
 -- Renewal workers take live subscriptions whose period has ended.
+-- used by: renew_due_subscriptions
 CREATE INDEX subscriptions_renewal_due_idx ON subscriptions (current_period_end)
     WHERE status IN ('trialing', 'active', 'past_due');
 
+-- used by: list_plan_subscriber_cache_keys, FK subscriptions_plan_id_fkey
 CREATE INDEX subscriptions_plan_id_idx ON subscriptions (plan_id);
+-- No named query reads subscriptions by pending plan: this serves the foreign key.
+-- used by: FK subscriptions_pending_plan_id_fkey
 CREATE INDEX subscriptions_pending_plan_id_idx ON subscriptions (pending_plan_id)
     WHERE pending_plan_id IS NOT NULL;

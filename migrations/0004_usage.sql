@@ -21,6 +21,8 @@ CREATE SEQUENCE usage_events_id_seq AS bigint;
 -- Ingestion validates accounts and meters set-wise instead, rejecting unknown
 -- ones per event; accounts are only soft-deleted, so no event is orphaned; and
 -- events must outlive the users and API keys that produced them.
+-- indexes:
+--   usage_events_pkey used by get_usage_event_by_key
 CREATE TABLE usage_events (
     account_id       bigint NOT NULL,
     id               bigint NOT NULL DEFAULT nextval('usage_events_id_seq'),
@@ -42,6 +44,7 @@ CREATE TABLE usage_events (
 ALTER SEQUENCE usage_events_id_seq OWNED BY usage_events.id;
 
 -- The not-yet-rolled tail of a meter: account, meter and time.
+-- used by: refresh_usage_hours, get_period_totals, get_usage_time_series
 CREATE INDEX usage_events_account_meter_time_idx
     ON usage_events (account_id, meter_code, occurred_at);
 
@@ -51,7 +54,11 @@ CREATE INDEX usage_events_account_meter_time_idx
 -- whatever the event's time: ingestion inserts the key with ON CONFLICT DO
 -- NOTHING and stores only the events whose key it inserted, in one statement,
 -- so two processes sending the same key at once store it once. Keys older than
--- the accepted window are pruned by received_at.
+-- the accepted window could be pruned by received_at; nothing prunes them yet.
+-- indexes:
+--   usage_event_keys_pkey used by get_usage_event_by_key,
+--     record_usage_event (ON CONFLICT arbiter), insert_staged_usage (ON CONFLICT arbiter),
+--     copy_usage_event_keys (uniqueness: a stored key fails the batch's fast path)
 CREATE TABLE usage_event_keys (
     account_id       bigint NOT NULL,
     idempotency_key  text NOT NULL,
@@ -61,11 +68,16 @@ CREATE TABLE usage_event_keys (
     CONSTRAINT usage_event_keys_pkey PRIMARY KEY (account_id, idempotency_key)
 );
 
+-- Dropped by 0011_index_review: no named query (and no code) reads keys by
+-- received_at. A pruning query would bring it back.
 CREATE INDEX usage_event_keys_received_at_idx ON usage_event_keys (received_at);
 
 -- Per account, meter and bucket: what quotas, invoices and dashboards read.
 -- Derived from usage_events, so, like them, without foreign keys (they would
 -- cost a lookup per rollup row written by every refresh).
+-- indexes:
+--   usage_rollups_pkey used by get_period_totals, get_usage_time_series,
+--     refresh_usage_hours (also ON CONFLICT arbiter), refresh_usage_days (also ON CONFLICT arbiter)
 CREATE TABLE usage_rollups (
     account_id    bigint NOT NULL,
     meter_code    text NOT NULL,
@@ -80,6 +92,7 @@ CREATE TABLE usage_rollups (
 );
 
 -- Top accounts by meter over a period read across accounts by bucket.
+-- used by: get_top_accounts
 CREATE INDEX usage_rollups_meter_bucket_idx ON usage_rollups (meter_code, granularity, bucket_start);
 
 -- Hour buckets whose events changed since they were last rolled up. A
@@ -90,6 +103,8 @@ CREATE INDEX usage_rollups_meter_bucket_idx ON usage_rollups (meter_code, granul
 -- events do. A received_at watermark could not promise that: a transaction that
 -- commits after the refresh read past its timestamp would be missed; here a
 -- late event simply queues its old bucket again.
+-- indexes:
+--   usage_rollup_queue_pkey used by refresh_usage_hours (claims the oldest ids first)
 CREATE TABLE usage_rollup_queue (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     account_id  bigint NOT NULL,
@@ -137,6 +152,10 @@ CREATE TRIGGER usage_events_append_only
 
 -- Quota state of the current period per account and meter. A hard quota can
 -- never be overspent: used + reserved <= limit is checked by the database.
+-- indexes:
+--   quota_counters_pkey used by consume_quota, reserve_quota, get_quota_states,
+--     settle_quota_reservation, expire_quota_reservations,
+--     open_quota_counter (ON CONFLICT arbiter)
 CREATE TABLE quota_counters (
     account_id      bigint NOT NULL REFERENCES accounts (id),
     meter_code      text NOT NULL REFERENCES meters (code),
@@ -157,10 +176,14 @@ CREATE TABLE quota_counters (
         limit_kind <> 'hard' OR used + reserved <= limit_quantity)
 );
 
+-- No named query reads counters by meter alone: this serves the foreign key.
+-- used by: FK quota_counters_meter_code_fkey
 CREATE INDEX quota_counters_meter_code_idx ON quota_counters (meter_code);
 
 -- Long jobs reserve quota first and settle (or release) it later; a held
 -- reservation past expires_at is released by the reaper.
+-- indexes:
+--   quota_reservations_pkey used by get_quota_reservation, settle_quota_reservation
 CREATE TABLE quota_reservations (
     account_id    bigint NOT NULL,
     id            bigint GENERATED ALWAYS AS IDENTITY,
@@ -179,6 +202,10 @@ CREATE TABLE quota_reservations (
     CONSTRAINT quota_reservations_settled_check CHECK ((status = 'held') = (settled_at IS NULL))
 );
 
+-- No named query reads reservations by counter: this serves the foreign key.
+-- used by: FK quota_reservations_counter_fkey
 CREATE INDEX quota_reservations_counter_idx
     ON quota_reservations (account_id, meter_code, period_start);
+-- The reaper's held reservations past their expiry.
+-- used by: expire_quota_reservations
 CREATE INDEX quota_reservations_expiry_idx ON quota_reservations (expires_at) WHERE status = 'held';

@@ -15,6 +15,8 @@ SET LOCAL statement_timeout = '10min';
 CREATE SEQUENCE analytics_events_id_seq AS bigint;
 
 -- No foreign keys, like usage_events (see 0004_usage.sql).
+-- indexes:
+--   analytics_events_pkey used by insert_analytics_rollups, insert_analytics_daily_users
 CREATE TABLE analytics_events (
     account_id   bigint NOT NULL,
     id           bigint NOT NULL DEFAULT nextval('analytics_events_id_seq'),
@@ -44,6 +46,9 @@ CREATE TRIGGER analytics_events_append_only
 -- Per account, day, category and event name: counts, distinct users and, for
 -- performance events, latency percentiles.
 -- Derived tables: no foreign keys, like the events they come from.
+-- indexes:
+--   analytics_daily_rollups_pkey used by list_top_features, list_latency_percentiles,
+--     delete_analytics_rollups, insert_analytics_rollups (uniqueness)
 CREATE TABLE analytics_daily_rollups (
     account_id    bigint NOT NULL,
     day           date NOT NULL,
@@ -64,6 +69,9 @@ CREATE TABLE analytics_daily_rollups (
 
 -- Distinct active users per account and day: daily/weekly/monthly active users
 -- are counted from here, never from raw events.
+-- indexes:
+--   analytics_daily_users_pkey used by count_active_users, delete_analytics_rollups,
+--     insert_analytics_daily_users (uniqueness)
 CREATE TABLE analytics_daily_users (
     account_id  bigint NOT NULL,
     day         date NOT NULL,
@@ -74,6 +82,8 @@ CREATE TABLE analytics_daily_users (
 -- Account-days whose analytics events changed since they were last rolled up
 -- (appended by a statement trigger, drained by `datalayer rollups refresh`); a
 -- log rather than a set, like usage_rollup_queue and for the same reasons.
+-- indexes:
+--   analytics_rollup_queue_pkey used by claim_analytics_days (claims the oldest ids first)
 CREATE TABLE analytics_rollup_queue (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     account_id  bigint NOT NULL,

@@ -14,6 +14,9 @@
 SET LOCAL lock_timeout = '10s';
 SET LOCAL statement_timeout = '10min';
 
+-- indexes:
+--   files_pkey used by get_file, list_files, delete_file, claim_files (the update by key)
+--   files_storage_key_key used by create_file (uniqueness of storage_key per account)
 CREATE TABLE files (
     account_id        bigint NOT NULL REFERENCES accounts (id),
     id                bigint GENERATED ALWAYS AS IDENTITY,
@@ -55,8 +58,15 @@ CREATE TABLE files (
 );
 
 -- The work queue: claimable files, oldest first.
+-- used by: claim_files
 CREATE INDEX files_claim_idx ON files (uploaded_at) WHERE status = 'uploaded';
+-- Processing files whose lease has expired, claimable again.
+-- used by: claim_files
 CREATE INDEX files_lease_idx ON files (lease_expires_at) WHERE status = 'processing';
 -- An account's files by status, page by page.
+-- used by: list_files_by_status, count_files, sum_storage_used, mark_file_uploaded,
+--   renew_file_lease, complete_file, fail_file, restore_file
 CREATE INDEX files_account_status_idx ON files (account_id, status, id);
+-- No named query reads files by uploader: this serves the foreign key.
+-- used by: FK files_uploaded_by_fkey
 CREATE INDEX files_uploaded_by_idx ON files (account_id, uploaded_by) WHERE uploaded_by IS NOT NULL;

@@ -7,6 +7,10 @@
 SET LOCAL lock_timeout = '10s';
 SET LOCAL statement_timeout = '10min';
 
+-- indexes:
+--   api_keys_pkey used by get_api_key, list_api_keys, touch_api_key, revoke_api_key,
+--     lock_api_key_for_rotation, rotate_api_key, list_api_key_hashes,
+--     list_plan_subscriber_cache_keys
 CREATE TABLE api_keys (
     account_id       bigint NOT NULL REFERENCES accounts (id),
     id               bigint GENERATED ALWAYS AS IDENTITY,
@@ -36,8 +40,15 @@ CREATE TABLE api_keys (
     CONSTRAINT api_keys_rotated_from_other_check CHECK (rotated_from_id <> id)
 );
 
+-- used by: find_api_key_credential, create_api_key (uniqueness), rotate_api_key (uniqueness)
 CREATE UNIQUE INDEX api_keys_secret_hash_key ON api_keys (secret_hash);
+-- Dropped by 0011_index_review: no named query reads keys by created_at, and
+-- api_keys_pkey serves every read of an account's keys.
 CREATE INDEX api_keys_account_idx ON api_keys (account_id, created_at);
+-- No named query reads keys by creator: this serves the foreign key.
+-- used by: FK api_keys_created_by_fkey
 CREATE INDEX api_keys_created_by_idx ON api_keys (account_id, created_by) WHERE created_by IS NOT NULL;
+-- No named query follows a rotation backwards: this serves the foreign key.
+-- used by: FK api_keys_rotated_from_fkey
 CREATE INDEX api_keys_rotated_from_idx ON api_keys (account_id, rotated_from_id)
     WHERE rotated_from_id IS NOT NULL;

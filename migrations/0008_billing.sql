@@ -11,6 +11,8 @@
 SET LOCAL lock_timeout = '10s';
 SET LOCAL statement_timeout = '10min';
 
+-- indexes:
+--   invoice_number_counters_pkey used by finalize_invoice (ON CONFLICT arbiter)
 CREATE TABLE invoice_number_counters (
     year         bigint PRIMARY KEY CONSTRAINT invoice_number_counters_year_check
                      CHECK (year BETWEEN 2000 AND 9999),
@@ -18,6 +20,12 @@ CREATE TABLE invoice_number_counters (
                      CHECK (last_number >= 0)
 );
 
+-- indexes:
+--   invoices_pkey used by get_invoice, lock_invoice, list_invoices, finalize_invoice,
+--     void_invoice, mark_invoice_uncollectible, apply_payment
+--   invoices_subscription_period_key used by get_invoice_by_period,
+--     insert_invoice (ON CONFLICT arbiter), FK invoices_subscription_fkey
+--   invoices_number_key used by finalize_invoice (uniqueness of the number it assigns)
 CREATE TABLE invoices (
     account_id         bigint NOT NULL REFERENCES accounts (id),
     id                 bigint GENERATED ALWAYS AS IDENTITY,
@@ -57,11 +65,16 @@ CREATE TABLE invoices (
     CONSTRAINT invoices_void_check CHECK ((status = 'void') = (voided_at IS NOT NULL))
 );
 
+-- Dropped by 0011_index_review: no named query reads invoices by created_at.
 CREATE INDEX invoices_account_created_idx ON invoices (account_id, created_at, id);
+-- Dropped by 0011_index_review: no named query reads open invoices by due_at.
 CREATE INDEX invoices_open_due_idx ON invoices (due_at) WHERE status = 'open';
 -- The monthly revenue report reads finalised invoices by time.
+-- used by: get_monthly_revenue
 CREATE INDEX invoices_finalized_idx ON invoices (finalized_at) WHERE finalized_at IS NOT NULL;
 
+-- indexes:
+--   invoice_lines_pkey used by insert_invoice_lines (the primary key; lines are read by invoice)
 CREATE TABLE invoice_lines (
     account_id         bigint NOT NULL,
     id                 bigint GENERATED ALWAYS AS IDENTITY,
@@ -90,9 +103,17 @@ CREATE TABLE invoice_lines (
     CONSTRAINT invoice_lines_period_check CHECK (period_end > period_start)
 );
 
+-- used by: list_invoice_lines, FK invoice_lines_invoice_fkey
 CREATE INDEX invoice_lines_invoice_idx ON invoice_lines (account_id, invoice_id);
+-- No named query reads lines by meter: this serves the foreign key.
+-- used by: FK invoice_lines_meter_code_fkey
 CREATE INDEX invoice_lines_meter_code_idx ON invoice_lines (meter_code) WHERE meter_code IS NOT NULL;
 
+-- indexes:
+--   payments_pkey used by insert_payment (the primary key; target of
+--     ledger_transactions_payment_fkey)
+--   payments_provider_payment_key used by get_payment_by_provider_id,
+--     insert_payment (ON CONFLICT arbiter)
 CREATE TABLE payments (
     account_id           bigint NOT NULL REFERENCES accounts (id),
     id                   bigint GENERATED ALWAYS AS IDENTITY,
@@ -117,8 +138,13 @@ CREATE TABLE payments (
         (status IN ('succeeded', 'refunded')) <= (succeeded_at IS NOT NULL))
 );
 
+-- used by: list_invoice_payments, FK payments_invoice_fkey
 CREATE INDEX payments_invoice_idx ON payments (account_id, invoice_id) WHERE invoice_id IS NOT NULL;
 
+-- indexes:
+--   ledger_transactions_pkey used by list_ledger_transactions (newest first, by id)
+--   ledger_transactions_idempotency_key used by insert_ledger_transaction (uniqueness:
+--     a second event with the same key is refused)
 CREATE TABLE ledger_transactions (
     account_id       bigint NOT NULL REFERENCES accounts (id),
     id               bigint GENERATED ALWAYS AS IDENTITY,
@@ -141,13 +167,22 @@ CREATE TABLE ledger_transactions (
         REFERENCES payments (account_id, id)
 );
 
+-- Dropped by 0011_index_review: no named query reads an account's ledger by
+-- time (list_ledger_transactions pages by id, through the primary key).
 CREATE INDEX ledger_transactions_history_idx ON ledger_transactions (account_id, occurred_at, id);
+-- No named query reads the ledger by invoice: this serves the foreign key.
+-- used by: FK ledger_transactions_invoice_fkey
 CREATE INDEX ledger_transactions_invoice_idx ON ledger_transactions (account_id, invoice_id)
     WHERE invoice_id IS NOT NULL;
+-- No named query reads the ledger by payment: this serves the foreign key.
+-- used by: FK ledger_transactions_payment_fkey
 CREATE INDEX ledger_transactions_payment_idx ON ledger_transactions (account_id, payment_id)
     WHERE payment_id IS NOT NULL;
 
 -- Debits positive, credits negative, in minor units.
+-- indexes:
+--   ledger_entries_pkey used by insert_ledger_transaction (the primary key; entries are read
+--     by transaction)
 CREATE TABLE ledger_entries (
     account_id      bigint NOT NULL,
     id              bigint GENERATED ALWAYS AS IDENTITY,
@@ -163,8 +198,12 @@ CREATE TABLE ledger_entries (
         REFERENCES ledger_transactions (account_id, id)
 );
 
+-- Also read by the deferred trigger ledger_entries_balanced below.
+-- used by: list_ledger_transactions, get_monthly_revenue,
+--   insert_ledger_transaction (its balance check at commit), FK ledger_entries_transaction_fkey
 CREATE INDEX ledger_entries_transaction_idx ON ledger_entries (account_id, transaction_id);
 -- The account balance sums one ledger account of one tenant.
+-- used by: get_balances
 CREATE INDEX ledger_entries_balance_idx ON ledger_entries (account_id, ledger_account, currency)
     INCLUDE (amount_minor);
 

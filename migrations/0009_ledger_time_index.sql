@@ -9,5 +9,6 @@
 SET lock_timeout = '10s';
 SET statement_timeout = '30min';
 
+-- used by: get_monthly_revenue
 CREATE INDEX CONCURRENTLY IF NOT EXISTS ledger_transactions_occurred_idx
     ON ledger_transactions (occurred_at);

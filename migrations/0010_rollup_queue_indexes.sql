@@ -9,8 +9,10 @@
 SET lock_timeout = '10s';
 SET statement_timeout = '30min';
 
+-- used by: get_period_totals, get_usage_time_series
 CREATE INDEX CONCURRENTLY IF NOT EXISTS usage_rollup_queue_account_idx
     ON usage_rollup_queue (account_id, meter_code, hour_start);
 
+-- used by: list_pending_analytics_days
 CREATE INDEX CONCURRENTLY IF NOT EXISTS analytics_rollup_queue_account_idx
     ON analytics_rollup_queue (account_id, day);

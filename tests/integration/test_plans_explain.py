@@ -419,7 +419,7 @@ def test_get_invoice_probes_the_primary_key(
     params = {"account_id": invoice["account_id"], "id": invoice["id"]}
     plan = explain(seeded, BillingRepository._get, params, small=True)
     # At 31 invoices any index led by account_id costs the same as the primary key.
-    assert_uses(plan, ("invoices_pkey", "invoices_account_created_idx"))
+    assert_uses(plan, ("invoices_pkey", "invoices_number_key"))
 
 
 def test_get_invoice_by_period_probes_the_subscription_period_key(
@@ -427,7 +427,8 @@ def test_get_invoice_by_period_probes_the_subscription_period_key(
 ) -> None:
     params = {k: invoice[k] for k in ("account_id", "subscription_id", "period_start")}
     plan = explain(seeded, BillingRepository._by_period, params, small=True)
-    assert_uses(plan, ("invoices_subscription_period_key", "invoices_account_created_idx"))
+    # At 31 invoices any index led by account_id costs the same as the period key.
+    assert_uses(plan, ("invoices_subscription_period_key", "invoices_number_key"))
 
 
 def test_list_invoices_walks_the_primary_key(
