@@ -73,12 +73,3 @@ class BatchResult(BaseModel):
     inserted: int
     duplicates: int
     rejected: list[Rejection]
-
-
-class StagedRejection(BaseModel):
-    """A staged event refused by the database check (unknown account or meter)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    idx: int
-    reason: str

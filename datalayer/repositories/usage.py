@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -10,14 +11,13 @@ from typing import Annotated, Any
 from psycopg.types.json import Jsonb
 from pydantic import AwareDatetime, Field, StringConstraints, TypeAdapter
 
-from .._repository import Repository, copy_in, execute, many, one, scalar
+from .._repository import Repository, copy_in, execute, one, scalar
 from .._validation import Id, validate_batch, validated
-from ..errors import InvalidInput, ReferenceViolation
+from ..errors import AlreadyExists, InvalidInput, ReferenceViolation
 from ..models.usage import (
     BatchResult,
     RecordResult,
     Rejection,
-    StagedRejection,
     UsageEvent,
     UsageEventIn,
 )
@@ -52,9 +52,14 @@ class UsageRepository(Repository):
     _record = one("record_usage_event", UsageEvent)
     _by_key = one("get_usage_event_by_key", UsageEvent)
     _target_exists = scalar("usage_target_exists", bool)
+    _known_accounts = scalar("find_known_accounts", list)
+    _known_meters = scalar("find_known_meters", list)
+    _reserve_ids = scalar("reserve_usage_event_ids", list)
+    _copy_keys = copy_in("copy_usage_event_keys")
+    _copy_events = copy_in("copy_usage_events")
     _create_staging = execute("create_usage_staging")
     _copy_staging = copy_in("copy_usage_staging")
-    _unknown_targets = many("find_unknown_usage_targets", StagedRejection)
+    _batch_settings = execute("set_batch_settings")
     _insert_staged = scalar("insert_staged_usage", int)
     _drop_staging = execute("drop_usage_staging")
 
@@ -116,59 +121,146 @@ class UsageRepository(Repository):
         """Store a batch of events exactly once each; report duplicates and rejections.
 
         Each event is validated (a bad field, or a time outside the accepted
-        window, rejects that event with the reason); the valid ones go in by
-        binary COPY into a transaction-private staging table, then one
-        set-based statement stores each new key's event. Events of an unknown
+        window, rejects that event with the reason). Events of an unknown
         account or meter are rejected; a key already stored (or repeated in
-        the batch) is a duplicate, which is not an error. All-or-nothing for
-        the valid events: raises ``PartitionMissing`` (nothing stored) when a
-        month has no partition, ``Unavailable`` if the database is lost.
+        the batch: the first wins) is a duplicate, which is not an error.
+        When none of the batch's keys was stored before, keys and events go
+        in by two binary COPYs; otherwise through a transaction-private
+        staging table and one set-based statement that skips the stored keys
+        (see ``sql/usage.sql``). All-or-nothing for the valid events: raises
+        ``PartitionMissing`` (nothing stored) when a month has no partition,
+        ``Unavailable`` if the database is lost.
         """
         moment = now or datetime.now(UTC)
+        oldest, newest = moment - ACCEPTED_AGE, moment + ACCEPTED_SKEW
         rejected: list[Rejection] = []
-        valid: list[tuple[int, UsageEventIn]] = []
+        # One pass: the window check, then the first of a key within the batch
+        # wins; its repeats are duplicates (or share its rejection), so each
+        # key is stored once.
+        first: dict[tuple[int, str], int] = {}
+        repeats: dict[int, list[int]] = {}
+        staged: list[tuple[int, UsageEventIn]] = []
         for index, event in enumerate(_validate_all(events, rejected)):
             if event is None:
                 continue
-            if event.occurred_at < moment - ACCEPTED_AGE:
-                reason = f"outside the accepted window: older than {ACCEPTED_AGE.days} days"
-            elif event.occurred_at > moment + ACCEPTED_SKEW:
-                reason = "outside the accepted window: more than 5 minutes in the future"
-            else:
-                valid.append((index, event))
+            if oldest <= event.occurred_at <= newest:
+                seen = first.setdefault((event.account_id, event.idempotency_key), index)
+                if seen == index:
+                    staged.append((index, event))
+                else:
+                    repeats.setdefault(seen, []).append(index)
                 continue
+            reason = (
+                f"outside the accepted window: older than {ACCEPTED_AGE.days} days"
+                if event.occurred_at < oldest
+                else "outside the accepted window: more than 5 minutes in the future"
+            )
             rejected.append(
                 Rejection(index=index, idempotency_key=event.idempotency_key, reason=reason)
             )
         inserted = 0
-        if valid:
+        if staged:
             with self._atomic() as session:
                 repo = type(self)(session)
-                repo._create_staging()
-                repo._copy_staging(
-                    rows=(
-                        (i, e.account_id, e.user_id, e.api_key_id, e.meter_code, e.quantity,
-                         e.occurred_at, e.idempotency_key, Jsonb(e.properties))
-                        for i, e in valid
-                    ),
-                    types=_STAGING_TYPES,
-                )  # fmt: skip
-                keys = dict(valid)
-                for unknown in repo._unknown_targets():
-                    key = keys[unknown.idx].idempotency_key
-                    rejected.append(
-                        Rejection(index=unknown.idx, idempotency_key=key, reason=unknown.reason)
-                    )
-                inserted = repo._insert_staged() or 0
-                repo._drop_staging()
+                known = repo._reject_unknown_targets(staged, repeats, rejected)
+                if known:
+                    inserted = repo._store(known)
         rejected.sort(key=lambda r: r.index)
         duplicates = len(events) - len(rejected) - inserted
         return BatchResult(inserted=inserted, duplicates=duplicates, rejected=rejected)
 
+    def _reject_unknown_targets(
+        self,
+        staged: list[tuple[int, UsageEventIn]],
+        repeats: dict[int, list[int]],
+        rejected: list[Rejection],
+    ) -> list[UsageEventIn]:
+        """The staged events of known accounts and meters; the others (and their repeats)
+        are rejected with the reason."""
+        account_ids = {e.account_id for _, e in staged}
+        meter_codes = {e.meter_code for _, e in staged}
+        accounts = set(self._known_accounts(account_ids=list(account_ids)) or ())
+        meters = set(self._known_meters(meter_codes=list(meter_codes)) or ())
+        if len(accounts) == len(account_ids) and len(meters) == len(meter_codes):
+            return [e for _, e in staged]  # the usual case: every one is known
+        known: list[UsageEventIn] = []
+        for index, event in staged:
+            if event.account_id in accounts and event.meter_code in meters:
+                known.append(event)
+                continue
+            reason = "unknown account" if event.account_id not in accounts else "unknown meter"
+            for i in (index, *repeats.get(index, ())):
+                rejected.append(
+                    Rejection(index=i, idempotency_key=event.idempotency_key, reason=reason)
+                )
+        return known
 
-_STAGING_TYPES = [
-    "int4", "int8", "int8", "int8", "text", "numeric", "timestamptz", "text", "jsonb",
+    def _store(self, events: list[UsageEventIn]) -> int:
+        """Store events whose keys are unique within the batch; return how many were new.
+
+        The fast path (two binary COPYs, in a savepoint) holds when no key was
+        stored before; a unique violation on the key table sends the batch down
+        the staged path, which skips the keys already stored.
+        """
+        try:
+            with self._atomic() as session:
+                repo = type(self)(session)
+                ids: list[int] = repo._reserve_ids(count=len(events)) or []
+                # Sorted by account and key (each pair is unique here, so the
+                # tuples never compare further); str order is code point order,
+                # which is UTF-8 byte order.
+                keys = sorted(
+                    zip(
+                        (e.account_id for e in events),
+                        (e.idempotency_key for e in events),
+                        ids,
+                        (e.occurred_at for e in events),
+                        strict=True,
+                    )
+                )
+                repo._copy_keys(rows=keys, types=_KEY_TYPES)
+                repo._copy_events(
+                    rows=(
+                        (e.account_id, i, e.user_id, e.api_key_id, e.meter_code, e.quantity,
+                         e.occurred_at, e.idempotency_key, _jsonb(e.properties))
+                        for e, i in zip(events, ids, strict=True)
+                    ),
+                    types=_EVENT_TYPES,
+                )  # fmt: skip
+                return len(events)
+        except AlreadyExists as exc:
+            if exc.constraint != "usage_event_keys_pkey":
+                raise
+        self._create_staging()
+        self._copy_staging(
+            rows=(
+                (e.account_id, e.user_id, e.api_key_id, e.meter_code, e.quantity, e.occurred_at,
+                 e.idempotency_key, json.dumps(e.properties) if e.properties else "{}")
+                for e in events
+            ),
+            types=_STAGING_TYPES,
+        )  # fmt: skip
+        self._batch_settings()
+        inserted = self._insert_staged() or 0
+        self._drop_staging()
+        return inserted
+
+
+def _jsonb(properties: dict[str, Any]) -> bytes:
+    """``properties`` in jsonb's binary wire format: version 1, then the JSON text.
+
+    Sent as raw bytes (``bytea`` to psycopg, ``jsonb_recv`` on the server): an
+    empty object, the usual case, costs nothing to encode.
+    """
+    return _EMPTY_JSONB if not properties else b"\x01" + json.dumps(properties).encode()
+
+
+_EMPTY_JSONB = b"\x01{}"
+_KEY_TYPES = ["int8", "text", "int8", "timestamptz"]
+_EVENT_TYPES = [
+    "int8", "int8", "int8", "int8", "text", "numeric", "timestamptz", "text", "bytea",
 ]  # fmt: skip
+_STAGING_TYPES = ["int8", "int8", "int8", "text", "numeric", "timestamptz", "text", "text"]
 _EVENTS = TypeAdapter(list[UsageEventIn])
 
 
