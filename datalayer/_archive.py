@@ -234,6 +234,25 @@ def _verified_manifest(
     return manifest if count is not None and count[0] == manifest["rows"] else None
 
 
+def _forget_keys(conn: psycopg.Connection[Any], cand: _Candidate) -> None:
+    """Delete the idempotency keys of an archived usage partition's events.
+
+    A key is remembered as long as its event is kept: once the month is
+    archived, its events are older than any accepted event time. Runs before
+    the drop, so a crash in between leaves the table for a rerun to finish.
+    The month's events find their keys through usage_event_keys_pkey.
+    """
+    with conn.transaction():
+        deleted = conn.execute(
+            sql.SQL(
+                "DELETE FROM usage_event_keys k USING {} e"
+                " WHERE k.account_id = e.account_id AND k.idempotency_key = e.idempotency_key"
+                " AND k.event_id = e.id"
+            ).format(sql.Identifier(cand.name))
+        ).rowcount
+    log.info("forgot %d idempotency keys of %s", deleted, cand.name)
+
+
 def _drop_detached(conn: psycopg.Connection[Any], name: str) -> None:
     with conn.transaction():
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
@@ -253,9 +272,11 @@ def archive_partitions(
     A partition is archived only when its whole range lies before the first day
     of the month ``older_than_months`` months before ``now``. With an autocommit
     ``conn`` it is detached CONCURRENTLY (writers are not blocked). ``dry_run``
-    lists what would be archived and changes nothing. Safe to rerun after a
-    crash. Raises ``DataLayerError`` if a fresh archive fails verification (the
-    table is then kept).
+    lists what would be archived and changes nothing. The idempotency keys of
+    archived usage events are deleted with them: a key is remembered as long
+    as its event is kept. Safe to rerun after a crash. Raises
+    ``DataLayerError`` if a fresh archive fails verification (the table is then
+    kept).
     """
     if older_than_months < 1:
         raise InvalidInput("must be >= 1", field="older_than_months")
@@ -276,6 +297,8 @@ def archive_partitions(
                 if manifest is None:
                     manifest = _write(conn, cand, out_dir)
                     _verify_archive(file, manifest)
+                if cand.parent == "usage_events":
+                    _forget_keys(conn, cand)
                 _drop_detached(conn, cand.name)
                 rows = int(manifest["rows"])
             results.append(
@@ -294,7 +317,9 @@ def restore_archive(conn: psycopg.Connection[Any], manifest_path: Path) -> int:
     The file is verified against the manifest first: a corrupted or truncated
     file raises ``DataLayerError`` naming it, and nothing is created. Raises
     ``AlreadyExists`` if the partition exists. The partition and its rows appear
-    in one transaction; rollup queues are not touched (rollups were kept).
+    in one transaction, with the idempotency keys of restored usage events
+    (unless a key was stored again since); rollup queues are not touched
+    (rollups were kept).
     """
     manifest_path = Path(manifest_path)
     manifest = _read_manifest(manifest_path)
@@ -334,6 +359,15 @@ def restore_archive(conn: psycopg.Connection[Any], manifest_path: Path) -> int:
             if count != manifest["rows"]:
                 raise DataLayerError(
                     f"restoring {file} loaded {count} rows, manifest says {manifest['rows']}"
+                )
+            if parent == "usage_events":  # their keys were forgotten with the archive
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO usage_event_keys"
+                        " (account_id, idempotency_key, event_id, occurred_at)"
+                        " SELECT account_id, idempotency_key, id, occurred_at FROM {}"
+                        " ON CONFLICT (account_id, idempotency_key) DO NOTHING"
+                    ).format(sql.Identifier(name))
                 )
     except psycopg.Error as exc:
         raise map_error(exc) from exc

@@ -53,8 +53,9 @@ CREATE INDEX usage_events_account_meter_time_idx
 -- timestamp would be stored twice. The key lives here instead, once per account,
 -- whatever the event's time: ingestion inserts the key with ON CONFLICT DO
 -- NOTHING and stores only the events whose key it inserted, in one statement,
--- so two processes sending the same key at once store it once. Keys older than
--- the accepted window could be pruned by received_at; nothing prunes them yet.
+-- so two processes sending the same key at once store it once. A key lives as
+-- long as its event: `datalayer archive` deletes the keys of the months it
+-- archives (and restoring a month brings them back).
 -- indexes:
 --   usage_event_keys_pkey used by get_usage_event_by_key,
 --     record_usage_event (ON CONFLICT arbiter), insert_staged_usage (ON CONFLICT arbiter),
@@ -69,7 +70,7 @@ CREATE TABLE usage_event_keys (
 );
 
 -- Dropped by 0011_index_review: no named query (and no code) reads keys by
--- received_at. A pruning query would bring it back.
+-- received_at (archiving finds a month's keys through its events).
 CREATE INDEX usage_event_keys_received_at_idx ON usage_event_keys (received_at);
 
 -- Per account, meter and bucket: what quotas, invoices and dashboards read.

@@ -215,3 +215,27 @@ def test_archiving_in_a_transaction_uses_a_plain_detach(fresh_url: str, tmp_path
         conn.commit()
         assert {r.rows for r in results} == {0}
         assert not table_exists(conn, "usage_events_2020_01")
+
+
+def test_archiving_forgets_the_keys_of_archived_usage_and_restoring_brings_them_back(
+    aconn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    aconn.execute(
+        "INSERT INTO usage_event_keys (account_id, idempotency_key, event_id, occurred_at)"
+        " SELECT account_id, idempotency_key, id, occurred_at FROM usage_events"
+    )
+    keys_by_month = (
+        "SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM'), count(*)"
+        " FROM usage_event_keys GROUP BY 1 ORDER BY 1"
+    )
+    before = dict(aconn.execute(keys_by_month).fetchall())
+    assert before["2020-01"] > 2000
+    assert before["2020-02"] > 0
+
+    archive_partitions(aconn, out_dir=tmp_path, now=NOW)
+
+    after = dict(aconn.execute(keys_by_month).fetchall())
+    assert "2020-01" not in after  # January's events are archived: their keys go with them
+    assert after["2020-02"] == before["2020-02"]  # February is kept, and its keys
+    restore_archive(aconn, tmp_path / "usage_events_2020_01.manifest.json")
+    assert dict(aconn.execute(keys_by_month).fetchall()) == before
