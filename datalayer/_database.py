@@ -130,6 +130,9 @@ class Database(Repositories):
             settings = settings.model_copy(update=overrides)
         self.settings = settings
         self._timeout = settings.pool_timeout
+        # Called with the seconds each successful checkout waited (measurement,
+        # e.g. `datalayer bench --pool-sweep`); None costs nothing.
+        self.on_acquire: Callable[[float], None] | None = None
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             settings.database_url,
             kwargs=_connection_kwargs(settings),
@@ -185,7 +188,8 @@ class Database(Repositories):
         self.close()
 
     def _acquire(self) -> psycopg.Connection[Any]:
-        deadline = time.monotonic() + self._timeout
+        started = time.monotonic()
+        deadline = started + self._timeout
         while True:
             remaining = deadline - time.monotonic()
             try:
@@ -200,6 +204,8 @@ class Database(Repositories):
             except Exception as exc:
                 raise map_error(exc) from exc
             if _alive(conn):
+                if self.on_acquire is not None:
+                    self.on_acquire(time.monotonic() - started)
                 return conn
             log.info("discarding a dead pooled connection")
             self._pool.putconn(conn)

@@ -415,3 +415,26 @@ def test_failing_statements_leave_the_pool_healthy_and_its_size_bounded(
         states = {row[1] for row in _backends(admin, settings.application_name)}
         assert states == {"idle"}
         assert len(_pids(admin, settings.application_name)) <= settings.pool_max_size
+
+
+def test_on_acquire_reports_how_long_each_checkout_waited(fresh_url: str) -> None:
+    waits: list[float] = []
+    with Database(database_url=fresh_url, pool_min_size=1, pool_max_size=1) as db:
+        db.on_acquire = waits.append
+        db.accounts.list(limit=1)
+        assert len(waits) == 1
+        assert 0 <= waits[0] < 1
+        released = threading.Event()
+
+        def hold() -> None:
+            with db.connection():
+                released.wait(5)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        time.sleep(0.2)  # the holder has the only connection
+        threading.Timer(0.3, released.set).start()
+        db.accounts.list(limit=1)  # waits for the holder to give it back
+        holder.join()
+    assert len(waits) >= 3
+    assert max(waits) >= 0.25
