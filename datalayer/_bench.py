@@ -3,20 +3,25 @@
 Numbers on a shared 2-core machine drift from run to run, so every scenario
 is reported with its baseline's figure from this run and the ratio between
 them. Latency scenarios: p50/p95/p99 in µs and ops/s at 1 and 4 threads,
-after a warm-up. Throughput scenarios (ingestion): events/s, ratio = baseline
-events/s over this one's.
+after a warm-up. A scenario and its baseline are measured in alternating
+rounds (baseline, scenario, baseline, scenario, …) and each one's samples
+pooled, so a drift of the machine during the run falls on both alike.
+Throughput scenarios (ingestion): events/s, ratio = baseline events/s over
+this one's.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,10 @@ from ._rollups import refresh_rollups
 from .models.plans import PlanMeterSpec
 from .models.usage import UsageEventIn
 
-__all__ = ["Result", "run_bench"]
+__all__ = ["Profile", "Result", "machine", "run_bench"]
+
+Fn = Callable[[], object]
+THREADS = (1, 4)
 
 
 @dataclass
@@ -45,17 +53,48 @@ class Result:
     ratio: float | None = None
 
 
+@dataclass(frozen=True)
+class Profile:
+    """How much to measure: calls per latency scenario, rounds, and the ingestion batch."""
+
+    iterations: int = 3000
+    rounds: int = 3
+    events: int = 100_000
+    peers: bool = True
+    scale: bool = False
+
+    @classmethod
+    def quick(cls, **changes: Any) -> Profile:
+        """Enough for stable medians in well under two minutes."""
+        return cls(**{"iterations": 800, "rounds": 2, "events": 20_000, **changes})
+
+
+@dataclass
+class _Samples:
+    ns: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def result(self, name: str, threads: int) -> Result:
+        ns = sorted(self.ns)
+        return Result(
+            name=name,
+            p50_us=round(statistics.median(ns) / 1000, 1),
+            p95_us=round(_percentile(ns, 0.95), 1),
+            p99_us=round(_percentile(ns, 0.99), 1),
+            ops_per_s=round(len(ns) / self.seconds, 1) if self.seconds else 0.0,
+            threads=threads,
+        )
+
+
 def _percentile(sorted_ns: list[int], q: float) -> float:
     index = min(len(sorted_ns) - 1, int(q * len(sorted_ns)))
     return sorted_ns[index] / 1000
 
 
-def _latency(name: str, fn: Callable[[], object], iterations: int, threads: int) -> Result:
-    for _ in range(min(200, iterations // 5)):  # warm-up: pool, prepared statements, caches
-        fn()
-    samples: list[int] = []
+def _measure(fn: Fn, calls: int, threads: int, into: _Samples) -> None:
+    """Time ``calls`` calls of ``fn`` spread over ``threads`` threads; add them to ``into``."""
     lock = threading.Lock()
-    per_thread = max(1, iterations // threads)
+    per_thread = max(1, calls // threads)
 
     def work() -> None:
         local = []
@@ -64,7 +103,7 @@ def _latency(name: str, fn: Callable[[], object], iterations: int, threads: int)
             fn()
             local.append(time.perf_counter_ns() - start)
         with lock:
-            samples.extend(local)
+            into.ns.extend(local)
 
     started = time.perf_counter()
     workers = [threading.Thread(target=work) for _ in range(threads)]
@@ -72,104 +111,277 @@ def _latency(name: str, fn: Callable[[], object], iterations: int, threads: int)
         w.start()
     for w in workers:
         w.join()
-    elapsed = time.perf_counter() - started
-    samples.sort()
-    return Result(
-        name=name,
-        p50_us=round(statistics.median(samples) / 1000, 1),
-        p95_us=round(_percentile(samples, 0.95), 1),
-        p99_us=round(_percentile(samples, 0.99), 1),
-        ops_per_s=round(len(samples) / elapsed, 1),
-        threads=threads,
-    )
+    into.seconds += time.perf_counter() - started
 
 
-def _pair(
+def _group(
     results: list[Result],
-    name: str,
-    fn: Callable[[], object],
-    baseline: str,
-    base_fn: Callable[[], object],
-    iterations: int,
+    scenarios: Sequence[tuple[str, Fn]],
+    profile: Profile,
+    *,
+    baseline: tuple[str, Fn] | None = None,
+    iterations: int | None = None,
 ) -> None:
-    """Measure a scenario and its baseline back to back, at 1 and 4 threads."""
-    for threads in (1, 4):
-        base = _latency(baseline, base_fn, iterations, threads)
-        this = _latency(name, fn, iterations, threads)
-        this.baseline = baseline
-        this.ratio = round(this.p50_us / base.p50_us, 3) if base.p50_us else None
-        results += [base, this]
+    """Measure ``scenarios`` (and their ``baseline``) at 1 and 4 threads, in alternating rounds."""
+    calls = iterations or profile.iterations
+    members = ([baseline] if baseline else []) + list(scenarios)
+    for _, fn in members:  # warm-up: pool, prepared statements, caches
+        for _ in range(min(200, max(5, calls // 10))):
+            fn()
+    for threads in THREADS:
+        samples = {name: _Samples() for name, _ in members}
+        for _ in range(profile.rounds):
+            for name, fn in members:
+                _measure(fn, max(threads, calls // profile.rounds), threads, samples[name])
+        base = samples[baseline[0]].result(baseline[0], threads) if baseline else None
+        if base is not None:
+            results.append(base)
+        for name, _ in scenarios:
+            this = samples[name].result(name, threads)
+            if base is not None:
+                this.baseline = base.name
+                this.ratio = round(this.p50_us / base.p50_us, 3) if base.p50_us else None
+            results.append(this)
 
 
 def _throughput(name: str, events: int, seconds: float) -> Result:
-    per_event = seconds / events * 1e6
-    return Result(name, round(per_event, 2), round(per_event, 2), round(per_event, 2),
-                  round(events / seconds, 1), 1)  # fmt: skip
+    per_event = round(seconds / events * 1e6, 2)
+    return Result(name, per_event, per_event, per_event, round(events / seconds, 1), 1)
 
 
-def run_bench(db: Database, *, quick: bool = False) -> list[Result]:
-    """Run every scenario on ``db`` (seeded, with a live account); return the results."""
-    n = 500 if quick else 3000
+def run_bench(
+    db: Database, profile: Profile | None = None, *, database_url: str | None = None
+) -> list[Result]:
+    """Run every scenario on ``db`` (seeded); return the results.
+
+    ``database_url`` (default: ``db``'s) is where the peers connect; they run
+    when ``profile.peers`` and their libraries are installed.
+    """
+    profile = profile or Profile()
     results: list[Result] = []
     refresh_rollups(db)  # measure reads against rolled-up data, as a running system has
+    heavy = _heavy_account(db)
+    _pk_lookups(db, results, profile, heavy, database_url or db.settings.database_url)
+    _usage_summaries(db, results, profile, heavy)
+    if db.cache.enabled:
+        _auth(db, results, profile, heavy)
+    _domain_scenarios(db, results, profile)
+    _ingestion(db, results, profile, heavy)
+    return results
+
+
+def _heavy_account(db: Database) -> int:
     with db.connection() as conn:
         row = conn.execute(
             "SELECT account_id FROM usage_events GROUP BY account_id ORDER BY count(*) DESC LIMIT 1"
         ).fetchone()
         if row is None:
             raise RuntimeError("the database has no usage: run `datalayer seed` first")
-        heavy = int(row[0])
         conn.execute(
             "INSERT INTO meters (code, name, unit, aggregation)"
             " VALUES ('api_calls', 'API calls', 'call', 'sum') ON CONFLICT DO NOTHING"
         )
+    return int(row[0])
 
-    pk_sql = (
-        "SELECT id, name, status, created_at, updated_at, deleted_at"
-        " FROM accounts WHERE id = %(id)s"
-    )
 
+_PK_SQL = (
+    "SELECT id, name, status, created_at, updated_at, deleted_at FROM accounts WHERE id = %(id)s"
+)
+
+
+def _pk_lookups(
+    db: Database, results: list[Result], profile: Profile, heavy: int, database_url: str
+) -> None:
     def raw_pk() -> object:
         with db._pool.connection() as conn:
-            return conn.execute(pk_sql, {"id": heavy}).fetchone()
+            return conn.execute(_PK_SQL, {"id": heavy}).fetchone()
 
-    _pair(results, "pk_lookup", lambda: db.accounts.get(account_id=heavy), "raw_pk_lookup",
-          raw_pk, n)  # fmt: skip
+    scenarios: list[tuple[str, Fn]] = [("pk_lookup", lambda: db.accounts.get(account_id=heavy))]
+    peers = []
+    if profile.peers:
+        from ._bench_peers import available_peers, missing_peers
 
-    month_end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    month_start = month_end - timedelta(days=30)
-    raw_summary = (
-        "SELECT meter_code, count(*), sum(quantity), max(quantity) FROM usage_events"
-        " WHERE account_id = %(a)s AND occurred_at >= %(lo)s AND occurred_at < %(hi)s GROUP BY 1"
-    )
+        for name in missing_peers():
+            print(f"peer {name} skipped: pip install 'datalayer[bench]'")
+        peers = available_peers(database_url, heavy, pool_size=max(THREADS))
+        scenarios += [(p.name, p.call) for p in peers]
+    try:
+        _group(results, scenarios, profile, baseline=("raw_pk_lookup", raw_pk))
+    finally:
+        for p in peers:
+            p.close()
 
-    def usage_raw() -> object:
+
+_RAW_SUMMARY = (
+    "SELECT meter_code, count(*), sum(quantity), max(quantity) FROM usage_events"
+    " WHERE account_id = %(a)s AND occurred_at >= %(lo)s AND occurred_at < %(hi)s GROUP BY 1"
+)
+
+
+def _usage_summaries(db: Database, results: list[Result], profile: Profile, heavy: int) -> None:
+    """A heavy account's usage per meter for the last 30 days: rollups against raw events."""
+    hi = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    lo = hi - timedelta(days=30)
+
+    def raw() -> object:
         with db._pool.connection() as conn:
-            return conn.execute(
-                raw_summary, {"a": heavy, "lo": month_start, "hi": month_end}
-            ).fetchall()
+            return conn.execute(_RAW_SUMMARY, {"a": heavy, "lo": lo, "hi": hi}).fetchall()
 
-    _pair(
+    def rollup() -> object:
+        return db.usage_reports.period_totals(account_id=heavy, period_start=lo, period_end=hi)
+
+    calls = max(40, profile.iterations // 10)
+    pair = [("usage_summary_rollup", rollup)]
+    _group(results, pair, profile, baseline=("usage_summary_raw", raw), iterations=calls)
+    if not profile.scale:
+        return
+    # The same summary with 10x the heavy account's events in the window.
+    before = {(r.name, r.threads): r for r in results}
+    added = _grow_usage(db, heavy, lo, hi, factor=10)
+    try:
+        grown: list[Result] = []
+        _group(grown, pair, profile, baseline=("usage_summary_raw", raw), iterations=calls)
+        for r in grown:
+            r.name += "_10x"
+            r.baseline = r.name.removesuffix("_10x")  # ratio: the growth of its p50
+            r.ratio = round(r.p50_us / before[(r.baseline, r.threads)].p50_us, 3)
+        results.extend(grown)
+        print(f"--scale: added {added:,} events to account {heavy} (10x), then removed them")
+    finally:
+        with db.connection() as conn:
+            conn.execute("DELETE FROM usage_events WHERE idempotency_key LIKE 'bench-scale-%'")
+        refresh_rollups(db)
+
+
+def _grow_usage(db: Database, account: int, lo: datetime, hi: datetime, factor: int) -> int:
+    """Copy the account's events in [lo, hi) ``factor - 1`` more times (same hours), rolled up."""
+    with db.connection() as conn:
+        added = conn.execute(
+            "INSERT INTO usage_events (account_id, meter_code, quantity, occurred_at,"
+            " idempotency_key, properties)"
+            " SELECT e.account_id, e.meter_code, e.quantity,"
+            "        e.occurred_at + (g * interval '1 millisecond'),"
+            "        'bench-scale-' || e.id || '-' || g, e.properties"
+            " FROM usage_events e CROSS JOIN generate_series(1, %(copies)s) g"
+            " WHERE e.account_id = %(a)s AND e.occurred_at >= %(lo)s AND e.occurred_at < %(hi)s",
+            {"a": account, "lo": lo, "hi": hi, "copies": factor - 1},
+        ).rowcount
+        conn.execute("ANALYZE usage_events")
+    refresh_rollups(db)
+    return added
+
+
+def _auth(db: Database, results: list[Result], profile: Profile, heavy: int) -> None:
+    db.cache.namespace = f"bench-{uuid.uuid4().hex[:6]}"
+    issued = db.api_keys.issue(account_id=heavy, name="bench", environment="live", scopes=[])
+    secret = issued.secret.get_secret_value()
+    _group(
         results,
-        "usage_summary_rollup",
-        lambda: db.usage_reports.period_totals(
-            account_id=heavy, period_start=month_start, period_end=month_end
-        ),
-        "usage_summary_raw",
-        usage_raw,
-        max(50, n // 10),
+        [("auth_cached", lambda: db.cached.auth(secret=secret))],
+        profile,
+        baseline=("auth_uncached", lambda: db.cached._build_auth(secret)),
     )
 
-    if db.cache.enabled:
-        db.cache.namespace = f"bench-{uuid.uuid4().hex[:6]}"
-        issued = db.api_keys.issue(account_id=heavy, name="bench", environment="live", scopes=[])
-        secret = issued.secret.get_secret_value()
-        _pair(results, "auth_cached", lambda: db.cached.auth(secret=secret), "auth_uncached",
-              lambda: db.cached._build_auth(secret), n)  # fmt: skip
 
-    _domain_scenarios(db, results, heavy, n)
+def _domain_scenarios(db: Database, results: list[Result], profile: Profile) -> None:
+    """Scenarios without a raw twin: latencies at 1 and 4 threads, ``baseline`` None."""
+    tag = uuid.uuid4().hex[:8]
+    meter = PlanMeterSpec(
+        meter_code="api_calls",
+        included_quantity=Decimal(10**9),
+        limit_kind="hard",
+        overage_unit_price_minor=Decimal(0),
+    )
+    plan = db.plans.create_draft(
+        code=f"bench-{tag}",
+        name="Bench",
+        billing_interval="month",
+        base_price_minor=1000,
+        currency="USD",
+        meters=[meter],
+    )
+    db.plans.publish(plan_id=plan.id)
+    # One account per thread for quota consumes: 4 threads on one counter row
+    # would measure that row's lock queue, not the query.
+    accounts = [db.accounts.create(name=f"bench {tag} {i}").id for i in range(max(THREADS))]
+    subs = [db.subscriptions.start(account_id=a, plan_id=plan.id) for a in accounts]
+    local = threading.local()
+    turn = iter(range(10**9))
 
-    events = 20_000 if quick else 100_000
+    def account_of_thread() -> int:
+        if not hasattr(local, "index"):
+            local.index = next(turn) % len(accounts)
+        index: int = local.index
+        return accounts[index]
+
+    def consume() -> object:
+        return db.quotas.consume(
+            account_id=account_of_thread(), meter_code="api_calls", quantity=Decimal(1)
+        )
+
+    _group(results, [("quota_consume", consume)], profile)
+
+    claims = max(40, profile.iterations // 10)
+    for i in range(claims * 3):  # enough for the warm-up and both thread counts
+        f = db.files.register(
+            account_id=accounts[i % len(accounts)],
+            storage_key=f"bench/{tag}/{i}",
+            file_name="b.bin",
+            content_type="application/octet-stream",
+        )
+        db.files.mark_uploaded(
+            account_id=f.account_id, file_id=f.id, size_bytes=1, checksum_sha256="0" * 64
+        )
+
+    def claim() -> object:
+        return db.files.claim(limit=1, lease=timedelta(minutes=5))
+
+    _group(results, [("file_claim", claim)], profile, iterations=claims)
+
+    def invoice() -> object:  # idempotent per period: the second call finds the first
+        sub = subs[accounts.index(account_of_thread())]
+        return db.billing.generate_invoice(
+            account_id=sub.account_id,
+            subscription_id=sub.id,
+            period_start=sub.current_period_start,
+            period_end=sub.current_period_end,
+        )
+
+    _group(results, [("invoice_generate", invoice)], profile, iterations=claims)
+
+    with db.connection() as conn:
+        row = conn.execute(
+            "SELECT account_id, max(day) FROM analytics_daily_rollups"
+            " GROUP BY account_id ORDER BY sum(event_count) DESC LIMIT 1"
+        ).fetchone()
+    if row is None:
+        raise RuntimeError("the database has no analytics: run `datalayer seed` first")
+    busy, last_day = int(row[0]), row[1]
+    _analytics(db, results, profile, busy, last_day)
+
+
+def _analytics(
+    db: Database, results: list[Result], profile: Profile, account: int, last_day: date
+) -> None:
+    def dau() -> object:
+        return db.analytics.active_users(
+            account_id=account,
+            start_date=last_day - timedelta(days=29),
+            end_date=last_day + timedelta(days=1),
+            window="day",
+        )
+
+    def latency() -> object:
+        return db.analytics.latency_percentiles(
+            account_id=account, start_date=last_day, end_date=last_day + timedelta(days=1)
+        )
+
+    _group(results, [("dau_30d", dau), ("latency_percentiles_day", latency)], profile)
+
+
+def _ingestion(db: Database, results: list[Result], profile: Profile, heavy: int) -> None:
+    """``profile.events`` events, 10% of them repeats of a key: raw COPY, then exactly once."""
+    events = profile.events
     now = datetime.now(UTC)
     tag = uuid.uuid4().hex[:8]
     batch = [
@@ -177,7 +389,7 @@ def run_bench(db: Database, *, quick: bool = False) -> list[Result]:
                      occurred_at=now - timedelta(seconds=i % 3600),
                      idempotency_key=f"bench-{tag}-{i if i % 10 else i - 1}")
         for i in range(events)
-    ]  # fmt: skip  # 10% duplicates
+    ]  # fmt: skip
     rows = [(e.account_id, e.meter_code, e.quantity, e.occurred_at, f"raw-{e.idempotency_key}-{i}",
              Jsonb({})) for i, e in enumerate(batch)]  # fmt: skip
     started = time.perf_counter()
@@ -199,104 +411,34 @@ def run_bench(db: Database, *, quick: bool = False) -> list[Result]:
     exact.baseline = "raw_copy"
     exact.ratio = round(raw.ops_per_s / exact.ops_per_s, 3)
     results += [raw, exact]
-    return results
 
 
-def _domain_scenarios(db: Database, results: list[Result], heavy: int, n: int) -> None:
-    """Scenarios without a raw twin: reported as latencies, ``baseline`` None."""
-    tag = uuid.uuid4().hex[:8]
-    meter = PlanMeterSpec(
-        meter_code="api_calls",
-        included_quantity=Decimal(10**9),
-        limit_kind="hard",
-        overage_unit_price_minor=Decimal(0),
-    )
-    plan = db.plans.create_draft(
-        code=f"bench-{tag}",
-        name="Bench",
-        billing_interval="month",
-        base_price_minor=1000,
-        currency="USD",
-        meters=[meter],
-    )
-    db.plans.publish(plan_id=plan.id)
-    account = db.accounts.create(name=f"bench {tag}").id
-    sub = db.subscriptions.start(account_id=account, plan_id=plan.id)
-
-    def consume() -> object:
-        return db.quotas.consume(account_id=account, meter_code="api_calls", quantity=Decimal(1))
-
-    results.append(_latency("quota_consume", consume, n, 1))
-
-    files = max(50, n // 10)
-    for i in range(files * 2):
-        f = db.files.register(
-            account_id=account,
-            storage_key=f"bench/{tag}/{i}",
-            file_name="b.bin",
-            content_type="application/octet-stream",
-        )
-        db.files.mark_uploaded(
-            account_id=account, file_id=f.id, size_bytes=1, checksum_sha256="0" * 64
-        )
-
-    def claim() -> object:
-        return db.files.claim(limit=1, lease=timedelta(minutes=5))
-
-    results.append(_latency("file_claim", claim, files, 1))
-
-    def invoice() -> object:
-        return db.billing.generate_invoice(
-            account_id=account,
-            subscription_id=sub.id,
-            period_start=sub.current_period_start,
-            period_end=sub.current_period_end,
-        )
-
-    results.append(_latency("invoice_generate", invoice, max(50, n // 10), 1))
-
-    with db.connection() as conn:
-        row = conn.execute(
-            "SELECT account_id, max(day) FROM analytics_daily_rollups"
-            " GROUP BY account_id ORDER BY sum(event_count) DESC LIMIT 1"
-        ).fetchone()
-    if row is None:
-        return
-    busy, last_day = int(row[0]), row[1]
-
-    def dau() -> object:
-        return db.analytics.active_users(
-            account_id=busy,
-            start_date=last_day - timedelta(days=29),
-            end_date=last_day + timedelta(days=1),
-            window="day",
-        )
-
-    def latency() -> object:
-        return db.analytics.latency_percentiles(
-            account_id=busy, start_date=last_day, end_date=last_day + timedelta(days=1)
-        )
-
-    results.append(_latency("dau_30d", dau, n, 1))
-    results.append(_latency("latency_percentiles_day", latency, n, 1))
+def machine() -> dict[str, Any]:
+    """Where the numbers were measured."""
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
-def write_json(results: list[Result], path: Path) -> None:
-    """Write ``{"scenarios": [...]}`` to ``path``."""
-    path.write_text(json.dumps({"scenarios": [asdict(r) for r in results]}, indent=2))
+def write_json(results: list[Result], path: Path, **extra: Any) -> None:
+    """Write ``{"scenarios": [...], **extra}`` to ``path``."""
+    path.write_text(json.dumps({"scenarios": [asdict(r) for r in results], **extra}, indent=2))
 
 
 def format_table(results: list[Result]) -> str:
     """A fixed-width table of the results."""
     head = (
-        f"{'scenario':<24} {'thr':>3} {'p50 µs':>9} {'p95 µs':>9} {'p99 µs':>9} "
+        f"{'scenario':<28} {'thr':>3} {'p50 µs':>9} {'p95 µs':>9} {'p99 µs':>9} "
         f"{'ops/s':>10}  ratio (vs)"
     )
     lines = [head, "-" * len(head)]
     for r in results:
         ratio = f"{r.ratio:.2f} ({r.baseline})" if r.ratio is not None else ""
         lines.append(
-            f"{r.name:<24} {r.threads:>3} {r.p50_us:>9.1f} {r.p95_us:>9.1f} {r.p99_us:>9.1f} "
+            f"{r.name:<28} {r.threads:>3} {r.p50_us:>9.1f} {r.p95_us:>9.1f} {r.p99_us:>9.1f} "
             f"{r.ops_per_s:>10.1f}  {ratio}"
         )
     return "\n".join(lines)

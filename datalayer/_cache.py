@@ -140,6 +140,15 @@ class Cache:
         """The full Redis key of ``name`` under hash tag ``tag``."""
         return f"{self.namespace}:v{self.version}:{{{tag}}}:{name}"
 
+    def ping(self) -> bool:
+        """Whether Redis is configured and answers now (the breaker is left alone)."""
+        if self._client is None:
+            return False
+        try:
+            return bool(self._client.ping())
+        except redis.RedisError:
+            return False
+
     def close(self) -> None:
         """Close the Redis connections."""
         if self._client is not None:

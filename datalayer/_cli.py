@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 
@@ -144,19 +145,36 @@ def _cmd_seed(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ._bench import format_table, run_bench, write_json
+    from ._bench import Profile, format_table, machine, run_bench, write_json
+    from ._cache import Cache
     from ._database import Database
     from ._seed import seed_database
 
     settings = _settings(args)
+    if settings.redis_url is None:  # auth_cached needs the cache
+        settings = settings.model_copy(update={"redis_url": DEFAULT_BENCH_REDIS})
+        print(f"REDIS_URL is unset: the cache scenarios use {DEFAULT_BENCH_REDIS}")
     _migrate.migrate(settings)
+    if args.pool_sweep:
+        return _pool_sweep(settings, args)
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         row = conn.execute("SELECT count(*) FROM usage_events").fetchone()
         if not row or not row[0]:
             print("the database is empty: seeding it first (datalayer seed)")
             seed_database(conn)
+    changes: dict[str, Any] = {"peers": not args.no_peers, "scale": args.scale}
+    if args.iterations:
+        changes["iterations"] = args.iterations
+    if args.events:
+        changes["events"] = args.events
+    profile = Profile.quick(**changes) if args.quick else Profile(**changes)
+    probe = Cache(settings.redis_url)
+    if not probe.ping():
+        print("Redis is unreachable: auth_cached and auth_uncached are skipped")
+        settings = settings.model_copy(update={"redis_url": None})
+    probe.close()
     with Database(settings) as db:
-        results = run_bench(db, quick=args.quick)
+        results = run_bench(db, profile)
         cache = db.cache.stats.as_dict() if db.cache.enabled else None
     print(format_table(results))
     if cache is not None:
@@ -165,7 +183,37 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             f"{cache['misses']} misses, {cache['rebuilds']} rebuilds, {cache['errors']} errors)"
         )
     if args.json:
-        write_json(results, Path(args.json))
+        write_json(results, Path(args.json), machine=machine(), quick=args.quick)
+        print(f"wrote {args.json}")
+    if args.chart:
+        from ._bench_chart import write_chart
+
+        mode = "quick" if args.quick else "full"
+        write_chart(results, Path(args.chart), title=f"datalayer bench ({mode}): p50 ratios")
+        print(f"wrote {args.chart}")
+    return 0
+
+
+DEFAULT_BENCH_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _pool_sweep(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from ._bench import machine
+    from ._poolsweep import format_sweep, recommend, run_pool_sweep
+
+    seconds = 3.0 if args.quick else 10.0
+    print(f"pool sweep: 16 client threads, pool sizes 2, 4, 8, 16, {seconds:.0f}s each")
+    results = run_pool_sweep(settings, clients=16, seconds=seconds)
+    print(format_sweep(results))
+    best = recommend(results)
+    print(f"recommended pool size here: {best} (current default max {settings.pool_max_size})")
+    if args.json:
+        payload = {"pool_sweep": [asdict(r) for r in results], "recommended": best}
+        Path(args.json).write_text(json.dumps({**payload, "machine": machine()}, indent=2))
         print(f"wrote {args.json}")
     return 0
 
@@ -311,8 +359,21 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--reset", action="store_true", help="empty every table first")
     seed.set_defaults(func=_cmd_seed)
     bench = sub.add_parser("bench", help="time the hot queries against raw-psycopg baselines")
-    bench.add_argument("--quick", action="store_true", help="fewer iterations")
+    bench.add_argument("--quick", action="store_true", help="fewer iterations (under 2 minutes)")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    bench.add_argument("--chart", metavar="PATH", help="also write a PNG chart of the ratios")
+    bench.add_argument(
+        "--scale", action="store_true", help="also time usage summaries with 10x the events"
+    )
+    bench.add_argument("--no-peers", action="store_true", help="skip SQLAlchemy and aiosql")
+    bench.add_argument("--iterations", type=int, help="calls per latency scenario (3000; 800)")
+    bench.add_argument("--events", type=int, help="events in the ingestion batch (100000; 20000)")
+    bench.add_argument(
+        "--pool-sweep",
+        action="store_true",
+        help="instead: a mixed workload from 16 threads against pool sizes 2, 4, 8, 16"
+        " (writes test accounts and events: never against production)",
+    )
     bench.set_defaults(func=_cmd_bench)
     archive = sub.add_parser(
         "archive", help="archive partitions past retention, or: archive restore MANIFEST"
