@@ -41,6 +41,8 @@ def _connection_kwargs(settings: Settings) -> dict[str, Any]:
         options.append(f"-c statement_timeout={settings.statement_timeout_ms}")
     if settings.lock_timeout_ms:
         options.append(f"-c lock_timeout={settings.lock_timeout_ms}")
+    if not settings.jit:
+        options.append("-c jit=off")
     kwargs: dict[str, Any] = {
         # Single statements outside a unit of work need no BEGIN/COMMIT round trips.
         "autocommit": True,
@@ -81,6 +83,22 @@ def _alive(conn: psycopg.Connection[Any]) -> bool:
     return True
 
 
+class _Lease:
+    """A pooled connection for one ``with`` block (a class: cheaper than a generator)."""
+
+    __slots__ = ("_conn", "_db")
+
+    def __init__(self, db: Database):
+        self._db = db
+
+    def __enter__(self) -> psycopg.Connection[Any]:
+        self._conn = self._db._acquire()
+        return self._conn
+
+    def __exit__(self, *exc: object) -> None:
+        self._db._pool.putconn(self._conn)
+
+
 class _PoolSession:
     """Lends a pooled autocommit connection per statement."""
 
@@ -96,13 +114,8 @@ class _PoolSession:
     def after_commit(self, fn: Callable[[], None]) -> None:
         fn()  # autocommit: the statement that asked is committed already
 
-    @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        conn = self._db._acquire()
-        try:
-            yield conn
-        finally:
-            self._db._pool.putconn(conn)
+    def connection(self) -> _Lease:
+        return _Lease(self._db)
 
     @contextmanager
     def atomic(self) -> Iterator[Session]:

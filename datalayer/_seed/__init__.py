@@ -119,8 +119,10 @@ def seed_database(
     rebuild_rollups(conn)
     step("rollups", t)
     t = time.monotonic()
-    conn.execute("ANALYZE")
-    step("analyze", t)
+    # VACUUM too: it sets the visibility map, so index-only scans skip the heap
+    # as they do on a live database that autovacuum keeps up.
+    conn.execute("VACUUM (ANALYZE)")
+    step("vacuum, analyze", t)
     return result
 
 
