@@ -3,9 +3,10 @@
 Numbers on a shared 2-core machine drift from run to run, so every scenario
 is reported with its baseline's figure from this run and the ratio between
 them. Latency scenarios: p50/p95/p99 in µs and ops/s at 1 and 4 threads,
-after a warm-up. A scenario and its baseline are measured in alternating
-rounds (baseline, scenario, baseline, scenario, …) and each one's samples
-pooled, so a drift of the machine during the run falls on both alike.
+after a warm-up. A scenario and its baseline are measured call by call in
+turn (baseline, scenario, baseline, scenario, … with the order rotating), so
+a drift of the machine falls on both alike and neither runs with caches warmed
+by a thousand calls of itself.
 Throughput scenarios (ingestion): events/s, ratio = baseline events/s over
 this one's.
 """
@@ -20,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -55,10 +56,9 @@ class Result:
 
 @dataclass(frozen=True)
 class Profile:
-    """How much to measure: calls per latency scenario, rounds, and the ingestion batch."""
+    """How much to measure: calls per latency scenario and thread count, the ingestion batch."""
 
     iterations: int = 3000
-    rounds: int = 3
     events: int = 100_000
     peers: bool = True
     scale: bool = False
@@ -66,24 +66,20 @@ class Profile:
     @classmethod
     def quick(cls, **changes: Any) -> Profile:
         """Enough for stable medians in well under two minutes."""
-        return cls(**{"iterations": 800, "rounds": 2, "events": 20_000, **changes})
+        return cls(**{"iterations": 800, "events": 20_000, **changes})
 
 
-@dataclass
-class _Samples:
-    ns: list[int] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def result(self, name: str, threads: int) -> Result:
-        ns = sorted(self.ns)
-        return Result(
-            name=name,
-            p50_us=round(statistics.median(ns) / 1000, 1),
-            p95_us=round(_percentile(ns, 0.95), 1),
-            p99_us=round(_percentile(ns, 0.99), 1),
-            ops_per_s=round(len(ns) / self.seconds, 1) if self.seconds else 0.0,
-            threads=threads,
-        )
+def _summary(name: str, ns: list[int], threads: int) -> Result:
+    """Percentiles of ``ns``; ops/s as ``threads`` callers would do it alone (threads / mean)."""
+    ns = sorted(ns)
+    return Result(
+        name=name,
+        p50_us=round(statistics.median(ns) / 1000, 1),
+        p95_us=round(_percentile(ns, 0.95), 1),
+        p99_us=round(_percentile(ns, 0.99), 1),
+        ops_per_s=round(threads * 1e9 / statistics.fmean(ns), 1),
+        threads=threads,
+    )
 
 
 def _percentile(sorted_ns: list[int], q: float) -> float:
@@ -91,27 +87,37 @@ def _percentile(sorted_ns: list[int], q: float) -> float:
     return sorted_ns[index] / 1000
 
 
-def _measure(fn: Fn, calls: int, threads: int, into: _Samples) -> None:
-    """Time ``calls`` calls of ``fn`` spread over ``threads`` threads; add them to ``into``."""
+def _interleaved(
+    members: Sequence[tuple[str, Fn]], calls: int, threads: int
+) -> dict[str, list[int]]:
+    """Each of ``threads`` threads calls every member in turn, ``calls // threads`` times.
+
+    The order rotates call by call and thread by thread, so no member always
+    runs first or right after another; every member sees the same machine.
+    """
+    samples: dict[str, list[int]] = {name: [] for name, _ in members}
     lock = threading.Lock()
     per_thread = max(1, calls // threads)
+    count = len(members)
 
-    def work() -> None:
-        local = []
-        for _ in range(per_thread):
-            start = time.perf_counter_ns()
-            fn()
-            local.append(time.perf_counter_ns() - start)
+    def work(offset: int) -> None:
+        local: dict[str, list[int]] = {name: [] for name, _ in members}
+        for i in range(per_thread):
+            for j in range(count):
+                name, fn = members[(i + j + offset) % count]
+                start = time.perf_counter_ns()
+                fn()
+                local[name].append(time.perf_counter_ns() - start)
         with lock:
-            into.ns.extend(local)
+            for name, ns in local.items():
+                samples[name].extend(ns)
 
-    started = time.perf_counter()
-    workers = [threading.Thread(target=work) for _ in range(threads)]
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    into.seconds += time.perf_counter() - started
+    return samples
 
 
 def _group(
@@ -122,22 +128,19 @@ def _group(
     baseline: tuple[str, Fn] | None = None,
     iterations: int | None = None,
 ) -> None:
-    """Measure ``scenarios`` (and their ``baseline``) at 1 and 4 threads, in alternating rounds."""
+    """Measure ``scenarios`` (and their ``baseline``) at 1 and 4 threads, calls interleaved."""
     calls = iterations or profile.iterations
     members = ([baseline] if baseline else []) + list(scenarios)
     for _, fn in members:  # warm-up: pool, prepared statements, caches
         for _ in range(min(200, max(5, calls // 10))):
             fn()
     for threads in THREADS:
-        samples = {name: _Samples() for name, _ in members}
-        for _ in range(profile.rounds):
-            for name, fn in members:
-                _measure(fn, max(threads, calls // profile.rounds), threads, samples[name])
-        base = samples[baseline[0]].result(baseline[0], threads) if baseline else None
+        samples = _interleaved(members, calls, threads)
+        base = _summary(baseline[0], samples[baseline[0]], threads) if baseline else None
         if base is not None:
             results.append(base)
         for name, _ in scenarios:
-            this = samples[name].result(name, threads)
+            this = _summary(name, samples[name], threads)
             if base is not None:
                 this.baseline = base.name
                 this.ratio = round(this.p50_us / base.p50_us, 3) if base.p50_us else None

@@ -40,7 +40,7 @@ BASELINES = {
     "auth_cached": "auth_uncached",
     "ingest_exactly_once": "raw_copy",
 }
-TINY = Profile(iterations=40, rounds=2, events=2000, scale=True)
+TINY = Profile(iterations=40, events=2000, scale=True)
 
 
 @pytest.fixture(scope="module")
