@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DL     := $(BIN)/datalayer
 
 .DEFAULT_GOAL := help
-.PHONY: help install migrate rollback status check-sql seed partitions bench backup restore archive test lint demo clean
+.PHONY: help install migrate rollback status check-sql seed partitions bench bench-quick pool-sweep backup restore archive test lint demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,8 +36,14 @@ seed: migrate ## load the default data set (1,000 accounts, 1M usage events; --r
 partitions: install ## list event table partitions with their ranges, rows and sizes
 	$(DL) partitions list
 
-bench: migrate ## time hot queries against raw-psycopg baselines (seeds an empty database)
-	$(DL) bench --json bench-results.json
+bench: migrate ## time hot queries against raw-psycopg baselines (seeds an empty database; QUICK=1 for the short run)
+	$(DL) bench $(if $(QUICK),--quick,--scale) --json bench-results.json --chart bench-results.png
+
+bench-quick: ## make bench QUICK=1: the same scenarios, fewer calls, no --scale (under 2 minutes)
+	$(MAKE) bench QUICK=1
+
+pool-sweep: migrate ## mixed load from 16 threads against pool sizes 2, 4, 8, 16 (writes test data)
+	$(DL) bench --pool-sweep
 
 backup: install ## pg_dump -Fc plus a manifest into backups/
 	$(DL) backup --out backups

@@ -251,14 +251,13 @@ def _usage_summaries(db: Database, results: list[Result], profile: Profile, heav
         results.extend(grown)
         print(f"--scale: added {added:,} events to account {heavy} (10x), then removed them")
     finally:
-        with db.connection() as conn:
-            conn.execute("DELETE FROM usage_events WHERE idempotency_key LIKE 'bench-scale-%'")
-        refresh_rollups(db)
+        _delete_events(db, heavy, "bench-scale-%")
 
 
 def _grow_usage(db: Database, account: int, lo: datetime, hi: datetime, factor: int) -> int:
     """Copy the account's events in [lo, hi) ``factor - 1`` more times (same hours), rolled up."""
-    with db.connection() as conn:
+    with db.connection() as conn, conn.transaction():
+        conn.execute("SET LOCAL statement_timeout = 0")  # bulk work, not a request
         added = conn.execute(
             "INSERT INTO usage_events (account_id, meter_code, quantity, occurred_at,"
             " idempotency_key, properties)"
@@ -269,9 +268,23 @@ def _grow_usage(db: Database, account: int, lo: datetime, hi: datetime, factor: 
             " WHERE e.account_id = %(a)s AND e.occurred_at >= %(lo)s AND e.occurred_at < %(hi)s",
             {"a": account, "lo": lo, "hi": hi, "copies": factor - 1},
         ).rowcount
+    with db.connection() as conn:
         conn.execute("ANALYZE usage_events")
     refresh_rollups(db)
     return added
+
+
+def _delete_events(db: Database, account: int, *patterns: str) -> None:
+    """Remove the bench's own events (and their keys) from ``account``; roll up again."""
+    with db.connection() as conn, conn.transaction():
+        conn.execute("SET LOCAL statement_timeout = 0")
+        for table in ("usage_events", "usage_event_keys"):
+            conn.execute(
+                f"DELETE FROM {table} WHERE account_id = %s"  # noqa: S608 - fixed names
+                " AND idempotency_key LIKE ANY(%s)",
+                (account, list(patterns)),
+            )
+    refresh_rollups(db)
 
 
 def _auth(db: Database, results: list[Result], profile: Profile, heavy: int) -> None:
@@ -383,7 +396,10 @@ def _analytics(
 
 
 def _ingestion(db: Database, results: list[Result], profile: Profile, heavy: int) -> None:
-    """``profile.events`` events, 10% of them repeats of a key: raw COPY, then exactly once."""
+    """``profile.events`` events, 10% of them repeats of a key: raw COPY, then exactly once.
+
+    Both go to the heavy account, in the last hour, and are deleted afterwards.
+    """
     events = profile.events
     now = datetime.now(UTC)
     tag = uuid.uuid4().hex[:8]
@@ -414,6 +430,8 @@ def _ingestion(db: Database, results: list[Result], profile: Profile, heavy: int
     exact.baseline = "raw_copy"
     exact.ratio = round(raw.ops_per_s / exact.ops_per_s, 3)
     results += [raw, exact]
+    # Leave the data as the seed made it, so that runs stay comparable.
+    _delete_events(db, heavy, f"bench-{tag}-%", f"raw-bench-{tag}-%")
 
 
 def machine() -> dict[str, Any]:
