@@ -60,7 +60,11 @@ DROP TABLE analytics_staging;
 -- Distinct active users of an account per :window ('day', 'week' = ISO week
 -- from Monday, 'month'), for every period meeting [:start_date, :end_date),
 -- zero included. A period is clipped to the range: period_start and
--- period_end (exclusive) are the days actually counted.
+-- period_end (exclusive) are the days actually counted. Each active day is
+-- mapped to its period arithmetically and joined on the period's start, so
+-- the plan is one range scan of the account's days, prepared or not (a join
+-- on day ranges became, as a generic prepared plan, a scan of every day of
+-- the account: 33 ms instead of 2 ms for 30 days).
 WITH periods AS (
     SELECT greatest(g::date, :start_date::date) AS period_start,
            least((g + s.step)::date, :end_date::date) AS period_end
@@ -73,11 +77,18 @@ WITH periods AS (
     ) s,
     generate_series(date_trunc(:window::text, :start_date::date::timestamp),
                     (:end_date::date - 1)::timestamp, s.step) AS g
+), active AS (
+    SELECT DISTINCT
+           greatest(date_trunc(:window::text, u.day::timestamp)::date, :start_date::date)
+               AS period_start,
+           u.user_id
+    FROM analytics_daily_users u
+    WHERE u.account_id = :account_id
+      AND u.day >= :start_date::date AND u.day < :end_date::date
 )
-SELECT p.period_start, p.period_end, count(DISTINCT u.user_id) AS active_users
+SELECT p.period_start, p.period_end, count(a.user_id) AS active_users
 FROM periods p
-LEFT JOIN analytics_daily_users u
-  ON u.account_id = :account_id AND u.day >= p.period_start AND u.day < p.period_end
+LEFT JOIN active a ON a.period_start = p.period_start
 GROUP BY p.period_start, p.period_end
 ORDER BY p.period_start;
 
