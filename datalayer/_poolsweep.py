@@ -368,25 +368,19 @@ def format_sweep(results: list[SweepResult]) -> str:
 
 
 def recommend(results: list[SweepResult]) -> int:
-    """The smallest pool size that gives up almost nothing against the best one.
+    """The pool size that keeps the best throughput at the lowest tail latency.
 
     Rule: among the sizes whose run had no errors (all sizes, if every run had
-    some), take the best throughput and the best (lowest) p99; recommend the
-    smallest size whose ``ops_per_s`` is at least 95% of that throughput and
-    whose ``p99_us`` is at most 110% of that p99. When no size meets both,
-    recommend the size with the highest throughput. Raises ``ValueError`` for
-    no results.
+    some), keep those within 5% of the best ``ops_per_s``; of these, take the
+    smallest whose ``p99_us`` is within 10% of the lowest p99 among them. (A
+    pool too small throttles the callers, which also keeps its p99 low: so p99
+    is compared only among sizes that do not give up throughput.) Raises
+    ``ValueError`` for no results.
     """
     if not results:
         raise ValueError("no sweep results to recommend from")
     candidates = [r for r in results if r.errors == 0] or list(results)
     best_ops = max(r.ops_per_s for r in candidates)
-    best_p99 = min(r.p99_us for r in candidates)
-    good = [
-        r.pool_size
-        for r in candidates
-        if r.ops_per_s >= 0.95 * best_ops and r.p99_us <= 1.10 * best_p99
-    ]
-    if good:
-        return min(good)
-    return max(candidates, key=lambda r: (r.ops_per_s, -r.pool_size)).pool_size
+    fast = [r for r in candidates if r.ops_per_s >= 0.95 * best_ops]
+    best_p99 = min(r.p99_us for r in fast)
+    return min(r.pool_size for r in fast if r.p99_us <= 1.10 * best_p99)
