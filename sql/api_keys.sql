@@ -118,7 +118,14 @@ RETURNING account_id, id, name, display_prefix, environment, scopes, created_by,
 
 -- name: list_api_key_hashes :many
 -- The secret hashes of an account's keys (all, or only :key_id when not null):
--- what cache invalidation needs to find their cached auth contexts.
+-- what cache invalidation needs to find their cached auth contexts. One branch per
+-- case: a prepared statement's generic plan cannot probe api_keys_pkey for
+-- `:key_id IS NULL OR id = :key_id`, so it read all of the account's keys for one
+-- (3.5 ms instead of 0.3 for 20k keys).
 SELECT secret_hash
 FROM api_keys
-WHERE account_id = :account_id AND (:key_id::bigint IS NULL OR id = :key_id::bigint);
+WHERE account_id = :account_id AND id = :key_id::bigint
+UNION ALL
+SELECT secret_hash
+FROM api_keys
+WHERE account_id = :account_id AND :key_id::bigint IS NULL;

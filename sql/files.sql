@@ -62,10 +62,19 @@ LIMIT :limit;
 
 -- name: count_files :scalar
 -- How many files an account has in status :status, or not deleted when :status is null.
+-- One branch per case, and only one returns rows: a prepared statement's generic plan
+-- cannot make `status = :status OR :status IS NULL` an index condition, so it read all
+-- of the account's files to count one status (35 ms instead of 2 for 300k files).
 SELECT count(*)
-FROM files
-WHERE account_id = :account_id
-  AND (status = CAST(:status AS text) OR (CAST(:status AS text) IS NULL AND status <> 'deleted'));
+FROM (
+    SELECT 1
+    FROM files
+    WHERE account_id = :account_id AND status = CAST(:status AS text)
+    UNION ALL
+    SELECT 1
+    FROM files
+    WHERE account_id = :account_id AND CAST(:status AS text) IS NULL AND status <> 'deleted'
+) AS counted;
 
 -- name: sum_storage_used :scalar
 -- Bytes stored for an account: the sizes of its files that are not deleted
