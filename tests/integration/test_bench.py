@@ -49,7 +49,7 @@ def seeded_url(template_dbname: str) -> Iterator[str]:
     with janitor:
         url = pg_url(janitor.dbname)
         with psycopg.connect(url, autocommit=True) as conn:
-            seed_database(conn, accounts=20, events=20_000, analytics=3_000, seed=5, progress=None)
+            seed_database(conn, accounts=10, events=5_000, analytics=1_000, seed=5, progress=None)
         yield url
 
 
@@ -105,7 +105,7 @@ def test_the_bench_leaves_the_data_as_the_seed_made_it(
         ).fetchone()
     assert row is not None
     assert row[:2] == (0, 0)  # ingestion and --scale events, and their keys, are gone
-    assert row[2] == row[3] == 20_000  # and the rollups agree with what is left
+    assert row[2] == row[3] == 5_000  # and the rollups agree with what is left
 
 
 @pytest.mark.slow

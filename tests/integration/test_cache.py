@@ -605,6 +605,10 @@ def test_fifty_concurrent_misses_rebuild_once_and_all_get_the_same_value(
         return original(account_id=account_id)
 
     monkeypatch.setattr(cdb.subscriptions, "current", slow_current)
+    # Waiters give up after wait_ms and build for themselves (test_a_waiter_whose_...); here
+    # they must outlast the 0.2 s build even on a loaded 2-core machine, where 50
+    # threads make it take longer than the default 0.5 s.
+    monkeypatch.setattr(cdb.cache, "wait_ms", 3000)
 
     def storm() -> list[Any]:
         barrier = threading.Barrier(50)
@@ -852,3 +856,26 @@ def test_without_redis_the_cached_reads_go_to_postgresql(cache_db_url: str) -> N
 
         assert db.cached.auth(secret=w.secret) is None
         assert {k: v for k, v in counters(db).items() if v} == {}
+
+
+def test_a_waiter_whose_rebuilder_never_finishes_builds_for_itself_after_wait_ms(
+    cache: Cache, raw: redis.Redis
+) -> None:
+    cache.wait_ms = 150
+    # Another process holds the rebuild lock and never writes the value.
+    raw.set(cache.key("t", "lock"), b"1", px=10_000)
+    builds: list[int] = []
+
+    def build() -> Thing:
+        builds.append(1)
+        return Thing(n=7)
+
+    started = time.monotonic()
+    value = cache.get_or_build("t", Thing, build, ttl=60, negative_ttl=0)
+    waited = time.monotonic() - started
+
+    assert value == Thing(n=7)
+    assert builds == [1]
+    assert 0.15 <= waited < 1.0  # it waited wait_ms, then gave up: never a hang
+    assert raw.get(cache.key("t", "value")) is None  # and did not cache what it built
+    assert cache.stats.as_dict()["waits"] == 1
