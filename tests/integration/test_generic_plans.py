@@ -36,7 +36,8 @@ def seeded(template_dbname: str) -> Iterator[psycopg.Connection[Any]]:
     janitor = _clone(template_dbname)
     with janitor, psycopg.connect(pg_url(janitor.dbname), autocommit=True) as conn:
         conn.execute("SET timezone = 'UTC'")
-        seed_database(conn, accounts=60, events=40_000, analytics=8_000, seed=3, progress=None)
+        # Files and keys are what these tests read: few events are enough.
+        seed_database(conn, accounts=60, events=2_000, analytics=500, seed=3, progress=None)
         yield conn
 
 
