@@ -205,8 +205,8 @@ def _pool_sweep(settings: Settings, args: argparse.Namespace) -> int:
     from ._bench import machine
     from ._poolsweep import format_sweep, recommend, run_pool_sweep
 
-    seconds = 3.0 if args.quick else 10.0
-    print(f"pool sweep: 16 client threads, pool sizes 2, 4, 8, 16, {seconds:.0f}s each")
+    seconds = args.sweep_seconds or (3.0 if args.quick else 10.0)
+    print(f"pool sweep: 16 client threads, pool sizes 2, 4, 8, 16, {seconds:g}s each")
     results = run_pool_sweep(settings, clients=16, seconds=seconds)
     print(format_sweep(results))
     best = recommend(results)
@@ -373,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="instead: a mixed workload from 16 threads against pool sizes 2, 4, 8, 16"
         " (writes test accounts and events: never against production)",
+    )
+    bench.add_argument(
+        "--sweep-seconds", type=float, help="pool sweep: seconds per size (10; 3 with --quick)"
     )
     bench.set_defaults(func=_cmd_bench)
     archive = sub.add_parser(

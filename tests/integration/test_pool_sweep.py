@@ -8,12 +8,18 @@ here it is the sweep's accounting of it that is tested.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from datalayer import Database, Settings
 from datalayer._poolsweep import run_pool_sweep
@@ -97,3 +103,24 @@ def test_a_pool_exhausted_past_its_timeout_counts_unavailable_as_errors_and_the_
     assert result.errors <= result.queued  # each error is a request that queued and gave up
     assert result.ops > 0
     assert result.p99_us >= result.p50_us > 0
+
+
+@pytest.mark.slow
+def test_the_cli_sweeps_four_pool_sizes_and_writes_its_recommendation(
+    fresh_url: str, tmp_path: Path
+) -> None:
+    _account_with_usage(fresh_url)
+    out = tmp_path / "sweep.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "datalayer", "bench", "--pool-sweep", "--sweep-seconds", "0.3",
+         "--json", str(out)],
+        env={**os.environ, "DATABASE_URL": fresh_url, "REDIS_URL": ""},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "recommended pool size here:" in done.stdout
+    data = json.loads(out.read_text())
+    assert [r["pool_size"] for r in data["pool_sweep"]] == [2, 4, 8, 16]
+    assert all(r["clients"] == 16 and r["ops"] > 0 for r in data["pool_sweep"])
+    assert data["recommended"] in {2, 4, 8, 16}
+    assert data["machine"]["cpus"] >= 1
