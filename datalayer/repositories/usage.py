@@ -12,7 +12,7 @@ from psycopg.types.json import Jsonb
 from pydantic import AwareDatetime, Field, StringConstraints, TypeAdapter
 
 from .._repository import Repository, copy_in, execute, one, scalar
-from .._validation import Id, validate_batch, validated
+from .._validation import Id, gc_paused, validate_batch, validated
 from ..errors import AlreadyExists, InvalidInput, ReferenceViolation
 from ..models.usage import (
     BatchResult,
@@ -131,6 +131,12 @@ class UsageRepository(Repository):
         ``PartitionMissing`` (nothing stored) when a month has no partition,
         ``Unavailable`` if the database is lost.
         """
+        with gc_paused():
+            return self._record_batch(events, now)
+
+    def _record_batch(
+        self, events: Sequence[UsageEventIn | Mapping[str, Any]], now: datetime | None
+    ) -> BatchResult:
         moment = now or datetime.now(UTC)
         oldest, newest = moment - ACCEPTED_AGE, moment + ACCEPTED_SKEW
         rejected: list[Rejection] = []

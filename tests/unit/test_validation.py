@@ -1,10 +1,12 @@
-"""``validated``'s fast path for id and limit arguments agrees with pydantic."""
+"""``validated``'s fast path for ids and limits agrees with pydantic; ``gc_paused`` restores."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
-from datalayer._validation import Id, Limit, validated
+from datalayer._validation import Id, Limit, gc_paused, validated
 from datalayer.errors import InvalidInput
 
 
@@ -47,3 +49,23 @@ def test_the_fast_path_passes_good_ids_and_an_int_subclass_goes_through_pydantic
         pass
 
     assert _Lookups().get(account_id=MyInt(5), limit=5) == (5, 5)  # pydantic's strict int
+
+
+def test_gc_paused_pauses_the_collector_and_restores_it_even_after_an_error() -> None:
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        raise RuntimeError("boom")
+    assert gc.isenabled()
+
+
+def test_gc_paused_leaves_a_collector_that_was_off_off() -> None:
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
