@@ -75,16 +75,18 @@ def _summary(name: str, ns: list[int], threads: int) -> Result:
     return Result(
         name=name,
         p50_us=round(statistics.median(ns) / 1000, 1),
-        p95_us=round(_percentile(ns, 0.95), 1),
-        p99_us=round(_percentile(ns, 0.99), 1),
+        p95_us=round(percentile_us(ns, 0.95), 1),
+        p99_us=round(percentile_us(ns, 0.99), 1),
         ops_per_s=round(threads * 1e9 / statistics.fmean(ns), 1),
         threads=threads,
     )
 
 
-def _percentile(sorted_ns: list[int], q: float) -> float:
-    index = min(len(sorted_ns) - 1, int(q * len(sorted_ns)))
-    return sorted_ns[index] / 1000
+def percentile_us(sorted_ns: list[int], q: float) -> float:
+    """Nearest-rank percentile of sorted nanoseconds, in µs (0 for no samples)."""
+    if not sorted_ns:
+        return 0.0
+    return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1000
 
 
 def _interleaved(
@@ -173,18 +175,47 @@ def run_bench(
     return results
 
 
-def _heavy_account(db: Database) -> int:
+METER = "api_calls"
+
+
+def heaviest_account(db: Database) -> int | None:
+    """The account with the most usage events (``None`` without usage); ensures the meter."""
     with db.connection() as conn:
-        row = conn.execute(
-            "SELECT account_id FROM usage_events GROUP BY account_id ORDER BY count(*) DESC LIMIT 1"
-        ).fetchone()
-        if row is None:
-            raise RuntimeError("the database has no usage: run `datalayer seed` first")
         conn.execute(
             "INSERT INTO meters (code, name, unit, aggregation)"
             " VALUES ('api_calls', 'API calls', 'call', 'sum') ON CONFLICT DO NOTHING"
         )
-    return int(row[0])
+        row = conn.execute(
+            "SELECT account_id FROM usage_events GROUP BY account_id ORDER BY count(*) DESC LIMIT 1"
+        ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _heavy_account(db: Database) -> int:
+    heavy = heaviest_account(db)
+    if heavy is None:
+        raise RuntimeError("the database has no usage: run `datalayer seed` first")
+    return heavy
+
+
+def hard_quota_plan(db: Database, *, code: str, included: int, base_price_minor: int) -> int:
+    """Publish a monthly plan with a hard quota of ``included`` on ``api_calls``; its id."""
+    meter = PlanMeterSpec(
+        meter_code=METER,
+        included_quantity=Decimal(included),
+        limit_kind="hard",
+        overage_unit_price_minor=Decimal(0),
+    )
+    plan = db.plans.create_draft(
+        code=code,
+        name=code,
+        billing_interval="month",
+        base_price_minor=base_price_minor,
+        currency="USD",
+        meters=[meter],
+    )
+    db.plans.publish(plan_id=plan.id)
+    return plan.id
 
 
 _PK_SQL = (
@@ -303,25 +334,11 @@ def _auth(db: Database, results: list[Result], profile: Profile, heavy: int) -> 
 def _domain_scenarios(db: Database, results: list[Result], profile: Profile) -> None:
     """Scenarios without a raw twin: latencies at 1 and 4 threads, ``baseline`` None."""
     tag = uuid.uuid4().hex[:8]
-    meter = PlanMeterSpec(
-        meter_code="api_calls",
-        included_quantity=Decimal(10**9),
-        limit_kind="hard",
-        overage_unit_price_minor=Decimal(0),
-    )
-    plan = db.plans.create_draft(
-        code=f"bench-{tag}",
-        name="Bench",
-        billing_interval="month",
-        base_price_minor=1000,
-        currency="USD",
-        meters=[meter],
-    )
-    db.plans.publish(plan_id=plan.id)
+    plan_id = hard_quota_plan(db, code=f"bench-{tag}", included=10**9, base_price_minor=1000)
     # One account per thread for quota consumes: 4 threads on one counter row
     # would measure that row's lock queue, not the query.
     accounts = [db.accounts.create(name=f"bench {tag} {i}").id for i in range(max(THREADS))]
-    subs = [db.subscriptions.start(account_id=a, plan_id=plan.id) for a in accounts]
+    subs = [db.subscriptions.start(account_id=a, plan_id=plan_id) for a in accounts]
     local = threading.local()
     turn = iter(range(10**9))
 
@@ -333,7 +350,7 @@ def _domain_scenarios(db: Database, results: list[Result], profile: Profile) -> 
 
     def consume() -> object:
         return db.quotas.consume(
-            account_id=account_of_thread(), meter_code="api_calls", quantity=Decimal(1)
+            account_id=account_of_thread(), meter_code=METER, quantity=Decimal(1)
         )
 
     _group(results, [("quota_consume", consume)], profile)
@@ -405,7 +422,7 @@ def _ingestion(db: Database, results: list[Result], profile: Profile, heavy: int
     now = datetime.now(UTC)
     tag = uuid.uuid4().hex[:8]
     batch = [
-        UsageEventIn(account_id=heavy, meter_code="api_calls", quantity=Decimal(1),
+        UsageEventIn(account_id=heavy, meter_code=METER, quantity=Decimal(1),
                      occurred_at=now - timedelta(seconds=i % 3600),
                      idempotency_key=f"bench-{tag}-{i if i % 10 else i - 1}")
         for i in range(events)

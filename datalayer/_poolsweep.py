@@ -29,16 +29,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from ._bench import METER, hard_quota_plan, heaviest_account, percentile_us
 from ._database import Database
 from ._settings import Settings
 from .errors import DataLayerError, Unavailable
-from .models.plans import PlanMeterSpec
 
 __all__ = ["SweepResult", "format_sweep", "recommend", "run_pool_sweep"]
 
 log = logging.getLogger("datalayer")
 
-METER = "api_calls"
 BATCH_SIZE = 100
 # Operation kinds and their share of the traffic: mostly reads, some quota checks, a
 # trickle of ingestion batches.
@@ -180,37 +179,15 @@ def _prepare(settings: Settings) -> _Workload:
     )
     tag = uuid.uuid4().hex[:8]
     with Database(setup) as db:
-        with db.connection() as conn:
-            conn.execute(
-                "INSERT INTO meters (code, name, unit, aggregation)"
-                " VALUES ('api_calls', 'API calls', 'call', 'sum') ON CONFLICT DO NOTHING"
-            )
-            row = conn.execute(
-                "SELECT account_id FROM usage_events GROUP BY account_id"
-                " ORDER BY count(*) DESC LIMIT 1"
-            ).fetchone()
-        meter = PlanMeterSpec(
-            meter_code=METER,
-            included_quantity=Decimal(10**11),
-            limit_kind="hard",
-            overage_unit_price_minor=Decimal(0),
-        )
-        plan = db.plans.create_draft(
-            code=f"sweep-{tag}",
-            name="Pool sweep",
-            billing_interval="month",
-            base_price_minor=0,
-            currency="USD",
-            meters=[meter],
-        )
-        db.plans.publish(plan_id=plan.id)
+        heaviest = heaviest_account(db)
+        plan_id = hard_quota_plan(db, code=f"sweep-{tag}", included=10**11, base_price_minor=0)
         accounts: list[int] = []
         for i in range(ACCOUNTS):
             account = db.accounts.create(name=f"sweep {tag} {i}").id
-            db.subscriptions.start(account_id=account, plan_id=plan.id)
+            db.subscriptions.start(account_id=account, plan_id=plan_id)
             accounts.append(account)
     end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    heavy = int(row[0]) if row is not None else accounts[0]
+    heavy = heaviest if heaviest is not None else accounts[0]
     return _Workload(heavy, tuple(accounts), end - timedelta(days=30), end, tag)
 
 
@@ -303,13 +280,6 @@ def _run(
     return tallies, elapsed
 
 
-def _percentile_us(sorted_ns: list[int], q: float) -> float:
-    """Nearest-rank percentile of sorted nanoseconds, in µs (0 for no samples)."""
-    if not sorted_ns:
-        return 0.0
-    return round(sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1000, 1)
-
-
 def _summarise(
     size: int,
     clients: int,
@@ -332,10 +302,10 @@ def _summarise(
         seconds=round(elapsed, 3),
         ops=ops,
         ops_per_s=round(ops / elapsed, 1),
-        p50_us=_percentile_us(latency, 0.5),
-        p99_us=_percentile_us(latency, 0.99),
-        wait_p50_us=_percentile_us(waits, 0.5),
-        wait_p99_us=_percentile_us(waits, 0.99),
+        p50_us=round(percentile_us(latency, 0.5), 1),
+        p99_us=round(percentile_us(latency, 0.99), 1),
+        wait_p50_us=round(percentile_us(waits, 0.5), 1),
+        wait_p99_us=round(percentile_us(waits, 0.99), 1),
         wait_total_s=round(sum(waits) / 1e9, 4),
         errors=sum(t.errors for t in tallies),
         reads=counts["read"],
