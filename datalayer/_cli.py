@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from . import _migrate
+from ._ops import migrate as _migrate
 from ._settings import Settings, redact
 from .errors import DataLayerError
 
@@ -51,8 +51,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_sql(args: argparse.Namespace) -> int:
-    from ._checksql import check_queries
     from ._loader import load_sql_dir
+    from ._ops.checksql import check_queries
     from ._repository import bind_repositories
     from .repositories import REPOSITORIES
 
@@ -74,7 +74,7 @@ def _cmd_check_sql(args: argparse.Namespace) -> int:
 def _cmd_partitions(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from ._partitions import create_partitioned_index, ensure_partitions, list_partitions
+    from ._ops.partitions import create_partitioned_index, ensure_partitions, list_partitions
 
     settings = _settings(args)
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
@@ -108,7 +108,7 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
 
 def _cmd_rollups(args: argparse.Namespace) -> int:
     from ._database import Database
-    from ._rollups import refresh_rollups
+    from ._ops.rollups import refresh_rollups
 
     with Database(_settings(args)) as db:
         result = refresh_rollups(db, batch_size=args.batch_size)
@@ -122,7 +122,7 @@ def _cmd_rollups(args: argparse.Namespace) -> int:
 def _cmd_seed(args: argparse.Namespace) -> int:
     import time
 
-    from ._seed import seed_database
+    from ._ops.seed import seed_database
 
     settings = _settings(args)
     started = time.monotonic()
@@ -145,10 +145,10 @@ def _cmd_seed(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ._bench import Profile, format_table, machine, run_bench, write_json
+    from ._bench.scenarios import Profile, format_table, machine, run_bench, write_json
     from ._cache import Cache
     from ._database import Database
-    from ._seed import seed_database
+    from ._ops.seed import seed_database
 
     settings = _settings(args)
     if settings.redis_url is None:  # auth_cached needs the cache
@@ -186,7 +186,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         write_json(results, Path(args.json), machine=machine(), quick=args.quick)
         print(f"wrote {args.json}")
     if args.chart:
-        from ._bench_chart import write_chart
+        from ._bench.chart import write_chart
 
         mode = "quick" if args.quick else "full"
         write_chart(results, Path(args.chart), title=f"datalayer bench ({mode}): p50 ratios")
@@ -202,8 +202,8 @@ def _pool_sweep(settings: Settings, args: argparse.Namespace) -> int:
     from dataclasses import asdict
     from pathlib import Path
 
-    from ._bench import machine
-    from ._poolsweep import format_sweep, recommend, run_pool_sweep
+    from ._bench.poolsweep import format_sweep, recommend, run_pool_sweep
+    from ._bench.scenarios import machine
 
     seconds = args.sweep_seconds or (3.0 if args.quick else 10.0)
     print(f"pool sweep: 16 client threads, pool sizes 2, 4, 8, 16, {seconds:g}s each")
@@ -229,7 +229,7 @@ def _conninfo_with_db(url: str, dbname: str) -> str:
 def _cmd_archive(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ._archive import archive_partitions, restore_archive
+    from ._ops.archive import archive_partitions, restore_archive
 
     settings = _settings(args)
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
@@ -255,7 +255,7 @@ def _cmd_archive(args: argparse.Namespace) -> int:
 def _cmd_backup(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ._backup import backup, verify_backup
+    from ._ops.backup import backup, verify_backup
 
     settings = _settings(args)
     if args.target:
@@ -275,7 +275,7 @@ def _cmd_backup(args: argparse.Namespace) -> int:
 def _cmd_restore(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ._backup import restore_backup
+    from ._ops.backup import restore_backup
 
     settings = _settings(args)
     into = (
@@ -291,7 +291,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ._export import export_account
+    from ._ops.export import export_account
 
     result = export_account(_settings(args).database_url, args.account_id, Path(args.out))
     total = sum(result.rows.values())
@@ -300,7 +300,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
+    from ._ops.demo import run_demo
 
     return run_demo(args.database_url, embedded=args.embedded)
 

@@ -19,7 +19,7 @@ from pytest_postgresql import factories
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from datalayer import Database, Settings, UnitOfWork
-from datalayer._migrate import migrate
+from datalayer._ops.migrate import migrate
 
 pytest_plugins = ["query_coverage"]  # tests/query_coverage.py: DATALAYER_QUERY_COVERAGE
 

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from datalayer import Database, InvalidInput, PartitionMissing, UnitOfWork
-from datalayer._rollups import refresh_rollups
+from datalayer._ops.rollups import refresh_rollups
 from datalayer.models.analytics import AnalyticsEventIn
 from datalayer.repositories import AnalyticsRepository
 

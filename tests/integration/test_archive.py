@@ -13,9 +13,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from datalayer import DataLayerError, _archive
-from datalayer._archive import archive_partitions, restore_archive
-from datalayer._partitions import ensure_partitions, list_partitions
+from datalayer import DataLayerError
+from datalayer._ops import archive as _archive
+from datalayer._ops.archive import archive_partitions, restore_archive
+from datalayer._ops.partitions import ensure_partitions, list_partitions
 
 OLD = datetime(2020, 1, 1, tzinfo=UTC)  # partitions 2020_01 .. 2020_03 are created
 NOW = datetime(2021, 3, 15, tzinfo=UTC)  # 13 months back: only the 2020_01 ones are out

@@ -14,8 +14,9 @@ import pytest
 from conftest import pg_url
 from psycopg import sql
 
-from datalayer import AlreadyExists, DataLayerError, _backup
-from datalayer._backup import backup, restore_backup, table_checksums, verify_backup
+from datalayer import AlreadyExists, DataLayerError
+from datalayer._ops import backup as _backup
+from datalayer._ops.backup import backup, restore_backup, table_checksums, verify_backup
 
 
 @pytest.fixture
@@ -178,7 +179,7 @@ def test_a_pg_dump_older_than_the_server_is_refused_naming_both_versions(
 
 
 def test_the_password_goes_to_the_environment_never_the_command_line() -> None:
-    from datalayer._backup import _split
+    from datalayer._ops.backup import _split
 
     conninfo, env = _split("postgresql://alice:s3cret@db.example:5432/app")
 

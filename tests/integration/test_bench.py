@@ -21,8 +21,8 @@ import pytest
 from conftest import _clone, pg_url
 
 from datalayer import Database, Settings
-from datalayer._bench import Profile, Result, describe, run_bench
-from datalayer._seed import seed_database
+from datalayer._bench.scenarios import Profile, Result, describe, run_bench
+from datalayer._ops.seed import seed_database
 
 REDIS = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 LATENCY = [

@@ -12,7 +12,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from datalayer import Account, Database
-from datalayer._bench_peers import PEER_LIBRARIES, Peer, available_peers, missing_peers
+from datalayer._bench.peers import PEER_LIBRARIES, Peer, available_peers, missing_peers
 
 PEER_NAMES = ["sqlalchemy_core_pk_lookup", "sqlalchemy_orm_pk_lookup", "aiosql_pk_lookup"]
 

@@ -15,8 +15,8 @@ import pytest
 from conftest import pg_url
 from pydantic import BaseModel
 
-from datalayer._checksql import check_queries
 from datalayer._loader import parse_sql
+from datalayer._ops.checksql import check_queries
 from datalayer._repository import Repository, bind_repositories, many, one, scalar
 from datalayer._resources import sql_dir
 from datalayer.repositories import REPOSITORIES

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from datalayer import Database, DataLayerError, NotFound
-from datalayer._export import export_account, read_export_manifest
+from datalayer._ops.export import export_account, read_export_manifest
 
 
 def test_an_export_holds_every_row_of_the_account_and_no_other(

@@ -26,7 +26,7 @@ import pytest
 from conftest import _clone, pg_url
 
 from datalayer._loader import Query
-from datalayer._seed import seed_database
+from datalayer._ops.seed import seed_database
 from datalayer.repositories import ApiKeyRepository, FileRepository
 
 

@@ -399,14 +399,14 @@ def test_a_true_used_by_comment_passes_the_review(
     sql = (
         "-- A probe.\n"
         "-- used by: get_file (a note, with a comma), FK files_uploaded_by_fkey,\n"
-        "--   datalayer/_export.py (export)\n"
+        "--   datalayer/_ops/export.py (export)\n"
         "CREATE INDEX review_probe_idx ON files (account_id, uploaded_by);\n"
     )
     probe = parse_index_docs(sql, "9999_probe.sql")
     assert probe["review_probe_idx"][0].entries == (
         "get_file (a note, with a comma)",
         "FK files_uploaded_by_fkey",
-        "datalayer/_export.py (export)",
+        "datalayer/_ops/export.py (export)",
     )
     assert review_problems(conn, {**docs, **probe}, queries) == []
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from datalayer import Database
-from datalayer._rollups import refresh_rollups
+from datalayer._ops.rollups import refresh_rollups
 
 SENDER = """
 import json, random, sys

@@ -15,7 +15,7 @@ from conftest import pg_url
 from psycopg import sql
 
 from datalayer import Settings
-from datalayer._migrate import migrate, rollback, status
+from datalayer._ops.migrate import migrate, rollback, status
 from datalayer._resources import migrations_dir
 
 

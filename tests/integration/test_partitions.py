@@ -21,7 +21,7 @@ import pytest
 from psycopg import sql
 
 from datalayer import Database, DataLayerError, PartitionMissing
-from datalayer._partitions import (
+from datalayer._ops.partitions import (
     PARTITIONED_TABLES,
     add_months,
     create_partitioned_index,

@@ -28,8 +28,8 @@ import psycopg.sql
 import pytest
 from conftest import _clone, pg_url
 
+from datalayer._ops.seed import seed_database
 from datalayer._repository import _QueryRef
-from datalayer._seed import seed_database
 from datalayer.repositories import (
     AccountRepository,
     AnalyticsRepository,

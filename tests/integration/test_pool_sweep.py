@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from datalayer import Database, Settings
-from datalayer._poolsweep import run_pool_sweep
+from datalayer._bench.poolsweep import run_pool_sweep
 
 
 def _settings(url: str, **overrides: Any) -> Settings:

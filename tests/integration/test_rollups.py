@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datalayer import Database
-from datalayer._partitions import month_start
-from datalayer._rollups import refresh_rollups
+from datalayer._ops.partitions import month_start
+from datalayer._ops.rollups import refresh_rollups
 
 REPO = Path(__file__).resolve().parents[2]
 METERS = ("api_calls", "storage_gb")

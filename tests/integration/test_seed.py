@@ -14,7 +14,7 @@ import pytest
 from conftest import _clone, pg_url
 
 from datalayer import DataLayerError
-from datalayer._seed import seed_database, table_checksums
+from datalayer._ops.seed import seed_database, table_checksums
 
 ANCHOR = datetime(2026, 11, 1, tzinfo=UTC)
 SMALL = {"accounts": 60, "events": 20_000, "analytics": 5_000, "anchor": ANCHOR, "progress": None}

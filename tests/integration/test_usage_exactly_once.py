@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql
 
 from datalayer import Database, InvalidInput, ReferenceViolation, UnitOfWork
-from datalayer._partitions import month_start
+from datalayer._ops.partitions import month_start
 
 REPO = Path(__file__).resolve().parents[2]
 

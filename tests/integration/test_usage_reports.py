@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from datalayer import Database, InvalidInput, UnitOfWork
-from datalayer._rollups import rebuild_rollups, refresh_rollups
+from datalayer._ops.rollups import rebuild_rollups, refresh_rollups
 from datalayer.repositories import UsageReportRepository
 
 Row = tuple[Any, ...]

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from matplotlib.image import imread
 
-from datalayer._bench import Result
-from datalayer._bench_chart import write_chart
+from datalayer._bench.chart import write_chart
+from datalayer._bench.scenarios import Result
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TIMES = "\N{MULTIPLICATION SIGN}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from datalayer import Settings
-from datalayer._poolsweep import SweepResult, format_sweep, recommend, run_pool_sweep
+from datalayer._bench.poolsweep import SweepResult, format_sweep, recommend, run_pool_sweep
 
 
 def _result(size: int, ops_per_s: float, p99_us: float, errors: int = 0) -> SweepResult:

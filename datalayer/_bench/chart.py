@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._bench import Result
+    from .scenarios import Result
 
 __all__ = ["TARGETS", "write_chart"]
 

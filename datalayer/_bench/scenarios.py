@@ -29,10 +29,10 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from ._database import Database
-from ._rollups import refresh_rollups
-from .models.plans import PlanMeterSpec
-from .models.usage import UsageEventIn
+from .._database import Database
+from .._ops.rollups import refresh_rollups
+from ..models.plans import PlanMeterSpec
+from ..models.usage import UsageEventIn
 
 __all__ = ["Profile", "Result", "machine", "run_bench"]
 
@@ -233,7 +233,7 @@ def _pk_lookups(
     scenarios: list[tuple[str, Fn]] = [("pk_lookup", lambda: db.accounts.get(account_id=heavy))]
     peers = []
     if profile.peers:
-        from ._bench_peers import available_peers, missing_peers
+        from .peers import available_peers, missing_peers
 
         for name in missing_peers():
             print(f"peer {name} skipped: pip install 'datalayer[bench]'")

@@ -16,10 +16,10 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from yoyo import get_backend, read_migrations
 
-from ._partitions import PARTITIONED_TABLES, ensure_partitions
-from ._resources import migrations_dir
-from ._settings import Settings
-from .errors import DataLayerError, map_error
+from .._resources import migrations_dir
+from .._settings import Settings
+from ..errors import DataLayerError, map_error
+from .partitions import PARTITIONED_TABLES, ensure_partitions
 
 __all__ = ["MigrationStatus", "ensure_database", "migrate", "rollback", "status"]
 

@@ -26,8 +26,8 @@ from psycopg import pq
 from psycopg.pq.abc import PGresult
 from pydantic import BaseModel
 
-from ._loader import Query
-from ._repository import Repository, _QueryRef, model_of
+from .._loader import Query
+from .._repository import Repository, _QueryRef, model_of
 
 __all__ = ["Problem", "check_queries"]
 

@@ -23,8 +23,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ._archive import schema_version
-from .errors import AlreadyExists, DataLayerError, map_error
+from ..errors import AlreadyExists, DataLayerError, map_error
+from .archive import schema_version
 
 __all__ = ["backup", "restore_backup", "verify_backup"]
 

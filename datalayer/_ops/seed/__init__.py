@@ -16,11 +16,11 @@ from typing import Any, TextIO
 import psycopg
 import psycopg.sql
 
-from .._backup import public_tables
-from .._backup import table_checksums as backup_checksums
-from .._partitions import ensure_partitions
-from .._rollups import rebuild_rollups
-from ..errors import DataLayerError
+from ...errors import DataLayerError
+from ..backup import public_tables
+from ..backup import table_checksums as backup_checksums
+from ..partitions import ensure_partitions
+from ..rollups import rebuild_rollups
 from ._assets import seed_billing, seed_files_and_keys
 from ._events import seed_analytics, seed_usage
 from ._load import DAYS, Progress, SeedResult

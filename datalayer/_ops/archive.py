@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ._partitions import PARTITIONED_TABLES, add_months, list_partitions, month_start
-from .errors import AlreadyExists, DataLayerError, InvalidInput, map_error
+from ..errors import AlreadyExists, DataLayerError, InvalidInput, map_error
+from .partitions import PARTITIONED_TABLES, add_months, list_partitions, month_start
 
 __all__ = ["ArchiveResult", "archive_partitions", "restore_archive", "schema_version"]
 

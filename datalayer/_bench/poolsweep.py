@@ -29,10 +29,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ._bench import METER, hard_quota_plan, heaviest_account, percentile_us
-from ._database import Database
-from ._settings import Settings
-from .errors import DataLayerError, Unavailable
+from .._database import Database
+from .._settings import Settings
+from ..errors import DataLayerError, Unavailable
+from .scenarios import METER, hard_quota_plan, heaviest_account, percentile_us
 
 __all__ = ["SweepResult", "format_sweep", "recommend", "run_pool_sweep"]
 

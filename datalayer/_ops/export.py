@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .errors import DataLayerError, NotFound
+from ..errors import DataLayerError, NotFound
 
 __all__ = ["ExportResult", "export_account", "read_export_manifest"]
 

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import psycopg.sql
 
-from .._partitions import add_months, month_start
+from ..partitions import add_months, month_start
 from ._load import DAYS, Progress, SeedResult, copy_rows, zipf_weights
 
 METERS = [

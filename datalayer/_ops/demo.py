@@ -15,18 +15,18 @@ from typing import Any
 
 import psycopg
 
-from ._database import Database
-from ._migrate import migrate
-from ._settings import DEFAULT_DATABASE_URL, Settings
-from ._uow import UnitOfWork
-from .errors import (
+from .._database import Database
+from .._settings import DEFAULT_DATABASE_URL, Settings
+from .._uow import UnitOfWork
+from ..errors import (
     AlreadyExists,
     InvalidInput,
     InvalidTransition,
     LiveSubscriptionExists,
     QuotaExceeded,
 )
-from .models import PlanMeterSpec
+from ..models import PlanMeterSpec
+from .migrate import migrate
 
 __all__ = ["resolve_database_url", "run_demo"]
 

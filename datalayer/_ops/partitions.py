@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .errors import DataLayerError, InvalidInput, map_error
+from ..errors import DataLayerError, InvalidInput, map_error
 
 __all__ = [
     "PARTITIONED_TABLES",

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from ._database import Database
+from .._database import Database
 
 __all__ = ["RefreshResult", "rebuild_rollups", "refresh_rollups"]
 
