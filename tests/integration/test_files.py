@@ -698,8 +698,12 @@ bad_content_types = st.one_of(
     st.text().filter(lambda s: not CONTENT_TYPE.fullmatch(s)),
     st.sampled_from([None, 7]),
 )
+# Derandomized: the tests end by checking that enough calls were refused and
+# enough listed several files (so they cannot pass vacuously); with random
+# draws, 120 examples fell short of that now and then.
 HOSTILE = settings(
     max_examples=120,
+    derandomize=True,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
