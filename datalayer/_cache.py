@@ -1,9 +1,8 @@
 """Redis cache-aside: generation-guarded sets, stampede locks, jittered TTLs, a circuit breaker.
 
-One value per tag: ``<namespace>:v<version>:{<tag>}:value``, versioned (a schema change
-bumps ``version``), tenant-scoped by the tag, and the ``{tag}`` is a Redis
-Cluster hash tag, so a value, its generation counter and its rebuild lock
-always live in one slot.
+One value per tag, under ``cache_key(namespace, version, tag, name)``
+(``_cachecore``): versioned (a schema change bumps ``version``), tenant-scoped
+by the tag, and in one Redis Cluster slot with its generation and lock.
 
 Why generations rather than a plain delete-after-commit: a reader that missed,
 read the old row, and is slow to write it back would otherwise re-cache the
@@ -18,82 +17,29 @@ Redis down or slow is never an error: each call has a short socket timeout,
 an error opens a breaker for ``cooldown`` seconds during which Redis is not
 tried at all, and every read falls back to the database. Invalidations that
 fail are remembered and replayed when Redis answers again.
+
+This module is the Redis I/O; names, the codec, the script and the breaker
+are in ``_cachecore``.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import redis
 from pydantic import BaseModel
+
+from ._cachecore import SET_IF_GENERATION, Breaker, CacheStats, Codec, cache_key
 
 __all__ = ["Cache", "CacheStats"]
 
 log = logging.getLogger("datalayer")
 
 M = TypeVar("M", bound=BaseModel)
-
-_NEGATIVE = b"\x00none"  # a cached "no such thing" (negative caching)
-
-# Set the value only if the generation is what the reader saw before it read
-# the database (a missing generation counts as "0").
-_SET_IF_GENERATION = """
-local gen = redis.call('GET', KEYS[2]) or '0'
-if gen == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-return 0
-"""
-
-
-@dataclass
-class CacheStats:
-    """Counters since the cache was created (all processes keep their own)."""
-
-    hits: int = 0
-    negative_hits: int = 0
-    misses: int = 0
-    rebuilds: int = 0
-    waits: int = 0
-    stale_refused: int = 0
-    errors: int = 0
-    bypassed: int = 0
-    invalidations: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            setattr(self, name, getattr(self, name) + n)
-
-    def as_dict(self) -> dict[str, int]:
-        """The counters by name, and the hit ratio in percent."""
-        with self._lock:
-            values = {
-                k: v for k, v in vars(self).items() if not k.startswith("_") and isinstance(v, int)
-            }
-        lookups = values["hits"] + values["negative_hits"] + values["misses"]
-        values["hit_ratio_pct"] = (
-            round(100 * (values["hits"] + values["negative_hits"]) / lookups) if lookups else 0
-        )
-        return values
-
-
-class _Codec(Generic[M]):
-    def __init__(self, model: type[M]):
-        self.model = model
-
-    def dump(self, value: M | None) -> bytes:
-        return _NEGATIVE if value is None else value.model_dump_json().encode()
-
-    def load(self, raw: bytes | str) -> M | None:
-        return None if raw == _NEGATIVE else self.model.model_validate_json(raw)
 
 
 class Cache:
@@ -112,13 +58,10 @@ class Cache:
     ):
         self.namespace = namespace
         self.version = version
-        self.cooldown = cooldown
         self.lock_ms = lock_ms
         self.wait_ms = wait_ms
         self.stats = CacheStats()
-        self._down_until = 0.0
-        self._pending: set[str] = set()
-        self._pending_lock = threading.Lock()
+        self._breaker = Breaker(cooldown)
         self._client: redis.Redis | None = None
         self._set_if_gen: Any = None
         if url:
@@ -129,16 +72,25 @@ class Cache:
                 retry_on_timeout=False,
                 health_check_interval=30,
             )
-            self._set_if_gen = self._client.register_script(_SET_IF_GENERATION)
+            self._set_if_gen = self._client.register_script(SET_IF_GENERATION)
 
     @property
     def enabled(self) -> bool:
         """Whether a Redis URL was configured."""
         return self._client is not None
 
+    @property
+    def cooldown(self) -> float:
+        """Seconds Redis is left alone after an error."""
+        return self._breaker.cooldown
+
+    @cooldown.setter
+    def cooldown(self, seconds: float) -> None:
+        self._breaker.cooldown = seconds
+
     def key(self, tag: str, name: str) -> str:
         """The full Redis key of ``name`` under hash tag ``tag``."""
-        return f"{self.namespace}:v{self.version}:{{{tag}}}:{name}"
+        return cache_key(self.namespace, self.version, tag, name)
 
     def ping(self) -> bool:
         """Whether Redis is configured and answers now (the breaker is left alone)."""
@@ -159,31 +111,28 @@ class Cache:
     def _available(self) -> bool:
         if self._client is None:
             return False
-        if time.monotonic() < self._down_until:
+        if not self._breaker.closed():
             self.stats.add("bypassed")
             return False
-        return not self._pending or self._replay()
+        return not self._breaker.has_pending or self._replay()
 
     def _failed(self, exc: Exception) -> None:
         self.stats.add("errors")
-        if time.monotonic() >= self._down_until:
+        if self._breaker.trip():
             log.warning(
                 "redis unavailable, reading from PostgreSQL for %ss: %s", self.cooldown, exc
             )
-        self._down_until = time.monotonic() + self.cooldown
 
     def _replay(self) -> bool:
         """Apply invalidations that failed while Redis was away; False if it still fails."""
-        with self._pending_lock:
-            tags = sorted(self._pending)
+        tags = self._breaker.pending()
         try:
             for tag in tags:
                 self._bump(tag)
         except redis.RedisError as exc:
             self._failed(exc)
             return False
-        with self._pending_lock:
-            self._pending.difference_update(tags)
+        self._breaker.replayed(tags)
         log.info("redis back: replayed %d invalidation(s)", len(tags))
         return True
 
@@ -206,7 +155,7 @@ class Cache:
         up to ``wait_ms`` for its value, then build themselves without caching.
         Never raises a Redis error: without Redis this is ``build()``.
         """
-        codec = _Codec(model)
+        codec = Codec(model)
         if not self._available():
             return build()
         client = self._client
@@ -254,9 +203,7 @@ class Cache:
             except redis.RedisError as exc:
                 self._failed(exc)
 
-    def _wait_for(
-        self, value_key: str, codec: _Codec[M], build: Callable[[], M | None]
-    ) -> M | None:
+    def _wait_for(self, value_key: str, codec: Codec[M], build: Callable[[], M | None]) -> M | None:
         client = self._client
         assert client is not None
         self.stats.add("waits")
@@ -301,19 +248,17 @@ class Cache:
         if self._client is None or not tags:
             return
         self.stats.add("invalidations", len(tags))
-        if self._pending and time.monotonic() >= self._down_until:
+        if self._breaker.has_pending and self._breaker.closed():
             self._replay()  # earlier failures first, also in a process that only writes
-        if time.monotonic() < self._down_until:
-            with self._pending_lock:
-                self._pending.update(tags)
+        if not self._breaker.closed():
+            self._breaker.defer(tags)
             return
         for position, tag in enumerate(tags):
             try:
                 self._bump(tag)
             except redis.RedisError as exc:
                 self._failed(exc)
-                with self._pending_lock:
-                    self._pending.update(tags[position:])
+                self._breaker.defer(tags[position:])
                 return
 
     def _bump(self, tag: str) -> None:
@@ -325,18 +270,3 @@ class Cache:
         pipe.incr(self.key(tag, "gen"))
         pipe.delete(self.key(tag, "value"))
         pipe.execute()
-
-
-def key_tag(secret_hash: bytes) -> str:
-    """Cache tag of an API key's auth context: the SHA-256 of its secret, in hex."""
-    return f"key:{secret_hash.hex()}"
-
-
-def account_tag(account_id: int) -> str:
-    """Cache tag of an account's current subscription and plan."""
-    return f"acct:{account_id}"
-
-
-def plan_tag(code: str) -> str:
-    """Cache tag of the current published version of a plan code."""
-    return f"plan:{code}"

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
-from ._cache import Cache, account_tag, key_tag, plan_tag
+from ._apikey import hash_secret, parse_secret
+from ._cache import Cache
+from ._cachecore import account_tag, key_tag, key_use_tag, plan_tag
 from .models.cached import AuthBundle, SubscriptionWithPlan
 from .models.plans import PlanWithMeters
-from .repositories.api_keys import hash_secret, parse_secret
-
-if TYPE_CHECKING:
-    from ._database import Database
+from .repositories import Repositories
 
 __all__ = ["CachedReads"]
 
@@ -30,16 +28,17 @@ TOUCH_EVERY = 60.0
 
 
 class CachedReads:
-    """Cache-aside reads over a ``Database``; without Redis they go straight to PostgreSQL."""
+    """Cache-aside reads over repositories; without Redis they go straight to PostgreSQL.
 
-    def __init__(self, db: Database):
-        self._db = db
+    ``db.cached`` is one, over the database's pool and cache. Attributes:
+    ``cache``, the ``Cache`` (its ``stats`` count hits, misses, errors and
+    rebuilds).
+    """
+
+    def __init__(self, repositories: Repositories, cache: Cache):
+        self._repos = repositories
+        self.cache = cache
         self._touched: dict[int, float] = {}
-
-    @property
-    def cache(self) -> Cache:
-        """The underlying cache (``cache.stats`` has hit, miss, error and rebuild counters)."""
-        return self._db.cache
 
     def auth(self, *, secret: str) -> AuthBundle | None:
         """The auth bundle of a presented API key, or ``None`` if it does not authenticate.
@@ -92,23 +91,23 @@ class CachedReads:
         return self.cache.get_or_build(
             plan_tag(code),
             PlanWithMeters,
-            lambda: self._db.plans.current(code=code),
+            lambda: self._repos.plans.current(code=code),
             ttl=PLAN_TTL,
             negative_ttl=NEGATIVE_TTL,
         )
 
     def _build_auth(self, secret: str) -> AuthBundle | None:
-        context = self._db.api_keys.authenticate(secret=secret)
+        context = self._repos.api_keys.authenticate(secret=secret)
         if context is None:
             return None
         self._touched[context.key_id] = time.monotonic()
         return AuthBundle(context=context, current=self._build_subscription(context.account_id))
 
     def _build_subscription(self, account_id: int) -> SubscriptionWithPlan | None:
-        subscription = self._db.subscriptions.current(account_id=account_id)
+        subscription = self._repos.subscriptions.current(account_id=account_id)
         if subscription is None:
             return None
-        plan = self._db.plans.get(plan_id=subscription.plan_id)
+        plan = self._repos.plans.get(plan_id=subscription.plan_id)
         if plan is None:  # a subscription's plan is never deleted (foreign key)
             return None
         return SubscriptionWithPlan(subscription=subscription, plan=plan)
@@ -124,10 +123,5 @@ class CachedReads:
         if now - self._touched.get(key_id, 0.0) < TOUCH_EVERY:
             return
         self._touched[key_id] = now
-        if self.cache.remember(key_tag_for_touch(key_id), "touch", TOUCH_EVERY):
-            self._db.api_keys.record_use(account_id=bundle.context.account_id, key_id=key_id)
-
-
-def key_tag_for_touch(key_id: int) -> str:
-    """Tag of the shared once-a-minute marker of a key's ``last_used_at`` write."""
-    return f"keyuse:{key_id}"
+        if self.cache.remember(key_use_tag(key_id), "touch", TOUCH_EVERY):
+            self._repos.api_keys.record_use(account_id=bundle.context.account_id, key_id=key_id)

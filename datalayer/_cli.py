@@ -10,8 +10,9 @@ from typing import Any
 
 import psycopg
 
+from ._conninfo import redact, with_dbname
 from ._ops import migrate as _migrate
-from ._settings import Settings, redact
+from ._settings import Settings
 from .errors import DataLayerError
 
 log = logging.getLogger("datalayer")
@@ -218,14 +219,6 @@ def _pool_sweep(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _conninfo_with_db(url: str, dbname: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    params = conninfo_to_dict(url)
-    params["dbname"] = dbname
-    return make_conninfo("", **params)
-
-
 def _cmd_archive(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -263,7 +256,7 @@ def _cmd_backup(args: argparse.Namespace) -> int:
             raise DataLayerError("usage: datalayer backup verify DUMP")
         verify_backup(
             Path(args.target[1]),
-            scratch_url_base=_conninfo_with_db(settings.database_url, "postgres"),
+            scratch_url_base=with_dbname(settings.database_url, "postgres"),
         )
         print(f"{args.target[1]}: restored into a scratch database and matches its manifest")
         return 0
@@ -281,7 +274,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     into = (
         args.into
         if "=" in args.into or "://" in args.into
-        else _conninfo_with_db(settings.database_url, args.into)
+        else with_dbname(settings.database_url, args.into)
     )
     restore_backup(Path(args.dump), into=into, overwrite=args.overwrite)
     print(f"restored {args.dump} into {redact(into)} and verified it against its manifest")

@@ -16,10 +16,11 @@ from psycopg_pool import ConnectionPool
 
 from ._cache import Cache
 from ._cached import CachedReads
-from ._repository import Session
+from ._exec import Session
 from ._settings import Settings
-from ._uow import Repositories, UnitOfWork
+from ._uow import UnitOfWork
 from .errors import ConcurrencyConflict, Unavailable, map_error
+from .repositories import Repositories
 
 __all__ = ["Database", "Isolation"]
 
@@ -160,7 +161,7 @@ class Database(Repositories):
         )
         self.cache = Cache(settings.redis_url)
         super().__init__(_PoolSession(self))
-        self.cached = CachedReads(self)
+        self.cached = CachedReads(self, self.cache)
 
     def __repr__(self) -> str:
         state = "closed" if self._pool.closed else "open"

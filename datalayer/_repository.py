@@ -1,4 +1,4 @@
-"""The repository base class, query descriptors, and binding them to loaded SQL.
+"""The repository base class, query declarations, and binding them to loaded SQL.
 
 A repository declares the queries it runs as class attributes::
 
@@ -11,22 +11,21 @@ A repository declares the queries it runs as class attributes::
 
 ``bind_repositories`` checks every declaration against the loaded SQL once, at
 import time, so a typo fails ``import datalayer`` rather than a request.
+Declarations hold no I/O: a call goes to ``_exec``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypeVar, overload
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar, Generic, Self, TypeVar, overload
 
-import psycopg
 from psycopg.rows import BaseRowFactory, scalar_row, tuple_row
 
+from . import _exec
+from ._exec import Session, model_rows
 from ._loader import Cardinality, Query
-
-if TYPE_CHECKING:
-    from ._cache import Cache
-from .errors import DataLayerError, InvalidInput, SQLLoadError, map_error
+from .errors import SQLLoadError
 
 __all__ = [
     "Repository",
@@ -36,43 +35,25 @@ __all__ = [
     "execrows",
     "execute",
     "many",
+    "model_of",
     "one",
     "scalar",
 ]
 
 T = TypeVar("T")
-
-
-class Session(Protocol):
-    """Where a repository gets its connection: a pool (autocommit) or a unit of work."""
-
-    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
-        """Lend a connection for one statement; errors raised are datalayer errors."""
-        ...
-
-    def atomic(self) -> AbstractContextManager[Session]:
-        """A session whose statements share one transaction (a savepoint inside a unit of work)."""
-        ...
-
-    @property
-    def cache(self) -> Cache | None:
-        """The Redis cache of the database, or ``None`` without one."""
-        ...
-
-    def after_commit(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` once the session's work is committed (never after a rollback)."""
-        ...
+R = TypeVar("R")
+P = TypeVar("P", bound="Repository")
 
 
 class Repository:
     """Base of every repository: holds the session and never commits.
 
     Subclasses set ``aggregate`` (the SQL file stem) and declare queries with
-    ``one``, ``many``, ``scalar``, ``execute`` and ``execrows``.
+    ``one``, ``many``, ``scalar``, ``execute``, ``execrows`` and ``copy_in``.
     """
 
     aggregate: ClassVar[str]
-    query_refs: ClassVar[dict[str, _QueryRef]]
+    query_refs: ClassVar[dict[str, QueryRef[Any]]]
 
     def __init__(self, session: Session):
         self._session = session
@@ -83,41 +64,41 @@ class Repository:
         if cache is not None and cache.enabled and tags:
             self._session.after_commit(lambda: cache.invalidate(*tags))
 
-    def _atomic(self) -> AbstractContextManager[Session]:
-        """For a method of several statements: they commit or roll back together.
+    @contextmanager
+    def _atomic(self) -> Iterator[Self]:
+        """This repository bound to one transaction, for a method of several statements.
 
-        Outside a unit of work this is a transaction of its own; inside one, a
-        savepoint, so the caller's transaction still decides.
+        Outside a unit of work the transaction is its own; inside one, a
+        savepoint, so the caller's transaction still decides. Use what it
+        yields (and ``_peer`` of it) for every statement of the block.
         """
-        return self._session.atomic()
+        with self._session.atomic() as session:
+            yield type(self)(session)
+
+    def _peer(self, repository: type[P]) -> P:
+        """Another repository on this one's session (so inside its transaction too)."""
+        return repository(self._session)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        refs: dict[str, _QueryRef] = {}
+        refs: dict[str, QueryRef[Any]] = {}
         for klass in reversed(cls.__mro__):
-            refs.update({k: v for k, v in vars(klass).items() if isinstance(v, _QueryRef)})
+            refs.update({k: v for k, v in vars(klass).items() if isinstance(v, QueryRef)})
         cls.query_refs = refs
 
 
-def _check_params(query: Query, params: Mapping[str, Any]) -> None:
-    if params.keys() != query.param_set:
-        missing = sorted(query.param_set - params.keys())
-        extra = sorted(params.keys() - query.param_set)
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing)}")
-        if extra:
-            parts.append(f"unexpected {', '.join(extra)}")
-        raise TypeError(f"query {query.name} ({query.location}): {'; '.join(parts)}")
+class QueryRef(Generic[R]):
+    """A repository's use of one named query; bound to the loaded ``Query`` at import.
 
-
-class _QueryRef:
-    """A repository's use of one named query; bound to the loaded ``Query`` at import."""
+    Read from a repository instance it is a callable taking the query's
+    parameters as keywords and returning ``R``.
+    """
 
     cardinality: ClassVar[Cardinality]
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, rows: BaseRowFactory[Any] = tuple_row):
         self.name = name
+        self.rows = rows
         self.query: Query | None = None
         self.owner: type | None = None
         self.attr = ""
@@ -130,178 +111,78 @@ class _QueryRef:
         owner = self.owner.__name__ if self.owner else "?"
         return f"{owner}.{self.attr}"
 
-    def _run(self, session: Session, params: Mapping[str, Any]) -> Any:
-        query = self.query
-        if query is None:
+    def bound_query(self) -> Query:
+        """The loaded query; ``SQLLoadError`` if binding never happened."""
+        if self.query is None:
             raise SQLLoadError(f"{self.describe()}: query {self.name} was never bound")
-        _check_params(query, params)
-        with session.connection() as conn:
-            try:
-                cur = conn.cursor(row_factory=self.row_factory())
-                cur.execute(query.sql, params)
-                return self._result(query, cur)
-            except psycopg.Error as exc:
-                raise map_error(exc) from exc
-            except UnicodeEncodeError as exc:  # e.g. a lone surrogate in a str parameter
-                raise InvalidInput(f"not encodable as UTF-8 text: {exc.reason}") from None
+        return self.query
 
-    def row_factory(self) -> BaseRowFactory[Any]:
-        return tuple_row
-
-    def _result(self, query: Query, cur: psycopg.Cursor[Any]) -> Any:
-        return None
+    @overload
+    def __get__(self, obj: None, owner: type) -> Self: ...
+    @overload
+    def __get__(self, obj: Repository, owner: type) -> Bound[R]: ...
+    def __get__(self, obj: Repository | None, owner: type) -> Self | Bound[R]:
+        return self if obj is None else Bound(self, obj._session)
 
 
-class _Bound(Generic[T]):
+class Bound(Generic[R]):
+    """A declaration read from a repository: call it with the query's parameters."""
+
     __slots__ = ("_ref", "_session")
 
-    def __init__(self, ref: _QueryRef, session: Session):
+    def __init__(self, ref: QueryRef[R], session: Session):
         self._ref = ref
         self._session = session
 
-    def __call__(self, **params: Any) -> T:
-        result: T = self._ref._run(self._session, params)
+    def __call__(self, **params: Any) -> R:
+        ref = self._ref
+        result: R = _exec.execute(self._session, ref.query or ref.bound_query(), params, ref.rows)
         return result
 
 
-def model_rows(model: type[T]) -> BaseRowFactory[T]:
-    """Rows as ``model`` instances: psycopg's ``class_row``, minus its per-execute costs.
-
-    A named query's result columns are fixed by its SQL (and held to the
-    model's fields by check-sql), so their names are read from the first
-    result and reused while the column count agrees; a pydantic model is
-    built by its validator directly. Measured on a primary-key read: 10 µs of
-    ``class_row``'s 14 µs over tuple rows saved per call.
-    """
-    validator = getattr(model, "__pydantic_validator__", None)
-    build: Callable[[dict[str, Any]], T] = (
-        validator.validate_python if validator is not None else lambda kw: model(**kw)
-    )
-    names: tuple[str, ...] = ()
-
-    def factory(cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], T]:
-        nonlocal names
-        result = cursor.pgresult
-        count = result.nfields if result is not None else 0
-        if count != len(names):
-            if result is None or not count:
-                return _no_rows
-            encoding = cursor.connection.info.encoding
-            names = tuple((result.fname(i) or b"").decode(encoding) for i in range(count))
-        columns = names
-
-        def make(values: Sequence[Any]) -> T:
-            return build(dict(zip(columns, values, strict=True)))
-
-        return make
-
-    return factory  # type: ignore[return-value]
-
-
-def _no_rows(values: Sequence[Any]) -> Any:
-    raise psycopg.InterfaceError("the statement returned no rows")
-
-
-class _ModelRef(_QueryRef, Generic[T]):
-    def __init__(self, name: str, model: type[T]):
-        super().__init__(name)
-        self.model = model
-        self._factory: BaseRowFactory[T] = model_rows(model)
-
-    def row_factory(self) -> BaseRowFactory[Any]:
-        return self._factory
-
-
-class one(_ModelRef[T]):  # noqa: N801 - reads as a declaration: one("get_user", User)
+class one(QueryRef[T | None], Generic[T]):  # noqa: N801 - reads as a declaration
     """``:one`` → ``Model | None``; more than one row is an error in the SQL."""
 
     cardinality = "one"
 
-    @overload
-    def __get__(self, obj: None, owner: type) -> Self: ...
-    @overload
-    def __get__(self, obj: Repository, owner: type) -> _Bound[T | None]: ...
-    def __get__(self, obj: Repository | None, owner: type) -> Self | _Bound[T | None]:
-        return self if obj is None else _Bound(self, obj._session)
-
-    def _result(self, query: Query, cur: psycopg.Cursor[Any]) -> Any:
-        if cur.rowcount > 1:
-            raise DataLayerError(
-                f"query {query.name} ({query.location}) returned {cur.rowcount} rows; "
-                ":one expects at most one"
-            )
-        return cur.fetchone()
+    def __init__(self, name: str, model: type[T]):
+        super().__init__(name, model_rows(model))
+        self.model = model
 
 
-class many(_ModelRef[T]):  # noqa: N801
+class many(QueryRef[list[T]], Generic[T]):  # noqa: N801
     """``:many`` → ``list[Model]``."""
 
     cardinality = "many"
 
-    @overload
-    def __get__(self, obj: None, owner: type) -> Self: ...
-    @overload
-    def __get__(self, obj: Repository, owner: type) -> _Bound[list[T]]: ...
-    def __get__(self, obj: Repository | None, owner: type) -> Self | _Bound[list[T]]:
-        return self if obj is None else _Bound(self, obj._session)
-
-    def _result(self, query: Query, cur: psycopg.Cursor[Any]) -> Any:
-        return cur.fetchall()
+    def __init__(self, name: str, model: type[T]):
+        super().__init__(name, model_rows(model))
+        self.model = model
 
 
-class scalar(_QueryRef, Generic[T]):  # noqa: N801
+class scalar(QueryRef[T | None], Generic[T]):  # noqa: N801
     """``:scalar`` → the first column of the single row, or ``None`` for no row."""
 
     cardinality = "scalar"
 
     def __init__(self, name: str, kind: type[T]):
-        super().__init__(name)
+        super().__init__(name, scalar_row)
         self.kind = kind
 
-    @overload
-    def __get__(self, obj: None, owner: type) -> Self: ...
-    @overload
-    def __get__(self, obj: Repository, owner: type) -> _Bound[T | None]: ...
-    def __get__(self, obj: Repository | None, owner: type) -> Self | _Bound[T | None]:
-        return self if obj is None else _Bound(self, obj._session)
 
-    def row_factory(self) -> BaseRowFactory[Any]:
-        return scalar_row
-
-    def _result(self, query: Query, cur: psycopg.Cursor[Any]) -> Any:
-        return cur.fetchone()
-
-
-class execute(_QueryRef):  # noqa: N801
+class execute(QueryRef[None]):  # noqa: N801
     """``:exec`` → ``None``."""
 
     cardinality = "exec"
 
-    @overload
-    def __get__(self, obj: None, owner: type) -> Self: ...
-    @overload
-    def __get__(self, obj: Repository, owner: type) -> _Bound[None]: ...
-    def __get__(self, obj: Repository | None, owner: type) -> Self | _Bound[None]:
-        return self if obj is None else _Bound(self, obj._session)
 
-
-class execrows(_QueryRef):  # noqa: N801
+class execrows(QueryRef[int]):  # noqa: N801
     """``:execrows`` → the number of rows the statement affected."""
 
     cardinality = "execrows"
 
-    @overload
-    def __get__(self, obj: None, owner: type) -> Self: ...
-    @overload
-    def __get__(self, obj: Repository, owner: type) -> _Bound[int]: ...
-    def __get__(self, obj: Repository | None, owner: type) -> Self | _Bound[int]:
-        return self if obj is None else _Bound(self, obj._session)
 
-    def _result(self, query: Query, cur: psycopg.Cursor[Any]) -> Any:
-        return cur.rowcount
-
-
-class copy_in(_QueryRef):  # noqa: N801
+class copy_in(QueryRef[int]):  # noqa: N801
     """``:copy`` → a ``COPY … FROM STDIN (FORMAT BINARY)``; call with ``rows`` and ``types``.
 
     Returns the number of rows written. Binary COPY needs the PostgreSQL type
@@ -310,31 +191,17 @@ class copy_in(_QueryRef):  # noqa: N801
 
     cardinality = "copy"
 
-    @overload
+    @overload  # type: ignore[override]
     def __get__(self, obj: None, owner: type) -> Self: ...
     @overload
-    def __get__(self, obj: Repository, owner: type) -> _BoundCopy: ...
-    def __get__(self, obj: Repository | None, owner: type) -> Self | _BoundCopy:
-        return self if obj is None else _BoundCopy(self, obj._session)
-
-    def _copy(self, session: Session, rows: Iterable[Sequence[Any]], types: Sequence[str]) -> int:
-        query = self.query
-        if query is None:
-            raise SQLLoadError(f"{self.describe()}: query {self.name} was never bound")
-        count = 0
-        with session.connection() as conn:
-            try:
-                with conn.cursor() as cur, cur.copy(query.sql) as copy:
-                    copy.set_types(list(types))
-                    for row in rows:
-                        copy.write_row(row)
-                        count += 1
-            except psycopg.Error as exc:
-                raise map_error(exc) from exc
-        return count
+    def __get__(self, obj: Repository, owner: type) -> BoundCopy: ...
+    def __get__(self, obj: Repository | None, owner: type) -> Self | BoundCopy:
+        return self if obj is None else BoundCopy(self, obj._session)
 
 
-class _BoundCopy:
+class BoundCopy:
+    """A ``copy_in`` declaration read from a repository: call it with ``rows`` and ``types``."""
+
     __slots__ = ("_ref", "_session")
 
     def __init__(self, ref: copy_in, session: Session):
@@ -342,7 +209,7 @@ class _BoundCopy:
         self._session = session
 
     def __call__(self, *, rows: Iterable[Sequence[Any]], types: Sequence[str]) -> int:
-        return self._ref._copy(self._session, rows, types)
+        return _exec.copy_rows(self._session, self._ref.bound_query(), rows, types)
 
 
 def bind_repositories(
@@ -386,6 +253,6 @@ def bind_repositories(
             )
 
 
-def model_of(ref: _QueryRef) -> type | None:
+def model_of(ref: QueryRef[Any]) -> type | None:
     """The model a ``one``/``many`` declaration maps rows to, else ``None``."""
-    return ref.model if isinstance(ref, _ModelRef) else None
+    return ref.model if isinstance(ref, one | many) else None

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ._conninfo import redact
 from .errors import InvalidInput
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/datalayer"
@@ -32,28 +31,6 @@ _ENV = {
     "DATALAYER_PREPARE_THRESHOLD": "prepare_threshold",
     "DATALAYER_JIT": "jit",
 }
-
-
-_URL_USERINFO_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:@/?#]*):[^@/?#]*@", re.IGNORECASE)
-_URL_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
-
-
-def redact(url: str) -> str:
-    """Return ``url`` (a URL or a key=value conninfo) with any password replaced by ``***``.
-
-    Covers ``user:password@`` and a ``?password=`` query argument in URLs (also
-    multi-host ones) and ``password=`` in conninfo strings; never raises.
-    """
-    if "://" in url:
-        url = _URL_USERINFO_PASSWORD.sub(r"\1:***@", url)
-        return _URL_QUERY_PASSWORD.sub(r"\1***", url)
-    try:
-        params = conninfo_to_dict(url)
-    except Exception:
-        return "<unparseable conninfo>"
-    if "password" in params:
-        params["password"] = "***"  # noqa: S105 - the redaction marker, not a password
-    return make_conninfo("", **params)
 
 
 class Settings(BaseModel):

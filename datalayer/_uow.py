@@ -4,98 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import cached_property
 from types import TracebackType
 from typing import Any
 
 import psycopg
 
 from ._cache import Cache
-from ._repository import Session
 from .errors import DataLayerError, map_error
-from .repositories import (
-    AccountRepository,
-    AnalyticsRepository,
-    ApiKeyRepository,
-    BillingRepository,
-    FileRepository,
-    PlanRepository,
-    QuotaRepository,
-    RollupRepository,
-    SubscriptionRepository,
-    UsageReportRepository,
-    UsageRepository,
-    UserRepository,
-)
+from .repositories import Repositories
 
-__all__ = ["Repositories", "UnitOfWork"]
-
-
-class Repositories:
-    """Every repository, bound to one session; created on first use."""
-
-    def __init__(self, session: Session):
-        self._session = session
-
-    @cached_property
-    def accounts(self) -> AccountRepository:
-        """Accounts (``sql/accounts.sql``)."""
-        return AccountRepository(self._session)
-
-    @cached_property
-    def users(self) -> UserRepository:
-        """Users (``sql/users.sql``)."""
-        return UserRepository(self._session)
-
-    @cached_property
-    def rollups(self) -> RollupRepository:
-        """Rollup maintenance (``sql/rollups.sql``)."""
-        return RollupRepository(self._session)
-
-    @cached_property
-    def usage(self) -> UsageRepository:
-        """Usage events (``sql/usage.sql``)."""
-        return UsageRepository(self._session)
-
-    @cached_property
-    def plans(self) -> PlanRepository:
-        """Plans and their meters (``sql/plans.sql``)."""
-        return PlanRepository(self._session)
-
-    @cached_property
-    def subscriptions(self) -> SubscriptionRepository:
-        """Subscriptions (``sql/subscriptions.sql``)."""
-        return SubscriptionRepository(self._session)
-
-    @cached_property
-    def files(self) -> FileRepository:
-        """Uploaded files (``sql/files.sql``)."""
-        return FileRepository(self._session)
-
-    @cached_property
-    def api_keys(self) -> ApiKeyRepository:
-        """API keys (``sql/api_keys.sql``)."""
-        return ApiKeyRepository(self._session)
-
-    @cached_property
-    def quotas(self) -> QuotaRepository:
-        """Quota counters and reservations (``sql/quotas.sql``)."""
-        return QuotaRepository(self._session)
-
-    @cached_property
-    def usage_reports(self) -> UsageReportRepository:
-        """Usage time series and totals from rollups (``sql/usage_reports.sql``)."""
-        return UsageReportRepository(self._session)
-
-    @cached_property
-    def analytics(self) -> AnalyticsRepository:
-        """Analytics events and dashboards (``sql/analytics.sql``)."""
-        return AnalyticsRepository(self._session)
-
-    @cached_property
-    def billing(self) -> BillingRepository:
-        """Invoices, payments and the ledger (``sql/billing.sql``)."""
-        return BillingRepository(self._session)
+__all__ = ["UnitOfWork"]
 
 
 class _ConnectionSession:

@@ -1,7 +1,7 @@
 """Query coverage: which named queries of ``datalayer.repositories`` no test executed.
 
 Loaded from ``tests/conftest.py`` (``pytest_plugins``). Every run records the name of
-each query that goes through ``_QueryRef._run`` or ``copy_in._copy`` (the only two ways
+each query that goes through ``_exec.execute`` or ``_exec.copy_rows`` (the only two ways
 a repository executes SQL), in this process and in every xdist worker; workers hand
 their sets to the controller through ``workeroutput``, xdist's channel for exactly
 this (no shared files, nothing stale from an earlier run).
@@ -48,33 +48,33 @@ class QueryCoverage:
         self.executed: set[str] = set()
         self.deselected = 0
         self.workers_seen = 0
-        self._restore: list[tuple[type, str, Any]] = []
+        self._restore: list[tuple[Any, str, Any]] = []
         self.uncovered: list[str] = []
         self.note = ""
 
     # -- recording ------------------------------------------------------------
     def install(self) -> None:
-        from datalayer._repository import _QueryRef, copy_in
+        from datalayer import _exec
 
         executed = self.executed
 
-        def wrap(cls: type, attr: str) -> None:
-            original = cls.__dict__[attr]
+        def wrap(module: Any, attr: str) -> None:
+            original = getattr(module, attr)
 
-            def recorded(ref: Any, *args: Any, **kwargs: Any) -> Any:
-                executed.add(ref.name)
-                return original(ref, *args, **kwargs)
+            def recorded(session: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+                executed.add(query.name)
+                return original(session, query, *args, **kwargs)
 
             recorded.__wrapped__ = original  # type: ignore[attr-defined]
-            self._restore.append((cls, attr, original))
-            setattr(cls, attr, recorded)
+            self._restore.append((module, attr, original))
+            setattr(module, attr, recorded)
 
-        wrap(_QueryRef, "_run")
-        wrap(copy_in, "_copy")
+        wrap(_exec, "execute")
+        wrap(_exec, "copy_rows")
 
     def uninstall(self) -> None:
-        for cls, attr, original in reversed(self._restore):
-            setattr(cls, attr, original)
+        for owner, attr, original in reversed(self._restore):
+            setattr(owner, attr, original)
         self._restore.clear()
 
     # -- hooks ----------------------------------------------------------------

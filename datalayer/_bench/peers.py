@@ -15,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
+
+from .._conninfo import conninfo_params
 
 if TYPE_CHECKING:
     import psycopg
@@ -76,7 +78,7 @@ def _sqlalchemy_url(database_url: str, application_name: str) -> "URL":
     """The psycopg 3 dialect's URL for ``database_url`` (URL or conninfo alike)."""
     from sqlalchemy.engine import URL
 
-    params = {k: str(v) for k, v in conninfo_to_dict(database_url).items() if v is not None}
+    params = conninfo_params(database_url)
     port = params.pop("port", None)
     return URL.create(
         "postgresql+psycopg",

@@ -23,9 +23,10 @@ import psycopg
 from psycopg import sql
 
 from ..errors import AlreadyExists, DataLayerError, InvalidInput, map_error
+from .migrate import schema_version
 from .partitions import PARTITIONED_TABLES, add_months, list_partitions, month_start
 
-__all__ = ["ArchiveResult", "archive_partitions", "restore_archive", "schema_version"]
+__all__ = ["ArchiveResult", "archive_partitions", "restore_archive"]
 
 log = logging.getLogger("datalayer")
 
@@ -54,17 +55,6 @@ class _Candidate:
     start: datetime
     end: datetime
     attached: bool
-
-
-def schema_version(conn: psycopg.Connection[Any]) -> str | None:
-    """The id of the latest applied yoyo migration (``None`` on an unmigrated database)."""
-    if conn.execute("SELECT to_regclass('public._yoyo_migration')").fetchone() == (None,):
-        return None
-    row = conn.execute(
-        "SELECT migration_id FROM _yoyo_migration"
-        " ORDER BY applied_at_utc DESC, migration_id DESC LIMIT 1"
-    ).fetchone()
-    return None if row is None else str(row[0])
 
 
 def _candidates(conn: psycopg.Connection[Any], cutoff: datetime) -> list[_Candidate]:

@@ -21,10 +21,11 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
+from .._conninfo import conninfo_params, with_dbname
 from ..errors import AlreadyExists, DataLayerError, map_error
-from .archive import schema_version
+from .migrate import schema_version
 
 __all__ = ["backup", "restore_backup", "verify_backup"]
 
@@ -35,18 +36,12 @@ _VERSION = re.compile(r"\b(\d+)(?:\.\d+)?")
 
 def _split(url: str) -> tuple[str, dict[str, str]]:
     """``url`` without its password, and the environment that carries the password."""
-    params = {k: str(v) for k, v in conninfo_to_dict(url).items()}
+    params = conninfo_params(url)
     password = params.pop("password", None)
     env = dict(os.environ)
     if password is not None:
         env["PGPASSWORD"] = password
     return make_conninfo("", **params), env
-
-
-def _with_dbname(url: str, dbname: str) -> str:
-    params = conninfo_to_dict(url)
-    params["dbname"] = dbname
-    return make_conninfo("", **params)
 
 
 def _run(args: list[str], env: dict[str, str], what: str) -> str:
@@ -207,7 +202,7 @@ def _restore_verified(
         admin.execute(
             sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(dbname))
         )
-    url = _with_dbname(server_url, dbname)
+    url = with_dbname(server_url, dbname)
     try:
         conninfo, env = _split(url)
         log.info("running pg_restore of %s into %s", dump_path, dbname)
@@ -266,10 +261,10 @@ def restore_backup(dump_path: Path, *, into: str, overwrite: bool = False) -> No
     included), ``DataLayerError`` if the dump is corrupted or does not verify.
     """
     dump_path = Path(dump_path)
-    target = str(conninfo_to_dict(into).get("dbname") or "")
+    target = conninfo_params(into).get("dbname", "")
     if not target:
         raise DataLayerError("restore_backup: `into` must name a database")
-    server_url = _with_dbname(into, "postgres")
+    server_url = with_dbname(into, "postgres")
     manifest = _load_manifest(dump_path)
     try:
         with psycopg.connect(server_url, autocommit=True) as admin:

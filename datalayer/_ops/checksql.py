@@ -27,7 +27,7 @@ from psycopg.pq.abc import PGresult
 from pydantic import BaseModel
 
 from .._loader import Query
-from .._repository import Repository, _QueryRef, model_of
+from .._repository import QueryRef, Repository, model_of
 
 __all__ = ["Problem", "check_queries"]
 
@@ -111,7 +111,7 @@ def _nullable_columns(conn: psycopg.Connection[Any], res: PGresult) -> dict[int,
 
 
 def _compare(
-    conn: psycopg.Connection[Any], query: Query, ref: _QueryRef, res: PGresult
+    conn: psycopg.Connection[Any], query: Query, ref: QueryRef[Any], res: PGresult
 ) -> list[str]:
     names = [(res.fname(i) or b"").decode() for i in range(res.nfields)]
     card = query.cardinality
@@ -191,7 +191,7 @@ def _error(result: PGresult) -> str:
     )
 
 
-def _check_one(conn: psycopg.Connection[Any], query: Query, ref: _QueryRef) -> list[Problem]:
+def _check_one(conn: psycopg.Connection[Any], query: Query, ref: QueryRef[Any]) -> list[Problem]:
     """Check one query inside a savepoint, so a failure leaves the transaction usable."""
     pgconn = conn.pgconn
     pgconn.exec_(b"SAVEPOINT check_sql")

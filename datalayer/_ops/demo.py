@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 
+from .._conninfo import with_dbname
 from .._database import Database
 from .._settings import DEFAULT_DATABASE_URL, Settings
 from .._uow import UnitOfWork
@@ -34,10 +35,8 @@ _servers: list[Any] = []  # keeps an embedded server alive until the process exi
 
 
 def _reachable(url: str) -> bool:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = "postgres"
     try:
-        with psycopg.connect(connect_timeout=2, **params):  # type: ignore[arg-type]
+        with psycopg.connect(with_dbname(url, "postgres"), connect_timeout=2):
             return True
     except psycopg.Error:
         return False

@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 from ..errors import DataLayerError, NotFound
+from .migrate import schema_version
 
 __all__ = ["ExportResult", "export_account", "read_export_manifest"]
 
@@ -99,13 +100,11 @@ def export_account(database_url: str, account_id: int, out: Path) -> ExportResul
             files[f"{table}.csv"] = _copy_csv(conn, query)
             row = conn.execute(sql.SQL("SELECT count(*) FROM ({}) q").format(query)).fetchone()
             counts[table] = int(row[0]) if row else 0
-        version = conn.execute(
-            "SELECT migration_id FROM _yoyo_migration ORDER BY applied_at_utc DESC LIMIT 1"
-        ).fetchone()
+        version = schema_version(conn)
     manifest = {
         "account_id": account_id,
         "created_at": datetime.now(UTC).isoformat(),
-        "schema_version": version[0] if version else None,
+        "schema_version": version,
         "tables": {
             name.removesuffix(".csv"): {
                 "rows": counts[name.removesuffix(".csv")],

@@ -13,15 +13,22 @@ from urllib.parse import quote, urlencode
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 from yoyo import get_backend, read_migrations
 
+from .._conninfo import conninfo_params, with_dbname
 from .._resources import migrations_dir
 from .._settings import Settings
 from ..errors import DataLayerError, map_error
 from .partitions import PARTITIONED_TABLES, ensure_partitions
 
-__all__ = ["MigrationStatus", "ensure_database", "migrate", "rollback", "status"]
+__all__ = [
+    "MigrationStatus",
+    "ensure_database",
+    "migrate",
+    "rollback",
+    "schema_version",
+    "status",
+]
 
 log = logging.getLogger("datalayer")
 
@@ -38,13 +45,9 @@ class MigrationStatus:
     applied: bool
 
 
-def _params(settings: Settings) -> dict[str, str]:
-    return {k: str(v) for k, v in conninfo_to_dict(settings.database_url).items() if v is not None}
-
-
 def _yoyo_url(settings: Settings) -> str:
     """A ``postgresql+psycopg://`` URL (yoyo 9 picks psycopg2 for ``postgresql://``)."""
-    params = _params(settings)
+    params = conninfo_params(settings.database_url)
     user = quote(params.pop("user", ""), safe="")
     password = params.pop("password", None)
     host = params.pop("host", "")
@@ -64,7 +67,7 @@ def ensure_database(settings: Settings) -> bool:
 
     Safe when several processes race: losing the race to create is not an error.
     """
-    params = _params(settings)
+    params = conninfo_params(settings.database_url)
     dbname = params.get("dbname") or params.get("user") or "postgres"
     try:
         with psycopg.connect(settings.database_url, connect_timeout=settings.connect_timeout):
@@ -72,9 +75,10 @@ def ensure_database(settings: Settings) -> bool:
     except psycopg.OperationalError as exc:
         if "does not exist" not in str(exc):
             raise map_error(exc) from exc
-    params["dbname"] = "postgres"
     try:
-        with psycopg.connect(autocommit=True, **params) as conn:  # type: ignore[arg-type]
+        with psycopg.connect(
+            with_dbname(settings.database_url, "postgres"), autocommit=True
+        ) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
     except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
         return False  # another process created it first
@@ -188,3 +192,14 @@ def status(settings: Settings, *, directory: Path | None = None) -> list[Migrati
         return [MigrationStatus(m.id, m.hash in applied) for m in migrations]
     finally:
         backend.connection.close()
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> str | None:
+    """The id of the latest applied yoyo migration (``None`` on an unmigrated database)."""
+    if conn.execute("SELECT to_regclass('public._yoyo_migration')").fetchone() == (None,):
+        return None
+    row = conn.execute(
+        "SELECT migration_id FROM _yoyo_migration"
+        " ORDER BY applied_at_utc DESC, migration_id DESC LIMIT 1"
+    ).fetchone()
+    return None if row is None else str(row[0])

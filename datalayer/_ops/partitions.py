@@ -12,12 +12,13 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from .._window import oldest_accepted
 from ..errors import DataLayerError, InvalidInput, map_error
 
 __all__ = [
@@ -32,10 +33,9 @@ __all__ = [
 
 log = logging.getLogger("datalayer")
 
-# Parent table -> how far back `ensure` reaches by default: events up to 35 days
-# old are accepted, so last month's partition must exist too.
+# The time-partitioned tables. `ensure` reaches back to the oldest accepted
+# event time (_window), so last month's partition exists while it is accepted.
 PARTITIONED_TABLES: tuple[str, ...] = ("usage_events", "analytics_events")
-ACCEPTED_AGE = timedelta(days=35)
 
 _BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
 
@@ -183,7 +183,7 @@ def ensure_partitions(
     if not conn.autocommit:
         raise DataLayerError("ensure_partitions needs an autocommit connection")
     now = now or datetime.now(UTC)
-    first = month_start(start if start is not None else now - ACCEPTED_AGE)
+    first = month_start(start if start is not None else oldest_accepted(now))
     last = add_months(month_start(now), ahead)
     created = []
     for parent in parents or PARTITIONED_TABLES:

@@ -10,7 +10,7 @@ from .._repository import Repository, many, one, scalar
 from .._validation import Email, Id, Limit, Name, validated
 from ..errors import NotFound
 from ..models import Account, AccountStatus, AccountWithOwner
-from .api_keys import account_cache_tags
+from .api_keys import ApiKeyRepository
 from .users import DisplayName, UserRepository
 
 
@@ -48,9 +48,9 @@ class AccountRepository(Repository):
         email is taken — then no account is created either — and
         ``InvalidInput`` for a bad argument.
         """
-        with self._atomic() as session:
-            account = type(self)(session).create(name=name)
-            owner = UserRepository(session).create(
+        with self._atomic() as tx:
+            account = tx.create(name=name)
+            owner = tx._peer(UserRepository).create(
                 account_id=account.id,
                 email=owner_email,
                 display_name=owner_display_name,
@@ -133,5 +133,4 @@ class AccountRepository(Repository):
 
     def _account_changed(self, account_id: int) -> None:
         """After commit, drop cached auth contexts: a key authenticates only for a live account."""
-        if self._session.cache is not None and self._session.cache.enabled:
-            self._invalidate(*account_cache_tags(self._session, account_id))
+        self._peer(ApiKeyRepository)._invalidate_account(account_id)

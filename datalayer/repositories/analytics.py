@@ -12,6 +12,7 @@ from pydantic import TypeAdapter
 
 from .._repository import Repository, copy_in, execrows, execute, many
 from .._validation import Id, Limit, gc_paused, validate_batch, validated
+from .._window import window_refusal
 from ..errors import InvalidInput
 from ..models.analytics import (
     ActiveUsers,
@@ -24,7 +25,6 @@ from ..models.analytics import (
     PendingDay,
     StagedAnalyticsRejection,
 )
-from .usage import ACCEPTED_AGE, ACCEPTED_SKEW
 
 Window = Literal["day", "week", "month"]
 
@@ -100,8 +100,7 @@ class AnalyticsRepository(Repository):
                 rejected.append(AnalyticsRejection(index=index, reason=reason))
         inserted = 0
         if valid:
-            with self._atomic() as session:
-                repo = type(self)(session)
+            with self._atomic() as repo:
                 repo._create_staging()
                 repo._copy_staging(
                     rows=(
@@ -199,10 +198,9 @@ def _refusal(event: AnalyticsEventIn, now: datetime) -> str | None:
     """Why a well-typed event cannot be stored, or ``None``."""
     if event.category == "performance" and event.duration_ms is None:
         return "bad duration_ms: a performance event needs a duration"
-    if event.occurred_at < now - ACCEPTED_AGE:
-        return f"outside the accepted window: older than {ACCEPTED_AGE.days} days"
-    if event.occurred_at > now + ACCEPTED_SKEW:
-        return "outside the accepted window: more than 5 minutes in the future"
+    outside = window_refusal(event.occurred_at, now)
+    if outside is not None:
+        return outside
     try:
         # What psycopg would send must be JSON that jsonb accepts: no NaN, no
         # unpaired surrogates, no NUL characters.

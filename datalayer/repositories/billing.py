@@ -124,12 +124,11 @@ class BillingRepository(Repository):
             raise InvalidInput("must be after period_start", field="period_end")
         given = prorations or []
         check_prorations(given, account_id=account_id, subscription_id=subscription_id)
-        with self._atomic() as session:
-            repo = type(self)(session)
-            subscription = SubscriptionRepository(session).require(
+        with self._atomic() as repo:
+            subscription = repo._peer(SubscriptionRepository).require(
                 account_id=account_id, subscription_id=subscription_id
             )
-            plans = PlanRepository(session)
+            plans = repo._peer(PlanRepository)
             plan = plans.require(plan_id=subscription.plan_id)
             for proration in given:
                 if proration.currency != plan.currency:
@@ -138,7 +137,7 @@ class BillingRepository(Repository):
                         f"{plan.currency}",
                         field="prorations",
                     )
-            usage = UsageReportRepository(session).period_totals(
+            usage = repo._peer(UsageReportRepository).period_totals(
                 account_id=account_id, period_start=period_start, period_end=period_end
             )
             names = {
@@ -228,8 +227,7 @@ class BillingRepository(Repository):
         ``InvalidTransition`` (entity ``invoice``: not a draft),
         ``InvalidInput`` for a bad argument. Nothing changes when it raises.
         """
-        with self._atomic() as session:
-            repo = type(self)(session)
+        with self._atomic() as repo:
             invoice = repo._finalize(account_id=account_id, id=invoice_id, due_in=due_in, now=now)
             if invoice is None:
                 repo._refuse(account_id, invoice_id, expected=("draft",), action="finalised")
@@ -258,8 +256,7 @@ class BillingRepository(Repository):
         ``InvalidTransition`` (entity ``invoice``: not open), ``InvalidInput``
         for a bad argument. Nothing changes when it raises.
         """
-        with self._atomic() as session:
-            repo = type(self)(session)
+        with self._atomic() as repo:
             invoice = repo._void(account_id=account_id, id=invoice_id, now=now)
             if invoice is None:
                 repo._refuse(account_id, invoice_id, expected=("open",), action="voided")
@@ -288,8 +285,7 @@ class BillingRepository(Repository):
         ``InvalidTransition`` (entity ``invoice``: not open), ``InvalidInput``
         for a bad argument. Nothing changes when it raises.
         """
-        with self._atomic() as session:
-            repo = type(self)(session)
+        with self._atomic() as repo:
             invoice = repo._uncollectible(account_id=account_id, id=invoice_id)
             if invoice is None:
                 repo._refuse(account_id, invoice_id, expected=("open",), action="written off")
@@ -340,8 +336,7 @@ class BillingRepository(Repository):
         already recorded with another invoice, amount or currency. Nothing
         is written when it raises.
         """
-        with self._atomic() as session:
-            repo = type(self)(session)
+        with self._atomic() as repo:
             invoice = repo._lock(account_id=account_id, id=invoice_id)
             if invoice is None:
                 raise _not_found(account_id, invoice_id)

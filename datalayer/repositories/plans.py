@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from .._cache import account_tag, key_tag, plan_tag
+from .._cachecore import account_tag, key_tag, plan_tag
 from .._paging import Page, paginate, update_params
 from .._repository import Repository, many, one
 from .._validation import Id, Limit, Name, validated
@@ -86,8 +86,7 @@ class PlanRepository(Repository):
         if len(set(codes)) != len(codes):
             duplicate = next(c for c in codes if codes.count(c) > 1)
             raise InvalidInput(f"meter {duplicate} is given more than once", field="meters")
-        with self._atomic() as session:
-            repo = type(self)(session)
+        with self._atomic() as repo:
             plan = repo._create(
                 code=code,
                 name=name,

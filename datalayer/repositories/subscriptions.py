@@ -7,7 +7,7 @@ from typing import Annotated, NoReturn
 from pydantic import AwareDatetime, Field
 
 from .._paging import Page, paginate
-from .._repository import Repository, Session, many, one
+from .._repository import Repository, many, one
 from .._validation import Id, Limit, validated
 from ..errors import InvalidInput, InvalidTransition, NotFound
 from ..models.plans import Plan
@@ -18,7 +18,7 @@ from ..models.subscriptions import (
     Subscription,
     Upgrade,
 )
-from .api_keys import account_cache_tags
+from .api_keys import ApiKeyRepository
 from .plans import PlanRepository
 
 Batch = Annotated[int, Field(ge=1, le=10_000)]
@@ -73,7 +73,7 @@ class SubscriptionRepository(Repository):
         """
         subscription = self._start(account_id=account_id, plan_id=plan_id, trial=trial, now=now)
         if subscription is None:
-            raise _plan_refused(self._session, plan_id, expected=("published",))
+            raise _plan_refused(self._peer(PlanRepository), plan_id, expected=("published",))
         self._changed(subscription.account_id)
         return subscription
 
@@ -145,8 +145,7 @@ class SubscriptionRepository(Repository):
         ``InvalidInput`` (field ``plan_id``: the same plan, another currency
         or another interval). Nothing changes when it raises.
         """
-        with self._atomic() as session:
-            repo = type(self)(session)
+        with self._atomic() as repo:
             replaced = repo._replace(account_id=account_id, id=subscription_id, now=now)
             if replaced is None:
                 repo._refuse(
@@ -160,7 +159,9 @@ class SubscriptionRepository(Repository):
                 account_id=account_id, replaces_id=subscription_id, plan_id=plan_id
             )
             if subscription is None:
-                raise _plan_refused(session, plan_id, expected=("published",), current=replaced)
+                raise _plan_refused(
+                    repo._peer(PlanRepository), plan_id, expected=("published",), current=replaced
+                )
             proration = repo._proration(
                 account_id=account_id, subscription_id=subscription.id, now=now
             )
@@ -191,7 +192,11 @@ class SubscriptionRepository(Repository):
         if subscription is None:
             current = self._check(account_id, subscription_id, expected=_LIVE)
             raise _plan_refused(
-                self._session, plan_id, expected=("published",), current=current, interval=False
+                self._peer(PlanRepository),
+                plan_id,
+                expected=("published",),
+                current=current,
+                interval=False,
             )
         self._changed(subscription.account_id)
         return subscription
@@ -255,8 +260,7 @@ class SubscriptionRepository(Repository):
 
     def _changed(self, account_id: int) -> None:
         """After commit, drop the account's cached subscription and API-key auth contexts."""
-        if self._session.cache is not None and self._session.cache.enabled:
-            self._invalidate(*account_cache_tags(self._session, account_id))
+        self._peer(ApiKeyRepository)._invalidate_account(account_id)
 
     def _check(
         self, account_id: int, subscription_id: int, *, expected: tuple[str, ...]
@@ -308,7 +312,7 @@ def _not_found(account_id: int, subscription_id: int) -> NotFound:
 
 
 def _plan_refused(
-    session: Session,
+    plans: PlanRepository,
     plan_id: int,
     *,
     expected: tuple[str, ...],
@@ -321,7 +325,6 @@ def _plan_refused(
     differ from that one and share its currency (and its interval, when
     ``interval``).
     """
-    plans = PlanRepository(session)
     plan = plans.get(plan_id=plan_id)
     if plan is None:
         return NotFound(f"plan {plan_id} not found")

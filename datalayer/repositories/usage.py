@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -13,7 +13,8 @@ from pydantic import AwareDatetime, Field, StringConstraints, TypeAdapter
 
 from .._repository import Repository, copy_in, execute, one, scalar
 from .._validation import Id, gc_paused, validate_batch, validated
-from ..errors import AlreadyExists, InvalidInput, ReferenceViolation
+from .._window import check_window, window_refusal
+from ..errors import AlreadyExists, ReferenceViolation
 from ..models.usage import (
     BatchResult,
     RecordResult,
@@ -27,21 +28,6 @@ IdempotencyKey = Annotated[
     str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")
 ]
 Quantity = Annotated[Decimal, Field(ge=0, lt=Decimal("1e12"), allow_inf_nan=False)]
-
-# Events older than this, or further in the future, are refused (DOMAIN.md).
-ACCEPTED_AGE = timedelta(days=35)
-ACCEPTED_SKEW = timedelta(minutes=5)
-
-
-def check_window(occurred_at: datetime, now: datetime | None = None) -> None:
-    """Raise ``InvalidInput`` (field ``occurred_at``) for a time outside the accepted window."""
-    now = now or datetime.now(UTC)
-    if occurred_at < now - ACCEPTED_AGE:
-        raise InvalidInput(
-            f"older than the accepted window of {ACCEPTED_AGE.days} days", field="occurred_at"
-        )
-    if occurred_at > now + ACCEPTED_SKEW:
-        raise InvalidInput("more than 5 minutes in the future", field="occurred_at")
 
 
 class UsageRepository(Repository):
@@ -138,7 +124,6 @@ class UsageRepository(Repository):
         self, events: Sequence[UsageEventIn | Mapping[str, Any]], now: datetime | None
     ) -> BatchResult:
         moment = now or datetime.now(UTC)
-        oldest, newest = moment - ACCEPTED_AGE, moment + ACCEPTED_SKEW
         rejected: list[Rejection] = []
         # One pass: the window check, then the first of a key within the batch
         # wins; its repeats are duplicates (or share its rejection), so each
@@ -149,25 +134,20 @@ class UsageRepository(Repository):
         for index, event in enumerate(_validate_all(events, rejected)):
             if event is None:
                 continue
-            if oldest <= event.occurred_at <= newest:
+            reason = window_refusal(event.occurred_at, moment)
+            if reason is None:
                 seen = first.setdefault((event.account_id, event.idempotency_key), index)
                 if seen == index:
                     staged.append((index, event))
                 else:
                     repeats.setdefault(seen, []).append(index)
                 continue
-            reason = (
-                f"outside the accepted window: older than {ACCEPTED_AGE.days} days"
-                if event.occurred_at < oldest
-                else "outside the accepted window: more than 5 minutes in the future"
-            )
             rejected.append(
                 Rejection(index=index, idempotency_key=event.idempotency_key, reason=reason)
             )
         inserted = 0
         if staged:
-            with self._atomic() as session:
-                repo = type(self)(session)
+            with self._atomic() as repo:
                 known = repo._reject_unknown_targets(staged, repeats, rejected)
                 if known:
                     inserted = repo._store(known)
@@ -209,8 +189,7 @@ class UsageRepository(Repository):
         the staged path, which skips the keys already stored.
         """
         try:
-            with self._atomic() as session:
-                repo = type(self)(session)
+            with self._atomic() as repo:
                 ids: list[int] = repo._reserve_ids(count=len(events)) or []
                 # Sorted by account and key (each pair is unique here, so the
                 # tuples never compare further); str order is code point order,

@@ -34,12 +34,13 @@ from pydantic import BaseModel
 from redis.crc import key_slot
 
 from datalayer import Database, Settings
-from datalayer._cache import Cache, account_tag, key_tag, plan_tag
+from datalayer._apikey import generate_secret, hash_secret
+from datalayer._cache import Cache
+from datalayer._cachecore import account_tag, key_tag, plan_tag
 from datalayer.models.cached import AuthBundle
 from datalayer.models.plans import PlanMeterSpec, PlanWithMeters
 from datalayer.models.subscriptions import Subscription
 from datalayer.repositories import api_keys as api_keys_module
-from datalayer.repositories.api_keys import generate_secret, hash_secret
 
 REDIS = "redis://127.0.0.1:6379"
 NEGATIVE = b"\x00none"

@@ -29,7 +29,7 @@ import pytest
 from conftest import _clone, pg_url
 
 from datalayer._ops.seed import seed_database
-from datalayer._repository import _QueryRef
+from datalayer._repository import QueryRef
 from datalayer.repositories import (
     AccountRepository,
     AnalyticsRepository,
@@ -126,7 +126,7 @@ def seeded(template_dbname: str) -> Iterator[psycopg.Connection[Any]]:
 
 
 def explain(
-    conn: psycopg.Connection[Any], ref: _QueryRef, params: Mapping[str, Any], *, small: bool
+    conn: psycopg.Connection[Any], ref: QueryRef, params: Mapping[str, Any], *, small: bool
 ) -> Plan:
     """The plan of ``ref``'s SQL with ``params``; ``small`` forbids Seq Scans (tiny tables only)."""
     assert ref.query is not None
@@ -375,12 +375,12 @@ def analytics_params(account_id: int, **extra: Any) -> dict[str, Any]:
         (AnalyticsRepository._latency, {"name": None}, "analytics_daily_rollups_pkey"),
         (AnalyticsRepository._pending, {}, None),
     ],
-    ids=lambda v: v.name if isinstance(v, _QueryRef) else None,
+    ids=lambda v: v.name if isinstance(v, QueryRef) else None,
 )
 def test_analytics_dashboards_never_read_raw_analytics_events(
     seeded: psycopg.Connection[Any],
     busy_account: int,
-    ref: _QueryRef,
+    ref: QueryRef,
     extra: dict[str, Any],
     index: str | None,
 ) -> None:

@@ -11,15 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from datalayer import InvalidInput
-from datalayer.models.api_keys import AuthContext
-from datalayer.repositories.api_keys import (
+from datalayer._apikey import (
     ALPHABET,
-    ApiKeyRepository,
     display_prefix,
     generate_secret,
     hash_secret,
     parse_secret,
 )
+from datalayer.models.api_keys import AuthContext
+from datalayer.repositories.api_keys import ApiKeyRepository
 
 KEY = re.compile(r"dl_(live|test)_[0-9A-Za-z]{32}[0-9A-Za-z]{6}")
 environments = st.sampled_from(["live", "test"])

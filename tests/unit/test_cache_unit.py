@@ -8,8 +8,9 @@ from contextlib import closing
 
 from pydantic import BaseModel
 
-from datalayer._cache import Cache, CacheStats, _Codec, account_tag, key_tag, plan_tag
-from datalayer.repositories.api_keys import hash_secret
+from datalayer._apikey import hash_secret
+from datalayer._cache import Cache
+from datalayer._cachecore import CacheStats, Codec, account_tag, key_tag, plan_tag
 
 
 class Thing(BaseModel):
@@ -40,7 +41,7 @@ def test_tags_are_tenant_scoped_and_a_key_tag_is_the_hex_sha256_of_the_secret() 
 
 
 def test_values_are_compact_json_and_none_has_its_own_marker() -> None:
-    codec = _Codec(Thing)
+    codec = Codec(Thing)
     assert codec.dump(Thing(n=1, name="a b")) == b'{"n":1,"name":"a b"}'
     assert codec.load(b'{"n":1,"name":"a b"}') == Thing(n=1, name="a b")
     assert codec.dump(None) == b"\x00none"

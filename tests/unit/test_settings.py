@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from datalayer import Database, InvalidInput, Settings
-from datalayer._settings import DEFAULT_DATABASE_URL, redact
+from datalayer._conninfo import redact
+from datalayer._settings import DEFAULT_DATABASE_URL
 
 
 def test_defaults_point_at_a_local_postgresql() -> None:

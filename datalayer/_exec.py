@@ -1,0 +1,178 @@
+"""Running a named query on a session: the only place the library opens a cursor.
+
+A ``Session`` lends connections (a pool, one statement each, or a unit of
+work's own connection); ``execute`` runs one query on it and shapes the result
+by the query's cardinality; ``copy_rows`` feeds a ``COPY … FROM STDIN``. Every
+psycopg error leaves here as a datalayer error (``errors.map_error``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import psycopg
+from psycopg.rows import BaseRowFactory
+
+from ._loader import Cardinality, Query
+from .errors import DataLayerError, InvalidInput, map_error
+
+if TYPE_CHECKING:
+    from ._cache import Cache
+
+__all__ = ["Session", "check_params", "copy_rows", "execute", "model_rows"]
+
+T = TypeVar("T")
+
+
+class Session(Protocol):
+    """Where a repository gets its connection: a pool (autocommit) or a unit of work."""
+
+    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        """Lend a connection for one statement; errors raised are datalayer errors."""
+        ...
+
+    def atomic(self) -> AbstractContextManager[Session]:
+        """A session whose statements share one transaction (a savepoint inside a unit of work)."""
+        ...
+
+    @property
+    def cache(self) -> Cache | None:
+        """The Redis cache of the database, or ``None`` without one."""
+        ...
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the session's work is committed (never after a rollback)."""
+        ...
+
+
+def check_params(query: Query, params: Mapping[str, Any]) -> None:
+    """Raise ``TypeError`` naming the query unless ``params`` are exactly its parameters."""
+    if params.keys() != query.param_set:
+        missing = sorted(query.param_set - params.keys())
+        extra = sorted(params.keys() - query.param_set)
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing)}")
+        if extra:
+            parts.append(f"unexpected {', '.join(extra)}")
+        raise TypeError(f"query {query.name} ({query.location}): {'; '.join(parts)}")
+
+
+def _one(query: Query, cur: psycopg.Cursor[Any]) -> Any:
+    if cur.rowcount > 1:
+        raise DataLayerError(
+            f"query {query.name} ({query.location}) returned {cur.rowcount} rows; "
+            ":one expects at most one"
+        )
+    return cur.fetchone()
+
+
+def _many(query: Query, cur: psycopg.Cursor[Any]) -> Any:
+    return cur.fetchall()
+
+
+def _first(query: Query, cur: psycopg.Cursor[Any]) -> Any:
+    return cur.fetchone()
+
+
+def _nothing(query: Query, cur: psycopg.Cursor[Any]) -> Any:
+    return None
+
+
+def _rowcount(query: Query, cur: psycopg.Cursor[Any]) -> Any:
+    return cur.rowcount
+
+
+# What a statement of each cardinality returns (``copy`` goes through copy_rows).
+_RESULT: dict[Cardinality, Callable[[Query, psycopg.Cursor[Any]], Any]] = {
+    "one": _one,
+    "many": _many,
+    "scalar": _first,
+    "exec": _nothing,
+    "execrows": _rowcount,
+}
+
+
+def execute(
+    session: Session, query: Query, params: Mapping[str, Any], rows: BaseRowFactory[Any]
+) -> Any:
+    """Run ``query`` with ``params`` on a connection of ``session``; rows made by ``rows``.
+
+    Returns what the cardinality says: ``:one`` a row or ``None`` (more than
+    one row is a ``DataLayerError``), ``:many`` a list, ``:scalar`` the row's
+    value or ``None``, ``:exec`` ``None``, ``:execrows`` the affected count.
+    Raises ``TypeError`` for missing or unexpected parameters, ``InvalidInput``
+    for text that cannot be encoded, and datalayer errors for the rest.
+    """
+    check_params(query, params)
+    shape = _RESULT[query.cardinality]
+    with session.connection() as conn:
+        try:
+            cur = conn.cursor(row_factory=rows)
+            cur.execute(query.sql, params)
+            return shape(query, cur)
+        except psycopg.Error as exc:
+            raise map_error(exc) from exc
+        except UnicodeEncodeError as exc:  # e.g. a lone surrogate in a str parameter
+            raise InvalidInput(f"not encodable as UTF-8 text: {exc.reason}") from None
+
+
+def copy_rows(
+    session: Session, query: Query, rows: Iterable[Sequence[Any]], types: Sequence[str]
+) -> int:
+    """Feed ``rows`` to the ``COPY … FROM STDIN (FORMAT BINARY)`` of ``query``; return the count.
+
+    Binary COPY needs the PostgreSQL type name of every column (``types``), in
+    the statement's column order.
+    """
+    count = 0
+    with session.connection() as conn:
+        try:
+            with conn.cursor() as cur, cur.copy(query.sql) as copy:
+                copy.set_types(list(types))
+                for row in rows:
+                    copy.write_row(row)
+                    count += 1
+        except psycopg.Error as exc:
+            raise map_error(exc) from exc
+    return count
+
+
+def model_rows(model: type[T]) -> BaseRowFactory[T]:
+    """Rows as ``model`` instances: psycopg's ``class_row``, minus its per-execute costs.
+
+    A named query's result columns are fixed by its SQL (and held to the
+    model's fields by check-sql), so their names are read from the first
+    result and reused while the column count agrees; a pydantic model is
+    built by its validator directly. Measured on a primary-key read: 10 µs of
+    ``class_row``'s 14 µs over tuple rows saved per call.
+    """
+    validator = getattr(model, "__pydantic_validator__", None)
+    build: Callable[[dict[str, Any]], T] = (
+        validator.validate_python if validator is not None else lambda kw: model(**kw)
+    )
+    names: tuple[str, ...] = ()
+
+    def factory(cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], T]:
+        nonlocal names
+        result = cursor.pgresult
+        count = result.nfields if result is not None else 0
+        if count != len(names):
+            if result is None or not count:
+                return _no_rows
+            encoding = cursor.connection.info.encoding
+            names = tuple((result.fname(i) or b"").decode(encoding) for i in range(count))
+        columns = names
+
+        def make(values: Sequence[Any]) -> T:
+            return build(dict(zip(columns, values, strict=True)))
+
+        return make
+
+    return factory  # type: ignore[return-value]
+
+
+def _no_rows(values: Sequence[Any]) -> Any:
+    raise psycopg.InterfaceError("the statement returned no rows")
