@@ -1,5 +1,8 @@
 """datalayer: the PostgreSQL data layer of a SaaS backend — named SQL, typed repositories."""
 
+from ._cache import Cache
+from ._cachecore import CacheStats
+from ._cached import CachedReads
 from ._database import Database, Isolation
 from ._loader import Query
 from ._paging import Page
@@ -35,6 +38,7 @@ from .repositories import (
     FileRepository,
     PlanRepository,
     QuotaRepository,
+    RollupRepository,
     SubscriptionRepository,
     UsageReportRepository,
     UsageRepository,
@@ -47,6 +51,9 @@ __all__ = [
     "AnalyticsRepository",
     "ApiKeyRepository",
     "BillingRepository",
+    "Cache",
+    "CacheStats",
+    "CachedReads",
     "CheckViolation",
     "ConcurrencyConflict",
     "DataLayerError",
@@ -69,6 +76,7 @@ __all__ = [
     "QuotaRepository",
     "ReadOnlyTransaction",
     "ReferenceViolation",
+    "RollupRepository",
     "SQLLoadError",
     "Settings",
     "SubscriptionRepository",

@@ -10,14 +10,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from .errors import InvalidInput
 
-__all__ = ["Page", "decode_cursor", "encode_cursor", "paginate", "update_params"]
+__all__ = ["Page", "PageRequest", "decode_cursor", "encode_cursor", "update_params"]
 
 M = TypeVar("M", bound=BaseModel)
 Direction = Literal["asc", "desc"]
@@ -59,32 +60,48 @@ def decode_cursor(cursor: str, direction: Direction = "asc") -> int:
     return int(data["id"])
 
 
-def paginate(
-    run: Callable[..., list[M]],
-    *,
-    cursor: str | None,
-    limit: int,
-    direction: Direction = "asc",
-    **params: Any,
-) -> Page[M]:
-    """Run a keyset page query and wrap its rows in a ``Page``.
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    """A validated page request: what the page query is asked, and how its rows become a page.
 
-    The query takes ``:after_id`` (ascending: ``id > :after_id``; descending:
-    ``id < :after_id``) and ``:limit``, orders by ``id`` in that direction, and
-    returns rows with an ``id``. One extra row is fetched to know whether
-    another page follows.
+    A keyset page query takes ``:after_id`` (ascending: ``id > :after_id``;
+    descending: ``id < :after_id``) and ``:limit``, orders by ``id`` in that
+    direction, and returns rows with an ``id``. It is asked for one row more
+    than the page holds, to know whether another page follows. Pure: the
+    repository runs the query between ``of`` and ``page``.
     """
-    if not 1 <= limit <= 1000:
-        raise InvalidInput("must be between 1 and 1000", field="limit")
-    if cursor is None:
-        after = 0 if direction == "asc" else _MAX_ID
-    else:
-        after = decode_cursor(cursor, direction)
-    rows = run(after_id=after, limit=limit + 1, **params)
-    more = len(rows) > limit
-    items = rows[:limit]
-    next_cursor = encode_cursor(items[-1].id, direction) if more and items else None  # type: ignore[attr-defined]
-    return Page[M](items=items, next_cursor=next_cursor)
+
+    after_id: int
+    limit: int
+    direction: Direction = "asc"
+
+    @classmethod
+    def of(cls, cursor: str | None, limit: int, direction: Direction = "asc") -> PageRequest:
+        """The request for a page of ``limit`` rows after ``cursor`` (``None``: the first page).
+
+        Raises ``InvalidInput`` (field ``limit`` or ``cursor``) for a limit
+        outside 1..1000 or a cursor this listing did not return.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidInput("must be between 1 and 1000", field="limit")
+        if cursor is None:
+            after = 0 if direction == "asc" else _MAX_ID
+        else:
+            after = decode_cursor(cursor, direction)
+        return cls(after_id=after, limit=limit, direction=direction)
+
+    @property
+    def params(self) -> dict[str, int]:
+        """The page query's ``after_id`` and ``limit`` (one more row than the page holds)."""
+        return {"after_id": self.after_id, "limit": self.limit + 1}
+
+    def page(self, rows: Sequence[M]) -> Page[M]:
+        """The page of the rows the query returned, with the next page's cursor if any."""
+        items = list(rows[: self.limit])
+        more = len(rows) > self.limit
+        last: Any = items[-1] if items else None
+        next_cursor = encode_cursor(last.id, self.direction) if more and last is not None else None
+        return Page[M](items=items, next_cursor=next_cursor)
 
 
 def update_params(fields: Mapping[str, Any], allowed: Iterable[str]) -> dict[str, Any]:

@@ -39,7 +39,8 @@ from .plans import (
     PlanStatus,
     PlanWithMeters,
 )
-from .quotas import QuotaCounter, QuotaDecision, QuotaStatus, Reservation
+from .quotas import QuotaCounter, QuotaDecision, QuotaStatus, Reservation, ReservationStatus
+from .rollups import AnalyticsDayKey, UsageDayKey
 from .subscriptions import Proration, Subscription, SubscriptionStatus, Upgrade
 from .usage import BatchResult, RecordResult, Rejection, UsageEvent, UsageEventIn
 from .usage_reports import AccountUsage, MeterTotal, UsageBucket
@@ -53,6 +54,7 @@ __all__ = [
     "ActiveUsers",
     "AnalyticsBatchResult",
     "AnalyticsCategory",
+    "AnalyticsDayKey",
     "AnalyticsEventIn",
     "AnalyticsRejection",
     "ApiKey",
@@ -95,11 +97,13 @@ __all__ = [
     "RecordedPayment",
     "Rejection",
     "Reservation",
+    "ReservationStatus",
     "Subscription",
     "SubscriptionStatus",
     "SubscriptionWithPlan",
     "Upgrade",
     "UsageBucket",
+    "UsageDayKey",
     "UsageEvent",
     "UsageEventIn",
     "User",

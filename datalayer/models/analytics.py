@@ -50,15 +50,6 @@ class AnalyticsBatchResult(BaseModel):
     rejected: list[AnalyticsRejection]
 
 
-class StagedAnalyticsRejection(BaseModel):
-    """A staged event the database check refused (unknown account, oversized properties)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    idx: int
-    reason: str
-
-
 class ActiveUsers(BaseModel):
     """Distinct active users of an account in ``[period_start, period_end)`` (UTC days).
 

@@ -28,22 +28,6 @@ class QuotaCounter(BaseModel):
     reserved: Decimal
 
 
-class QuotaState(BaseModel):
-    """A meter of the live plan with its limit and this period's counter values."""
-
-    model_config = ConfigDict(frozen=True)
-
-    account_id: int
-    meter_code: str
-    period_start: datetime
-    period_end: datetime
-    limit_kind: LimitKind
-    limit_quantity: Decimal
-    used: Decimal
-    reserved: Decimal
-    counter_exists: bool
-
-
 class QuotaDecision(BaseModel):
     """What ``consume`` did: always allowed when returned (a refusal raises).
 

@@ -79,12 +79,3 @@ class Upgrade(BaseModel):
     replaced: Subscription
     subscription: Subscription
     proration: Proration
-
-
-class RenewedSubscription(BaseModel):
-    """A subscription that ``renew_due`` handled (renewed, canceled or replaced)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    account_id: int
-    id: int

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 
-from .._paging import Page, paginate, update_params
+from .._paging import Page, PageRequest, update_params
 from .._repository import Repository, many, one, scalar
 from .._validation import Email, Id, Limit, Name, validated
 from ..errors import NotFound
@@ -95,7 +95,8 @@ class AccountRepository(Repository):
 
         Raises ``InvalidInput`` (field ``cursor``) for a cursor not from this listing.
         """
-        return paginate(self._list, cursor=cursor, limit=limit)
+        request = PageRequest.of(cursor, limit)
+        return request.page(self._list(**request.params))
 
     @validated
     def update(

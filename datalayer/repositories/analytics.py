@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from psycopg.types.json import Jsonb
-from pydantic import TypeAdapter
+from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from .._repository import Repository, copy_in, execrows, execute, many
 from .._validation import Id, Limit, gc_paused, validate_batch, validated
@@ -23,7 +23,6 @@ from ..models.analytics import (
     FeatureUsage,
     LatencyPercentiles,
     PendingDay,
-    StagedAnalyticsRejection,
 )
 
 Window = Literal["day", "week", "month"]
@@ -37,6 +36,15 @@ def _check_range(start_date: date, end_date: date) -> None:
         raise InvalidInput("must be after start_date", field="end_date")
     if end_date - start_date > timedelta(days=MAX_RANGE_DAYS):
         raise InvalidInput(f"the range is longer than {MAX_RANGE_DAYS} days", field="end_date")
+
+
+class _StagedAnalyticsRejection(BaseModel):
+    """A staged event the database check refused (unknown account, oversized properties)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    idx: int
+    reason: str
 
 
 class AnalyticsRepository(Repository):
@@ -53,7 +61,7 @@ class AnalyticsRepository(Repository):
 
     _create_staging = execute("create_analytics_staging")
     _copy_staging = copy_in("copy_analytics_staging")
-    _refused = many("find_refused_analytics_staged", StagedAnalyticsRejection)
+    _refused = many("find_refused_analytics_staged", _StagedAnalyticsRejection)
     _insert_staged = execrows("insert_staged_analytics")
     _drop_staging = execute("drop_analytics_staging")
     _active_users = many("count_active_users", ActiveUsers)

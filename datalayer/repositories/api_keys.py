@@ -15,7 +15,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 
 from .._apikey import display_prefix, generate_secret, hash_secret, parse_secret
 from .._cachecore import account_tag, key_tag
-from .._paging import Page, paginate
+from .._paging import Page, PageRequest
 from .._repository import Repository, execrows, many, one
 from .._validation import Id, Limit, Name, validated
 from ..errors import DataLayerError, InvalidInput, InvalidTransition, NotFound
@@ -270,13 +270,9 @@ class ApiKeyRepository(Repository):
         returned. Raises ``InvalidInput`` for a bad ``limit`` or a ``cursor``
         this listing did not return.
         """
-        return paginate(
-            self._list,
-            cursor=cursor,
-            limit=limit,
-            direction="desc",
-            account_id=account_id,
-            include_revoked=include_revoked,
+        request = PageRequest.of(cursor, limit, "desc")
+        return request.page(
+            self._list(**request.params, account_id=account_id, include_revoked=include_revoked)
         )
 
     @validated

@@ -17,7 +17,7 @@ from .._billing import (
     voided_postings,
     write_off_postings,
 )
-from .._paging import Page, paginate
+from .._paging import Page, PageRequest
 from .._repository import Repository, many, one
 from .._validation import Id, Limit, no_nul, validated
 from ..errors import AlreadyExists, ConcurrencyConflict, InvalidInput, InvalidTransition, NotFound
@@ -198,9 +198,8 @@ class BillingRepository(Repository):
         Pass ``next_cursor`` back for the next page. Raises ``InvalidInput``
         (field ``cursor``) for a cursor this listing did not make.
         """
-        return paginate(
-            self._list, cursor=cursor, limit=limit, direction="desc", account_id=account_id
-        )
+        request = PageRequest.of(cursor, limit, "desc")
+        return request.page(self._list(**request.params, account_id=account_id))
 
     @validated
     def finalize(
@@ -433,9 +432,8 @@ class BillingRepository(Repository):
         ``next_cursor`` back for the next page. Raises ``InvalidInput``
         (field ``cursor``) for a cursor this listing did not make.
         """
-        return paginate(
-            self._transactions, cursor=cursor, limit=limit, direction="desc", account_id=account_id
-        )
+        request = PageRequest.of(cursor, limit, "desc")
+        return request.page(self._transactions(**request.params, account_id=account_id))
 
     @validated
     def monthly_revenue(self, *, start_month: Month, end_month: Month) -> list[MonthlyRevenue]:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, AwareDatetime, Field
 
-from .._paging import Page, paginate
+from .._paging import Page, PageRequest
 from .._repository import Repository, many, one, scalar
 from .._validation import Id, Limit, validated
 from ..errors import InvalidInput, InvalidTransition, NotFound
@@ -143,26 +143,16 @@ class FileRepository(Repository):
         """
         if created_since and created_before and created_before < created_since:
             raise InvalidInput("must not be before created_since", field="created_before")
+        request = PageRequest.of(cursor, limit)
+        filters = {
+            "account_id": account_id,
+            "content_type": content_type,
+            "created_since": created_since,
+            "created_before": created_before,
+        }
         if status is None:
-            return paginate(
-                self._list,
-                cursor=cursor,
-                limit=limit,
-                account_id=account_id,
-                content_type=content_type,
-                created_since=created_since,
-                created_before=created_before,
-            )
-        return paginate(
-            self._list_by_status,
-            cursor=cursor,
-            limit=limit,
-            account_id=account_id,
-            status=status,
-            content_type=content_type,
-            created_since=created_since,
-            created_before=created_before,
-        )
+            return request.page(self._list(**request.params, **filters))
+        return request.page(self._list_by_status(**request.params, **filters, status=status))
 
     @validated
     def count(self, *, account_id: Id, status: FileStatus | None = None) -> int:

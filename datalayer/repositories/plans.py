@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field
 
 from .._cachecore import account_tag, key_tag, plan_tag
-from .._paging import Page, paginate, update_params
+from .._paging import Page, PageRequest, update_params
 from .._repository import Repository, many, one
 from .._validation import Id, Limit, Name, validated
 from ..errors import InvalidInput, InvalidTransition, NotFound
@@ -213,7 +213,8 @@ class PlanRepository(Repository):
         archived); pass ``next_cursor`` back for the next page. Raises
         ``InvalidInput`` (field ``cursor``) for a cursor this listing did not make.
         """
-        return paginate(self._list_public, cursor=cursor, limit=limit)
+        request = PageRequest.of(cursor, limit)
+        return request.page(self._list_public(**request.params))
 
     def _refused(
         self, plan_id: int, *, expected: tuple[str, ...], action: str

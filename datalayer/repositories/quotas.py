@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import builtins
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .._repository import Repository, execrows, many, one, scalar
 from .._validation import Id, validated
@@ -18,7 +18,8 @@ from ..errors import (
     NotFound,
     QuotaExceeded,
 )
-from ..models.quotas import QuotaCounter, QuotaDecision, QuotaState, QuotaStatus, Reservation
+from ..models.plans import LimitKind
+from ..models.quotas import QuotaCounter, QuotaDecision, QuotaStatus, Reservation
 from .usage_reports import UsageReportRepository
 
 MeterCode = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
@@ -29,6 +30,22 @@ Ttl = Annotated[timedelta, Field(gt=timedelta(0), le=timedelta(days=7))]
 _HARD_LIMIT_CHECK = "quota_counters_hard_limit_check"
 # A consume retries when the counter appeared under it (first use of a period).
 _ATTEMPTS = 3
+
+
+class _QuotaState(BaseModel):
+    """A meter of the live plan with its limit and this period's counter values."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: int
+    meter_code: str
+    period_start: datetime
+    period_end: datetime
+    limit_kind: LimitKind
+    limit_quantity: Decimal
+    used: Decimal
+    reserved: Decimal
+    counter_exists: bool
 
 
 class QuotaRepository(Repository):
@@ -43,7 +60,7 @@ class QuotaRepository(Repository):
 
     _consume = one("consume_quota", QuotaCounter)
     _open_counter = execrows("open_quota_counter")
-    _states = many("get_quota_states", QuotaState)
+    _states = many("get_quota_states", _QuotaState)
     _reserve = one("reserve_quota", Reservation)
     _settle = one("settle_quota_reservation", QuotaCounter)
     _get_reservation = one("get_quota_reservation", Reservation)
@@ -165,7 +182,7 @@ class QuotaRepository(Repository):
         ):
             raise _exceeded(state, quantity)
 
-    def _state(self, account_id: int, meter_code: str) -> QuotaState:
+    def _state(self, account_id: int, meter_code: str) -> _QuotaState:
         states = self._states(account_id=account_id, meter_code=meter_code)
         if not states:
             raise NotFound(
@@ -218,7 +235,7 @@ def _decision(counter: QuotaCounter) -> QuotaDecision:
     )
 
 
-def _exceeded(state: QuotaState, quantity: Decimal) -> QuotaExceeded:
+def _exceeded(state: _QuotaState, quantity: Decimal) -> QuotaExceeded:
     taken = state.used + state.reserved
     remaining = state.limit_quantity - taken
     return QuotaExceeded(

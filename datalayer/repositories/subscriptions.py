@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, NoReturn
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from .._paging import Page, paginate
+from .._paging import Page, PageRequest
 from .._repository import Repository, many, one
 from .._validation import Id, Limit, validated
 from ..errors import InvalidInput, InvalidTransition, NotFound
@@ -14,7 +14,6 @@ from ..models.plans import Plan
 from ..models.subscriptions import (
     LIVE_STATUSES,
     Proration,
-    RenewedSubscription,
     Subscription,
     Upgrade,
 )
@@ -25,6 +24,15 @@ Batch = Annotated[int, Field(ge=1, le=10_000)]
 
 _LIVE: tuple[str, ...] = LIVE_STATUSES
 _UPGRADABLE: tuple[str, ...] = ("trialing", "active")
+
+
+class _RenewedSubscription(BaseModel):
+    """A subscription that ``renew_due`` handled (renewed, canceled or replaced)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: int
+    id: int
 
 
 class SubscriptionRepository(Repository):
@@ -47,7 +55,7 @@ class SubscriptionRepository(Repository):
     _schedule_downgrade = one("schedule_downgrade", Subscription)
     _cancel_now = one("cancel_subscription_now", Subscription)
     _cancel_at_end = one("cancel_subscription_at_period_end", Subscription)
-    _renew_due = many("renew_due_subscriptions", RenewedSubscription)
+    _renew_due = many("renew_due_subscriptions", _RenewedSubscription)
 
     @validated
     def start(
@@ -110,9 +118,8 @@ class SubscriptionRepository(Repository):
         Pass ``next_cursor`` back for the next page. Raises ``InvalidInput``
         (field ``cursor``) for a cursor this listing did not make.
         """
-        return paginate(
-            self._list, cursor=cursor, limit=limit, direction="desc", account_id=account_id
-        )
+        request = PageRequest.of(cursor, limit, "desc")
+        return request.page(self._list(**request.params, account_id=account_id))
 
     @validated
     def upgrade_now(

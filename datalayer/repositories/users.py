@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from .._paging import Page, paginate, update_params
+from .._paging import Page, PageRequest, update_params
 from .._repository import Repository, many, one, scalar
 from .._validation import Email, Id, Limit, Text, escape_like, validated
 from ..errors import NotFound
@@ -82,7 +82,8 @@ class UserRepository(Repository):
 
         Raises ``InvalidInput`` (field ``cursor``) for a cursor not from this listing.
         """
-        return paginate(self._list, cursor=cursor, limit=limit, account_id=account_id)
+        request = PageRequest.of(cursor, limit)
+        return request.page(self._list(**request.params, account_id=account_id))
 
     @validated
     def exists(self, *, account_id: Id, user_id: Id) -> bool:
