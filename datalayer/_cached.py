@@ -14,9 +14,11 @@ from datetime import UTC, datetime
 from ._apikey import hash_secret, parse_secret
 from ._cache import Cache
 from ._cachecore import account_tag, key_tag, key_use_tag, plan_tag
+from ._validation import Id, validated
 from .models.cached import AuthBundle, SubscriptionWithPlan
 from .models.plans import PlanWithMeters
 from .repositories import Repositories
+from .repositories.plans import PlanCode
 
 __all__ = ["CachedReads"]
 
@@ -40,6 +42,7 @@ class CachedReads:
         self.cache = cache
         self._touched: dict[int, float] = {}
 
+    @validated
     def auth(self, *, secret: str) -> AuthBundle | None:
         """The auth bundle of a presented API key, or ``None`` if it does not authenticate.
 
@@ -69,7 +72,8 @@ class CachedReads:
             return None
         return bundle
 
-    def subscription(self, *, account_id: int) -> SubscriptionWithPlan | None:
+    @validated
+    def subscription(self, *, account_id: Id) -> SubscriptionWithPlan | None:
         """The account's live subscription with its plan, or ``None`` (cached for 5 minutes).
 
         Raises ``InvalidInput`` for a bad id; nothing from Redis.
@@ -82,7 +86,8 @@ class CachedReads:
             negative_ttl=NEGATIVE_TTL,
         )
 
-    def plan(self, *, code: str) -> PlanWithMeters | None:
+    @validated
+    def plan(self, *, code: PlanCode) -> PlanWithMeters | None:
         """The current published version of a plan code, or ``None`` (cached for an hour).
 
         Publishing or archiving a version of the code invalidates it. Raises

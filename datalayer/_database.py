@@ -19,7 +19,7 @@ from ._cached import CachedReads
 from ._exec import Session
 from ._settings import Settings
 from ._uow import UnitOfWork
-from .errors import ConcurrencyConflict, Unavailable, map_error
+from .errors import ConcurrencyConflict, InvalidInput, Unavailable, map_error
 from .repositories import Repositories
 
 __all__ = ["Database", "Isolation"]
@@ -245,7 +245,15 @@ class Database(Repositories):
         Repositories reached through the yielded ``UnitOfWork`` share the
         transaction. Errors at COMMIT (deferred constraints, serialization
         failures) are raised as datalayer errors; nothing was committed then.
+        Raises ``InvalidInput`` for an unknown ``isolation`` or a non-bool
+        ``read_only``, before connecting.
         """
+        if isolation is not None and (type(isolation) is not str or isolation not in _ISOLATION):
+            raise InvalidInput(
+                f"must be one of {', '.join(sorted(_ISOLATION))} or None", field="isolation"
+            )
+        if type(read_only) is not bool:
+            raise InvalidInput("must be a bool", field="read_only")
         conn = self._acquire()
         uow: UnitOfWork | None = None
         try:
@@ -281,11 +289,17 @@ class Database(Repositories):
         Up to ``attempts`` tries; between them a random sleep of up to
         ``base_delay * 2**n`` seconds (capped at ``max_delay``: "full jitter").
         ``fn`` must be safe to run again: its database work is rolled back on a
-        conflict, anything else it did is not. Raises ``ConcurrencyConflict``
-        after the last attempt, and any other error at once.
+        conflict, anything else it did is not. Raises ``InvalidInput`` for a
+        bad argument (before connecting), ``ConcurrencyConflict`` after the
+        last attempt, and any other error at once.
         """
-        if attempts < 1:
-            raise ValueError("attempts must be >= 1")
+        if not callable(fn):
+            raise InvalidInput("must be a function of the unit of work", field="fn")
+        if type(attempts) is not int or not 1 <= attempts <= 100:
+            raise InvalidInput("must be an int from 1 to 100", field="attempts")
+        for name, delay in (("base_delay", base_delay), ("max_delay", max_delay)):
+            if type(delay) not in (int, float) or not 0 <= delay <= 60:
+                raise InvalidInput("must be a number of seconds from 0 to 60", field=name)
         attempt = 1
         while True:
             try:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import functools
 import gc
 import inspect
+import json
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Annotated, Any, ParamSpec, TypeVar, get_type_hints
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -18,17 +23,26 @@ from pydantic import (
     ValidationError,
     validate_call,
 )
+from pydantic_core import ErrorDetails
 
 from .errors import InvalidInput
 
 __all__ = [
+    "EARLIEST",
+    "LATEST",
+    "Day",
     "Email",
     "Id",
+    "Instant",
     "Limit",
+    "MeterCode",
     "Name",
+    "Properties",
     "Text",
+    "check_batch",
     "gc_paused",
     "no_nul",
+    "properties_refusal",
     "validate_batch",
     "validated",
 ]
@@ -45,6 +59,8 @@ def no_nul(value: str) -> str:
 
 # PostgreSQL bigint ids are positive in this schema.
 Id = Annotated[int, Field(ge=1, le=2**63 - 1)]
+# A meter's code, as the meters table's CHECK has it.
+MeterCode = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 Limit = Annotated[int, Field(ge=1, le=1000)]
 Text = Annotated[str, Field(max_length=10_000), AfterValidator(no_nul)]
 Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(no_nul)]
@@ -53,6 +69,143 @@ Email = Annotated[
     Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$"),
     AfterValidator(no_nul),
 ]
+
+# Every instant a caller passes (a test clock's ``now``, a period, an expiry)
+# lies in [EARLIEST, LATEST). Python's datetime ends at 9999-12-31 and a
+# timezone offset moves an instant across that edge (9999-12-31 23:00-05:00 is
+# year 10000 in UTC); periods derived from an instant in SQL (an interval of up
+# to 365 years, a trial) must stay readable, so the bound leaves room for them.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def in_range(value: datetime) -> datetime:
+    """``value`` if it lies in ``[EARLIEST, LATEST)``; comparing never overflows."""
+    if not EARLIEST <= value < LATEST:
+        raise ValueError("must be from 1900-01-01 up to (not including) 9000-01-01 UTC")
+    return value
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(in_range)]
+# A calendar day in the same range.
+Day = Annotated[date, Field(ge=EARLIEST.date(), lt=LATEST.date())]
+
+# Event properties: a small JSON object. The limit is on its JSON text as
+# PostgreSQL renders jsonb (``octet_length(properties::text)``, the tables'
+# CHECK since migration 0014), so what Python accepts the database accepts too.
+PROPERTIES_MAX_BYTES = 4096
+PROPERTIES_MAX_DEPTH = 32
+
+
+def properties_refusal(value: Any) -> str | None:
+    """Why ``value`` cannot be stored as event properties, or ``None`` when it can.
+
+    It must be a dict of str keys whose values are JSON values (None, bool,
+    int, finite float, str, list, dict; no Decimal, bytes or datetime),
+    nested at most ``PROPERTIES_MAX_DEPTH`` deep, with no NUL character or
+    unpaired surrogate in any string, and at most ``PROPERTIES_MAX_BYTES``
+    bytes of JSON text as jsonb renders it. Pure; never recurses on the
+    Python stack.
+    """
+    if type(value) is not dict:
+        return "must be a JSON object (a dict with str keys)"
+    if not value:
+        return None
+    size = 0
+    # (item, depth); the size of separators is added as containers are opened.
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if item is None:
+            size += 4
+        elif item is True or item is False:
+            size += 4 if item else 5
+        elif type(item) is int:
+            size += len(str(item)) if abs(item) < 10**4000 else PROPERTIES_MAX_BYTES + 1
+        elif type(item) is float:
+            if not math.isfinite(item):
+                return "holds NaN or an infinity, which JSON cannot"
+            # jsonb keeps the numeric Python's JSON text names, written out in full.
+            size += len(format(Decimal(repr(item)), "f"))
+        elif type(item) is str:
+            reason = _string_refusal(item)
+            if reason:
+                return reason
+            size += len(json.dumps(item, ensure_ascii=False).encode("utf-8"))
+        elif type(item) in (list, tuple, dict):
+            if depth > PROPERTIES_MAX_DEPTH:
+                return f"nested deeper than {PROPERTIES_MAX_DEPTH} levels"
+            size += 2 + 2 * max(len(item) - 1, 0)  # brackets and ", " separators
+            if type(item) is dict:
+                for key, member in item.items():
+                    if type(key) is not str:
+                        return "has a key that is not a str"
+                    reason = _string_refusal(key)
+                    if reason:
+                        return reason
+                    size += len(json.dumps(key, ensure_ascii=False).encode("utf-8")) + 2
+                    stack.append((member, depth + 1))
+            else:
+                stack.extend((member, depth + 1) for member in item)
+        else:
+            return f"holds a {type(item).__name__}, which is not a JSON value"
+        if size > PROPERTIES_MAX_BYTES:
+            return f"larger than {PROPERTIES_MAX_BYTES} bytes of JSON text"
+    return None
+
+
+def _string_refusal(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains a NUL character, which jsonb cannot store"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains an unpaired surrogate, which is not UTF-8 text"
+    return None
+
+
+def _check_properties(value: dict[Any, Any]) -> dict[Any, Any]:
+    reason = properties_refusal(value)
+    if reason is not None:
+        raise ValueError(reason)
+    return value
+
+
+# dict[Any, Any] for pydantic: the keys are checked here too, with the same messages.
+Properties = Annotated[dict[Any, Any], AfterValidator(_check_properties)]
+
+# A batch is a list (or tuple) of events, not any iterable: a str is a sequence
+# of characters and a dict one of keys, and both have been mistaken for batches.
+MAX_BATCH = 1_000_000
+
+
+def check_batch(events: object, *, field: str = "events") -> None:
+    """Raise ``InvalidInput`` unless ``events`` is a list or tuple of at most ``MAX_BATCH``."""
+    if type(events) not in (list, tuple):
+        raise InvalidInput(f"must be a list of events, not {type(events).__name__}", field=field)
+    if len(events) > MAX_BATCH:  # type: ignore[arg-type]
+        raise InvalidInput(f"at most {MAX_BATCH:,} events per batch", field=field)
+
+
+_NOW: TypeAdapter[datetime | None] = TypeAdapter(
+    Instant | None,
+    config=ConfigDict(strict=True),
+)
+
+
+def _message(error: ErrorDetails) -> str:
+    """A pydantic error's message, without the "Value error, " of our own validators."""
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def check_now(now: object) -> datetime | None:
+    """``now`` if it is ``None`` or an aware datetime in range, else ``InvalidInput`` (``now``)."""
+    try:
+        return _NOW.validate_python(now)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        raise InvalidInput(_message(error), field="now") from None
+
 
 _CONFIG = ConfigDict(strict=True, str_strip_whitespace=False)
 
@@ -88,7 +241,7 @@ def validated(func: Callable[P, R]) -> Callable[P, R]:
         except ValidationError as exc:
             error = exc.errors(include_url=False, include_input=False)[0]
             loc = [str(part) for part in error["loc"] if not isinstance(part, int)]
-            raise InvalidInput(str(error["msg"]), field=".".join(loc) or None) from None
+            raise InvalidInput(_message(error), field=".".join(loc) or None) from None
 
     return wrapper
 
@@ -148,7 +301,7 @@ def validate_batch(
         except ValidationError as exc:
             error = exc.errors(include_url=False, include_input=False)[0]
             field = ".".join(str(p) for p in error["loc"])
-            bad.append((index, f"bad {field}: {error['msg']}"))
+            bad.append((index, f"bad {field}: {_message(error)}"))
             result.append(None)
     return result, bad
 

@@ -33,11 +33,11 @@ COPY analytics_staging (idx, account_id, user_id, category, name, duration_ms, o
 SELECT s.idx,
        CASE WHEN NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = s.account_id)
             THEN 'unknown account'
-            ELSE 'properties larger than 4096 bytes as jsonb'
+            ELSE 'bad properties: larger than 4096 bytes of JSON text'
        END AS reason
 FROM analytics_staging s
 WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = s.account_id)
-   OR pg_column_size(s.properties) > 4096
+   OR octet_length(s.properties::text) > 4096
 ORDER BY s.idx;
 
 -- name: insert_staged_analytics :execrows
@@ -48,7 +48,7 @@ INSERT INTO analytics_events
 SELECT s.account_id, s.user_id, s.category, s.name, s.duration_ms, s.occurred_at, s.properties
 FROM analytics_staging s
 WHERE EXISTS (SELECT 1 FROM accounts a WHERE a.id = s.account_id)
-  AND pg_column_size(s.properties) <= 4096
+  AND octet_length(s.properties::text) <= 4096
 ORDER BY s.idx;
 
 -- name: drop_analytics_staging :exec

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import pydantic
 from psycopg import pq
 from psycopg.pq.abc import PGresult
 from pydantic import BaseModel
@@ -58,6 +59,17 @@ _COMPATIBLE: dict[int, tuple[type, ...]] = {
 }
 
 
+# pydantic's constrained date/time types are marker classes, not subclasses.
+_PYDANTIC_MARKERS: dict[Any, type] = {
+    pydantic.AwareDatetime: dt.datetime,
+    pydantic.NaiveDatetime: dt.datetime,
+    pydantic.PastDatetime: dt.datetime,
+    pydantic.FutureDatetime: dt.datetime,
+    pydantic.PastDate: dt.date,
+    pydantic.FutureDate: dt.date,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """A query that does not fit the schema or its model."""
@@ -90,6 +102,8 @@ def _field_types(annotation: Any) -> tuple[set[type], bool]:
         return {object}, True
     if origin is not None:
         return {origin}, False
+    if annotation in _PYDANTIC_MARKERS:
+        return {_PYDANTIC_MARKERS[annotation]}, False
     if isinstance(annotation, type):
         return {annotation}, False
     return {object}, True

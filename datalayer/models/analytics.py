@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from .._validation import Id, Instant, Properties
 
 AnalyticsCategory = Literal["behaviour", "feature", "performance"]
 # The pattern of the table's CHECK analytics_events_name_check.
@@ -23,13 +25,13 @@ class AnalyticsEventIn(BaseModel):
 
     model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
 
-    account_id: Annotated[int, Field(ge=1, le=2**63 - 1)]
+    account_id: Id
     category: AnalyticsCategory
     name: EventName
-    occurred_at: AwareDatetime
-    user_id: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = None
+    occurred_at: Instant
+    user_id: Id | None = None
     duration_ms: DurationMs | None = None
-    properties: dict[str, Any] = Field(default_factory=dict)
+    properties: Properties = Field(default_factory=dict)
 
 
 class AnalyticsRejection(BaseModel):

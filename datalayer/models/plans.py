@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from .._validation import MeterCode
+
 PlanStatus = Literal["draft", "published", "archived"]
 BillingInterval = Literal["day", "week", "month", "year"]
 LimitKind = Literal["hard", "soft", "none"]
@@ -26,7 +28,6 @@ Numeric = Annotated[
     BeforeValidator(_no_float),
     Field(ge=0, max_digits=20, decimal_places=6, allow_inf_nan=False),
 ]
-MeterCode = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 
 
 class Plan(BaseModel):

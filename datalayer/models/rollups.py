@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
-
 from pydantic import BaseModel, ConfigDict
+
+from .._validation import Day, Id, Instant, MeterCode
 
 
 class UsageDayKey(BaseModel):
@@ -12,9 +12,9 @@ class UsageDayKey(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    account_id: int
-    meter_code: str
-    day_start: datetime
+    account_id: Id
+    meter_code: MeterCode
+    day_start: Instant
 
 
 class AnalyticsDayKey(BaseModel):
@@ -22,5 +22,5 @@ class AnalyticsDayKey(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    account_id: int
-    day: date
+    account_id: Id
+    day: Day

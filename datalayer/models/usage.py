@@ -6,7 +6,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from .._validation import Id, Instant, MeterCode, Properties
 
 
 class UsageEvent(BaseModel):
@@ -43,16 +45,16 @@ class UsageEventIn(BaseModel):
 
     model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
 
-    account_id: Annotated[int, Field(ge=1, le=2**63 - 1)]
-    meter_code: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+    account_id: Id
+    meter_code: MeterCode
     quantity: Annotated[Decimal, Field(ge=0, lt=Decimal("1e12"), allow_inf_nan=False)]
-    occurred_at: AwareDatetime
+    occurred_at: Instant
     idempotency_key: Annotated[
         str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")
     ]
-    user_id: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = None
-    api_key_id: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = None
-    properties: dict[str, Any] = Field(default_factory=dict)
+    user_id: Id | None = None
+    api_key_id: Id | None = None
+    properties: Properties = Field(default_factory=dict)
 
 
 class Rejection(BaseModel):

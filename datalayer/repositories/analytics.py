@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -11,7 +10,16 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from .._repository import Repository, copy_in, execrows, execute, many
-from .._validation import Id, Limit, gc_paused, validate_batch, validated
+from .._validation import (
+    Day,
+    Id,
+    Limit,
+    check_batch,
+    check_now,
+    gc_paused,
+    validate_batch,
+    validated,
+)
 from .._window import window_refusal
 from ..errors import InvalidInput
 from ..models.analytics import (
@@ -31,7 +39,7 @@ Window = Literal["day", "week", "month"]
 MAX_RANGE_DAYS = 400
 
 
-def _check_range(start_date: date, end_date: date) -> None:
+def _check_range(start_date: Day, end_date: Day) -> None:
     if end_date <= start_date:
         raise InvalidInput("must be after start_date", field="end_date")
     if end_date - start_date > timedelta(days=MAX_RANGE_DAYS):
@@ -89,13 +97,14 @@ class AnalyticsRepository(Repository):
         events: raises ``PartitionMissing`` (nothing stored) when a month has
         no partition, ``Unavailable`` if the database is lost.
         """
+        check_batch(events)
+        moment = check_now(now) or datetime.now(UTC)
         with gc_paused():
-            return self._record_batch(events, now)
+            return self._record_batch(events, moment)
 
     def _record_batch(
-        self, events: Sequence[AnalyticsEventIn | Mapping[str, Any]], now: datetime | None
+        self, events: Sequence[AnalyticsEventIn | Mapping[str, Any]], moment: datetime
     ) -> AnalyticsBatchResult:
-        moment = now or datetime.now(UTC)
         rejected: list[AnalyticsRejection] = []
         valid: list[tuple[int, AnalyticsEventIn]] = []
         for index, event in enumerate(_validate_all(events, rejected)):
@@ -128,7 +137,7 @@ class AnalyticsRepository(Repository):
 
     @validated
     def active_users(
-        self, *, account_id: Id, start_date: date, end_date: date, window: Window
+        self, *, account_id: Id, start_date: Day, end_date: Day, window: Window
     ) -> list[ActiveUsers]:
         """Distinct active users per day, ISO week or month in ``[start_date, end_date)``.
 
@@ -147,7 +156,7 @@ class AnalyticsRepository(Repository):
 
     @validated
     def top_features(
-        self, *, account_id: Id, start_date: date, end_date: date, limit: Limit = 10
+        self, *, account_id: Id, start_date: Day, end_date: Day, limit: Limit = 10
     ) -> list[FeatureUsage]:
         """The ``limit`` most used features (category ``feature``) in ``[start_date, end_date)``.
 
@@ -166,8 +175,8 @@ class AnalyticsRepository(Repository):
         self,
         *,
         account_id: Id,
-        start_date: date,
-        end_date: date,
+        start_date: Day,
+        end_date: Day,
         name: EventName | None = None,
     ) -> list[LatencyPercentiles]:
         """Per performance operation and UTC day: p50, p95, p99 and max of ``duration_ms``.
@@ -184,7 +193,7 @@ class AnalyticsRepository(Repository):
         )
 
     @validated
-    def pending_days(self, *, account_id: Id, start_date: date, end_date: date) -> list[date]:
+    def pending_days(self, *, account_id: Id, start_date: Day, end_date: Day) -> list[date]:
         """Days in ``[start_date, end_date)`` with events the dashboards do not show yet.
 
         Those recorded since the last rollup refresh (queued for it). Raises
@@ -206,28 +215,7 @@ def _refusal(event: AnalyticsEventIn, now: datetime) -> str | None:
     """Why a well-typed event cannot be stored, or ``None``."""
     if event.category == "performance" and event.duration_ms is None:
         return "bad duration_ms: a performance event needs a duration"
-    outside = window_refusal(event.occurred_at, now)
-    if outside is not None:
-        return outside
-    try:
-        # What psycopg would send must be JSON that jsonb accepts: no NaN, no
-        # unpaired surrogates, no NUL characters.
-        json.dumps(event.properties, ensure_ascii=False, allow_nan=False).encode("utf-8")
-        if _has_nul(event.properties):
-            return "bad properties: contains a NUL character"
-    except (TypeError, ValueError, RecursionError):
-        return "bad properties: not a JSON object of JSON values"
-    return None
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_has_nul(v) for v in value)
-    return False
+    return window_refusal(event.occurred_at, now)
 
 
 def _validate_all(

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from .._apikey import display_prefix, generate_secret, hash_secret, parse_secret
 from .._cachecore import account_tag, key_tag
 from .._paging import Page, PageRequest
 from .._repository import Repository, execrows, many, one
-from .._validation import Id, Limit, Name, validated
+from .._validation import Id, Instant, Limit, Name, validated
 from ..errors import DataLayerError, InvalidInput, InvalidTransition, NotFound
 from ..models.api_keys import ApiKey, ApiKeyEnvironment, AuthContext, IssuedKey
 
@@ -31,9 +31,6 @@ Scope = Annotated[
 ]
 Scopes = Annotated[Sequence[Scope], Field(max_length=64)]
 Overlap = Annotated[timedelta, Field(ge=timedelta(0), le=timedelta(days=90))]
-# Python's datetime stops at year 9999: a later instant (9999-12-31 23:00-05:00 is
-# year 10000 in UTC) would be stored by PostgreSQL and then fail to load.
-Expiry = Annotated[AwareDatetime, Field(lt=datetime(9999, 1, 1, tzinfo=UTC))]
 
 
 class _KeyHash(BaseModel):
@@ -92,14 +89,14 @@ class ApiKeyRepository(Repository):
         name: Name,
         environment: ApiKeyEnvironment,
         scopes: Scopes,
-        expires_at: Expiry | None = None,
+        expires_at: Instant | None = None,
         created_by: Id | None = None,
     ) -> IssuedKey:
         """Create a key and return it with its secret, which is never shown again.
 
         ``scopes`` are stored sorted and without duplicates. Raises
         ``InvalidInput`` for a bad argument, a naive ``expires_at``, one not in
-        the future (by the database clock) or after 9998 (field ``expires_at``),
+        the future (by the database clock) or not before 9000 (field ``expires_at``),
         ``ReferenceViolation`` when the account does not exist or
         ``created_by`` is not a user of it.
         """

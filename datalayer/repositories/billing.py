@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, NoReturn
 
-from pydantic import AfterValidator, AwareDatetime, Field
+from pydantic import AfterValidator, Field
 
 from .._billing import (
     Postings,
@@ -19,7 +19,7 @@ from .._billing import (
 )
 from .._paging import Page, PageRequest
 from .._repository import Repository, many, one
-from .._validation import Id, Limit, no_nul, validated
+from .._validation import Id, Instant, Limit, no_nul, validated
 from ..errors import AlreadyExists, ConcurrencyConflict, InvalidInput, InvalidTransition, NotFound
 from ..models.billing import (
     Balance,
@@ -86,8 +86,8 @@ class BillingRepository(Repository):
         *,
         account_id: Id,
         subscription_id: Id,
-        period_start: AwareDatetime,
-        period_end: AwareDatetime,
+        period_start: Instant,
+        period_end: Instant,
         prorations: list[Proration] | None = None,
     ) -> InvoiceWithLines:
         """The draft invoice of a subscription for ``[period_start, period_end)``, made once.
@@ -208,7 +208,7 @@ class BillingRepository(Repository):
         account_id: Id,
         invoice_id: Id,
         due_in: DueIn = timedelta(days=30),
-        now: AwareDatetime | None = None,
+        now: Instant | None = None,
     ) -> Invoice:
         """Issue a draft: open, numbered ``YYYY-NNNNNN``, due ``due_in`` after ``now``.
 
@@ -242,7 +242,7 @@ class BillingRepository(Repository):
         return invoice
 
     @validated
-    def void(self, *, account_id: Id, invoice_id: Id, now: AwareDatetime | None = None) -> Invoice:
+    def void(self, *, account_id: Id, invoice_id: Id, now: Instant | None = None) -> Invoice:
         """Cancel an open invoice (open → void, ``voided_at = now``) and reverse it in the ledger.
 
         The ledger transaction ``invoice_voided`` (key ``invoice:<id>:voided``)
@@ -272,7 +272,7 @@ class BillingRepository(Repository):
 
     @validated
     def mark_uncollectible(
-        self, *, account_id: Id, invoice_id: Id, now: AwareDatetime | None = None
+        self, *, account_id: Id, invoice_id: Id, now: Instant | None = None
     ) -> Invoice:
         """Give up on an open invoice (open → uncollectible) and write off what is still due.
 
@@ -310,7 +310,7 @@ class BillingRepository(Repository):
         provider_payment_id: ProviderPaymentId,
         amount_minor: PositiveMinor,
         currency: Currency,
-        now: AwareDatetime | None = None,
+        now: Instant | None = None,
     ) -> RecordedPayment:
         """Record a provider's succeeded payment of an open invoice, exactly once.
 

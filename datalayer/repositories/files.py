@@ -8,11 +8,11 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, Field
+from pydantic import AfterValidator, Field
 
 from .._paging import Page, PageRequest
 from .._repository import Repository, many, one, scalar
-from .._validation import Id, Limit, validated
+from .._validation import Id, Instant, Limit, validated
 from ..errors import InvalidInput, InvalidTransition, NotFound
 from ..models.files import File, FileStatus
 
@@ -126,8 +126,8 @@ class FileRepository(Repository):
         account_id: Id,
         status: FileStatus | None = None,
         content_type: ContentType | None = None,
-        created_since: AwareDatetime | None = None,
-        created_before: AwareDatetime | None = None,
+        created_since: Instant | None = None,
+        created_before: Instant | None = None,
         cursor: Cursor | None = None,
         limit: Limit = 50,
     ) -> Page[File]:

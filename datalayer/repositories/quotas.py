@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._repository import Repository, execrows, many, one, scalar
-from .._validation import Id, validated
+from .._validation import Id, MeterCode, validated
 from ..errors import (
     CheckViolation,
     ConcurrencyConflict,
@@ -22,7 +22,6 @@ from ..models.plans import LimitKind
 from ..models.quotas import QuotaCounter, QuotaDecision, QuotaStatus, Reservation
 from .usage_reports import UsageReportRepository
 
-MeterCode = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 Quantity = Annotated[Decimal, Field(gt=0, lt=Decimal("1e12"), allow_inf_nan=False)]
 Settled = Annotated[Decimal, Field(ge=0, lt=Decimal("1e12"), allow_inf_nan=False)]
 Ttl = Annotated[timedelta, Field(gt=timedelta(0), le=timedelta(days=7))]

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
+
+from pydantic import Field
 
 from .._repository import Repository, execrows, execute, many
+from .._validation import validated
 from ..models.rollups import AnalyticsDayKey, UsageDayKey
+
+# Buckets per refresh step; `datalayer rollups refresh` uses 5,000.
+BatchSize = Annotated[int, Field(ge=1, le=100_000)]
+Days = Annotated[Sequence[UsageDayKey], Field(max_length=100_000)]
+AnalyticsDays = Annotated[Sequence[AnalyticsDayKey], Field(max_length=100_000)]
 
 
 class RollupRepository(Repository):
@@ -32,17 +41,21 @@ class RollupRepository(Repository):
         """
         self._lock()
 
-    def refresh_usage_hours(self, *, batch_size: int) -> list[UsageDayKey]:
+    @validated
+    def refresh_usage_hours(self, *, batch_size: BatchSize) -> list[UsageDayKey]:
         """Recompute up to ``batch_size`` queued hour buckets; return the days they touch.
 
-        Raises only the errors of the database (``Unavailable``, ``QueryTimeout``).
+        Raises ``InvalidInput`` for a bad argument, before any SQL, and the errors of
+        the database (``Unavailable``, ``QueryTimeout``).
         """
         return self._usage_hours(batch_size=batch_size)
 
-    def refresh_usage_days(self, *, days: Sequence[UsageDayKey]) -> int:
+    @validated
+    def refresh_usage_days(self, *, days: Days) -> int:
         """Recompute the listed day buckets from their hour buckets; return rows written.
 
-        Raises only the errors of the database (``Unavailable``, ``QueryTimeout``).
+        Raises ``InvalidInput`` for a bad argument, before any SQL, and the errors of
+        the database (``Unavailable``, ``QueryTimeout``).
         """
         if not days:
             return 0
@@ -52,17 +65,21 @@ class RollupRepository(Repository):
             day_starts=[d.day_start for d in days],
         )
 
-    def claim_analytics_days(self, *, batch_size: int) -> list[AnalyticsDayKey]:
+    @validated
+    def claim_analytics_days(self, *, batch_size: BatchSize) -> list[AnalyticsDayKey]:
         """Take up to ``batch_size`` queued account-days off the analytics queue.
 
-        Raises only the errors of the database (``Unavailable``, ``QueryTimeout``).
+        Raises ``InvalidInput`` for a bad argument, before any SQL, and the errors of
+        the database (``Unavailable``, ``QueryTimeout``).
         """
         return self._claim_analytics(batch_size=batch_size)
 
-    def rebuild_analytics_days(self, *, days: Sequence[AnalyticsDayKey]) -> int:
+    @validated
+    def rebuild_analytics_days(self, *, days: AnalyticsDays) -> int:
         """Replace the daily rollups and active users of the listed account-days.
 
-        Raises only the errors of the database (``Unavailable``, ``QueryTimeout``).
+        Raises ``InvalidInput`` for a bad argument, before any SQL, and the errors of
+        the database (``Unavailable``, ``QueryTimeout``).
         """
         if not days:
             return 0

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, NoReturn
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .._paging import Page, PageRequest
 from .._repository import Repository, many, one
-from .._validation import Id, Limit, validated
+from .._validation import Id, Instant, Limit, validated
 from ..errors import InvalidInput, InvalidTransition, NotFound
 from ..models.plans import Plan
 from ..models.subscriptions import (
@@ -64,7 +64,7 @@ class SubscriptionRepository(Repository):
         account_id: Id,
         plan_id: Id,
         trial: bool = False,
-        now: AwareDatetime | None = None,
+        now: Instant | None = None,
     ) -> Subscription:
         """Subscribe the account to a published plan and return the subscription.
 
@@ -128,7 +128,7 @@ class SubscriptionRepository(Repository):
         account_id: Id,
         subscription_id: Id,
         plan_id: Id,
-        now: AwareDatetime | None = None,
+        now: Instant | None = None,
     ) -> Upgrade:
         """Move a subscription to another plan at once, in one transaction, with proration.
 
@@ -210,7 +210,7 @@ class SubscriptionRepository(Repository):
 
     @validated
     def cancel_now(
-        self, *, account_id: Id, subscription_id: Id, now: AwareDatetime | None = None
+        self, *, account_id: Id, subscription_id: Id, now: Instant | None = None
     ) -> Subscription:
         """End a live subscription at once: canceled, with ``canceled_at = ended_at = now``.
 
@@ -226,7 +226,7 @@ class SubscriptionRepository(Repository):
 
     @validated
     def cancel_at_period_end(
-        self, *, account_id: Id, subscription_id: Id, now: AwareDatetime | None = None
+        self, *, account_id: Id, subscription_id: Id, now: Instant | None = None
     ) -> Subscription:
         """Let a live subscription run to the end of its period, then cancel it (``renew_due``).
 
@@ -242,7 +242,7 @@ class SubscriptionRepository(Repository):
         return subscription
 
     @validated
-    def renew_due(self, *, now: AwareDatetime | None = None, batch: Batch = 100) -> int:
+    def renew_due(self, *, now: Instant | None = None, batch: Batch = 100) -> int:
         """Renew up to ``batch`` live subscriptions whose period ended by ``now``, in one statement.
 
         Each is canceled (cancel at period end), replaced by a subscription on

@@ -9,10 +9,20 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from psycopg.types.json import Jsonb
-from pydantic import AwareDatetime, Field, StringConstraints, TypeAdapter
+from pydantic import Field, StringConstraints, TypeAdapter
 
 from .._repository import Repository, copy_in, execute, one, scalar
-from .._validation import Id, gc_paused, validate_batch, validated
+from .._validation import (
+    Id,
+    Instant,
+    MeterCode,
+    Properties,
+    check_batch,
+    check_now,
+    gc_paused,
+    validate_batch,
+    validated,
+)
 from .._window import check_window, window_refusal
 from ..errors import AlreadyExists, ReferenceViolation
 from ..models.usage import (
@@ -23,7 +33,6 @@ from ..models.usage import (
     UsageEventIn,
 )
 
-MeterCode = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 IdempotencyKey = Annotated[
     str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")
 ]
@@ -56,11 +65,11 @@ class UsageRepository(Repository):
         account_id: Id,
         meter_code: MeterCode,
         quantity: Quantity,
-        occurred_at: AwareDatetime,
+        occurred_at: Instant,
         idempotency_key: IdempotencyKey,
         user_id: Id | None = None,
         api_key_id: Id | None = None,
-        properties: dict[str, Any] | None = None,
+        properties: Properties | None = None,
     ) -> RecordResult:
         """Store one event exactly once per ``(account_id, idempotency_key)``.
 
@@ -117,13 +126,14 @@ class UsageRepository(Repository):
         ``PartitionMissing`` (nothing stored) when a month has no partition,
         ``Unavailable`` if the database is lost.
         """
+        check_batch(events)
+        moment = check_now(now) or datetime.now(UTC)
         with gc_paused():
-            return self._record_batch(events, now)
+            return self._record_batch(events, moment)
 
     def _record_batch(
-        self, events: Sequence[UsageEventIn | Mapping[str, Any]], now: datetime | None
+        self, events: Sequence[UsageEventIn | Mapping[str, Any]], moment: datetime
     ) -> BatchResult:
-        moment = now or datetime.now(UTC)
         rejected: list[Rejection] = []
         # One pass: the window check, then the first of a key within the batch
         # wins; its repeats are duplicates (or share its rejection), so each

@@ -5,13 +5,10 @@ from __future__ import annotations
 from datetime import UTC, timedelta
 from typing import Literal
 
-from pydantic import AwareDatetime
-
 from .._repository import Repository, many
-from .._validation import Id, Limit, validated
+from .._validation import Id, Instant, Limit, MeterCode, validated
 from ..errors import InvalidInput
 from ..models.usage_reports import AccountUsage, MeterTotal, UsageBucket
-from .usage import MeterCode
 
 Bucket = Literal["hour", "day"]
 
@@ -31,7 +28,7 @@ class UsageReportRepository(Repository):
 
     @validated
     def period_totals(
-        self, *, account_id: Id, period_start: AwareDatetime, period_end: AwareDatetime
+        self, *, account_id: Id, period_start: Instant, period_end: Instant
     ) -> list[MeterTotal]:
         """Per meter, the account's usage in ``[period_start, period_end)``.
 
@@ -56,8 +53,8 @@ class UsageReportRepository(Repository):
         *,
         account_id: Id,
         meter_code: MeterCode,
-        start: AwareDatetime,
-        end: AwareDatetime,
+        start: Instant,
+        end: Instant,
         bucket: Bucket,
     ) -> list[UsageBucket]:
         """One meter's usage in ``[start, end)`` per UTC hour or day, oldest first.
@@ -85,7 +82,7 @@ class UsageReportRepository(Repository):
 
     @validated
     def top_accounts(
-        self, *, meter_code: MeterCode, start: AwareDatetime, end: AwareDatetime, limit: Limit = 10
+        self, *, meter_code: MeterCode, start: Instant, end: Instant, limit: Limit = 10
     ) -> list[AccountUsage]:
         """The ``limit`` accounts with the largest quantity of a meter in ``[start, end)``.
 

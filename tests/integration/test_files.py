@@ -907,7 +907,10 @@ def test_hostile_listings_are_refused_as_invalid_input_or_return_exactly_the_mat
     moments = st.one_of(
         st.none(),
         st.none(),
-        st.datetimes(timezones=offsets),
+        # The documented range of instants, 1900 up to 9000 UTC (a day inside, for offsets).
+        st.datetimes(
+            min_value=datetime(1900, 1, 2), max_value=datetime(8999, 12, 30), timezones=offsets
+        ),
         st.sampled_from([f.created_at for f in everything]),
         st.sampled_from([f.created_at for f in everything]).map(
             lambda t: t.astimezone(timezone(timedelta(hours=-9, minutes=-30)))
@@ -921,14 +924,22 @@ def test_hostile_listings_are_refused_as_invalid_input_or_return_exactly_the_mat
         "limit": st.one_of(st.integers(1, 20), st.just(1000)),
         "cursor": st.one_of(st.none(), st.sampled_from(sorted(cursors))),
     }
+    out_of_range = st.one_of(
+        st.datetimes(max_value=datetime(1899, 12, 31), timezones=offsets),
+        st.datetimes(min_value=datetime(9000, 1, 2), timezones=offsets),
+    )
     bad = {
         "status": st.one_of(
             st.text().filter(lambda s: s not in STATUSES),
             st.sampled_from(["Pending", "ready ", "deleted\x00", *SQLISH, 1]),
         ),
         "content_type": bad_content_types.filter(lambda v: v is not None),
-        "created_since": st.one_of(st.datetimes(), st.sampled_from(["2020-01-01", 0])),
-        "created_before": st.one_of(st.datetimes(), st.sampled_from(["2020-01-01", 0])),
+        "created_since": st.one_of(
+            st.datetimes(), out_of_range, st.sampled_from(["2020-01-01", 0])
+        ),
+        "created_before": st.one_of(
+            st.datetimes(), out_of_range, st.sampled_from(["2020-01-01", 0])
+        ),
         "limit": st.one_of(st.integers(max_value=0), st.integers(min_value=1001), st.just(1.0)),
         "cursor": st.one_of(
             st.text(), st.sampled_from(["", "e30", "W1tbW1tbW1tb" * 16, *SQLISH, "\ud800", 5])
