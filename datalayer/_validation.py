@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     TypeAdapter,
     ValidationError,
     validate_call,
@@ -30,6 +31,7 @@ from .errors import InvalidInput
 __all__ = [
     "EARLIEST",
     "LATEST",
+    "Batch",
     "Day",
     "Email",
     "Id",
@@ -39,7 +41,6 @@ __all__ = [
     "Name",
     "Properties",
     "Text",
-    "check_batch",
     "gc_paused",
     "no_nul",
     "properties_refusal",
@@ -49,6 +50,7 @@ __all__ = [
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 def no_nul(value: str) -> str:
@@ -179,32 +181,23 @@ Properties = Annotated[dict[Any, Any], AfterValidator(_check_properties)]
 MAX_BATCH = 1_000_000
 
 
-def check_batch(events: object, *, field: str = "events") -> None:
-    """Raise ``InvalidInput`` unless ``events`` is a list or tuple of at most ``MAX_BATCH``."""
+def _batch_shape(events: Any) -> Any:
+    """``events`` if it is a list or tuple of at most ``MAX_BATCH`` items (not checked here)."""
     if type(events) not in (list, tuple):
-        raise InvalidInput(f"must be a list of events, not {type(events).__name__}", field=field)
-    if len(events) > MAX_BATCH:  # type: ignore[arg-type]
-        raise InvalidInput(f"at most {MAX_BATCH:,} events per batch", field=field)
+        raise ValueError(f"must be a list of events, not {type(events).__name__}")
+    if len(events) > MAX_BATCH:
+        raise ValueError(f"at most {MAX_BATCH:,} events per batch")
+    return events
 
 
-_NOW: TypeAdapter[datetime | None] = TypeAdapter(
-    Instant | None,
-    config=ConfigDict(strict=True),
-)
+#: A batch argument: only its shape is validated up front (each event is
+#: validated on its own, so that a bad one is rejected, not the batch).
+Batch = Annotated[Sequence[T], PlainValidator(_batch_shape)]
 
 
 def _message(error: ErrorDetails) -> str:
     """A pydantic error's message, without the "Value error, " of our own validators."""
     return str(error["msg"]).removeprefix("Value error, ")
-
-
-def check_now(now: object) -> datetime | None:
-    """``now`` if it is ``None`` or an aware datetime in range, else ``InvalidInput`` (``now``)."""
-    try:
-        return _NOW.validate_python(now)
-    except ValidationError as exc:
-        error = exc.errors(include_url=False, include_input=False)[0]
-        raise InvalidInput(_message(error), field="now") from None
 
 
 _CONFIG = ConfigDict(strict=True, str_strip_whitespace=False)
@@ -243,6 +236,7 @@ def validated(func: Callable[P, R]) -> Callable[P, R]:
             loc = [str(part) for part in error["loc"] if not isinstance(part, int)]
             raise InvalidInput(_message(error), field=".".join(loc) or None) from None
 
+    wrapper.__validated__ = True  # type: ignore[attr-defined]
     return wrapper
 
 

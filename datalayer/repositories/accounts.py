@@ -66,8 +66,10 @@ class AccountRepository(Repository):
         """
         return self._get(id=account_id)
 
-    def require(self, *, account_id: int) -> Account:
-        """The account with this id; raises ``NotFound`` when there is none."""
+    @validated
+    def require(self, *, account_id: Id) -> Account:
+        """The account with this id; raises ``NotFound`` when there is none, ``InvalidInput``
+        for a bad id."""
         account = self.get(account_id=account_id)
         if account is None:
             raise NotFound(f"account {account_id} not found")

@@ -11,11 +11,11 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from .._repository import Repository, copy_in, execrows, execute, many
 from .._validation import (
+    Batch,
     Day,
     Id,
+    Instant,
     Limit,
-    check_batch,
-    check_now,
     gc_paused,
     validate_batch,
     validated,
@@ -77,11 +77,9 @@ class AnalyticsRepository(Repository):
     _latency = many("list_latency_percentiles", LatencyPercentiles)
     _pending = many("list_pending_analytics_days", PendingDay)
 
+    @validated
     def record_batch(
-        self,
-        *,
-        events: Sequence[AnalyticsEventIn | Mapping[str, Any]],
-        now: datetime | None = None,
+        self, *, events: Batch[AnalyticsEventIn | Mapping[str, Any]], now: Instant | None = None
     ) -> AnalyticsBatchResult:
         """Store a batch of analytics events; report the rejected ones with reasons.
 
@@ -97,10 +95,8 @@ class AnalyticsRepository(Repository):
         events: raises ``PartitionMissing`` (nothing stored) when a month has
         no partition, ``Unavailable`` if the database is lost.
         """
-        check_batch(events)
-        moment = check_now(now) or datetime.now(UTC)
         with gc_paused():
-            return self._record_batch(events, moment)
+            return self._record_batch(events, now or datetime.now(UTC))
 
     def _record_batch(
         self, events: Sequence[AnalyticsEventIn | Mapping[str, Any]], moment: datetime

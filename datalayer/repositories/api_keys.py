@@ -176,7 +176,8 @@ class ApiKeyRepository(Repository):
         """
         return self._get(account_id=account_id, id=key_id)
 
-    def require(self, *, account_id: int, key_id: int) -> ApiKey:
+    @validated
+    def require(self, *, account_id: Id, key_id: Id) -> ApiKey:
         """Like ``get``, but raises ``NotFound`` instead of returning ``None``."""
         key = self.get(account_id=account_id, key_id=key_id)
         if key is None:

@@ -112,7 +112,8 @@ class FileRepository(Repository):
         """
         return self._get(account_id=account_id, id=file_id)
 
-    def require(self, *, account_id: int, file_id: int) -> File:
+    @validated
+    def require(self, *, account_id: Id, file_id: Id) -> File:
         """Like ``get``, but raises ``NotFound`` instead of returning ``None``."""
         file = self.get(account_id=account_id, file_id=file_id)
         if file is None:

@@ -13,12 +13,11 @@ from pydantic import Field, StringConstraints, TypeAdapter
 
 from .._repository import Repository, copy_in, execute, one, scalar
 from .._validation import (
+    Batch,
     Id,
     Instant,
     MeterCode,
     Properties,
-    check_batch,
-    check_now,
     gc_paused,
     validate_batch,
     validated,
@@ -110,8 +109,9 @@ class UsageRepository(Repository):
         """
         return self._by_key(account_id=account_id, idempotency_key=idempotency_key)
 
+    @validated
     def record_batch(
-        self, *, events: Sequence[UsageEventIn | Mapping[str, Any]], now: datetime | None = None
+        self, *, events: Batch[UsageEventIn | Mapping[str, Any]], now: Instant | None = None
     ) -> BatchResult:
         """Store a batch of events exactly once each; report duplicates and rejections.
 
@@ -126,10 +126,8 @@ class UsageRepository(Repository):
         ``PartitionMissing`` (nothing stored) when a month has no partition,
         ``Unavailable`` if the database is lost.
         """
-        check_batch(events)
-        moment = check_now(now) or datetime.now(UTC)
         with gc_paused():
-            return self._record_batch(events, moment)
+            return self._record_batch(events, now or datetime.now(UTC))
 
     def _record_batch(
         self, events: Sequence[UsageEventIn | Mapping[str, Any]], moment: datetime

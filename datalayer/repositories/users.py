@@ -61,7 +61,8 @@ class UserRepository(Repository):
         """
         return self._get(account_id=account_id, id=user_id)
 
-    def require(self, *, account_id: int, user_id: int) -> User:
+    @validated
+    def require(self, *, account_id: Id, user_id: Id) -> User:
         """Like ``get``, but raises ``NotFound`` instead of returning ``None``."""
         user = self.get(account_id=account_id, user_id=user_id)
         if user is None:
@@ -135,7 +136,8 @@ class UserRepository(Repository):
             raise NotFound(f"user {user_id} not found in account {account_id}")
         return user
 
-    def rename(self, *, account_id: int, user_id: int, display_name: str) -> User:
+    @validated
+    def rename(self, *, account_id: Id, user_id: Id, display_name: DisplayName) -> User:
         """Set a live user's display name: ``update`` with one field; raises as ``update``."""
         return self.update(account_id=account_id, user_id=user_id, display_name=display_name)
 

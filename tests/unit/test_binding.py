@@ -270,3 +270,26 @@ def test_every_public_repository_method_documents_what_it_raises() -> None:
         if not name.startswith("_") and "raise" not in (inspect.getdoc(fn) or "").lower()
     ]
     assert missing == []
+
+
+def test_every_public_method_with_arguments_validates_them_before_it_runs() -> None:
+    """Every public entry point of the repositories and cached reads is ``@validated``.
+
+    (The hostile sweep, tests/integration/test_hostile_public_methods.py,
+    then shows the validation is enough.) Methods without arguments have
+    nothing to validate.
+    """
+    import inspect
+
+    from datalayer import CachedReads
+    from datalayer.repositories import REPOSITORIES
+
+    unvalidated = [
+        f"{cls.__name__}.{name}"
+        for cls in (*REPOSITORIES, CachedReads)
+        for name, fn in inspect.getmembers(cls, inspect.isfunction)
+        if not name.startswith("_")
+        and [p for p in inspect.signature(fn).parameters if p != "self"]
+        and not getattr(fn, "__validated__", False)
+    ]
+    assert unvalidated == []
