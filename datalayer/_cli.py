@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -298,6 +298,48 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.database_url, embedded=args.embedded)
 
 
+def _ranged(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an int from ``low`` to ``high``, else a usage error naming the range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:,} to {high:,}, not {value:,}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: seconds from 0.1 to 3600."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.1 <= value <= 3600:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be from 0.1 to 3600 seconds, not {text}")
+    return value
+
+
+def _month(text: str) -> str:
+    """An argparse type: a month ``YYYY-MM`` from 1900-01 to 8999-12."""
+    from datetime import datetime
+
+    try:
+        month = datetime.strptime(text, "%Y-%m")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a month YYYY-MM: {text!r}") from None
+    if not 1900 <= month.year < 9000:
+        raise argparse.ArgumentTypeError(f"must be from 1900-01 to 8999-12, not {text}")
+    return text
+
+
+_BIGINT = 2**63 - 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``datalayer`` command."""
     parser = argparse.ArgumentParser(
@@ -314,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(func=_cmd_migrate)
     rollback = sub.add_parser("rollback", help="roll back the newest migration(s)")
     group = rollback.add_mutually_exclusive_group()
-    group.add_argument("--count", type=int, default=1, help="how many (default 1)")
+    group.add_argument("--count", type=_ranged(1, 10_000), default=1, help="how many (default 1)")
     group.add_argument("--all", action="store_true", help="roll back every migration")
     rollback.set_defaults(func=_cmd_rollback)
     sub.add_parser("status", help="list migrations and whether each is applied").set_defaults(
@@ -328,11 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
     partitions = sub.add_parser("partitions", help="create or list event table partitions")
     partitions.add_argument("action", choices=["ensure", "list", "add-index"])
     partitions.add_argument(
-        "--ahead", type=int, default=3, help="months ahead of the current one (default 3)"
+        "--ahead",
+        type=_ranged(0, 120),
+        default=3,
+        help="months ahead of the current one (default 3)",
     )
     partitions.add_argument(
         "--from",
         dest="start",
+        type=_month,
         metavar="YYYY-MM",
         help="first month (default: the month of the oldest accepted event, 35 days ago)",
     )
@@ -342,13 +388,21 @@ def build_parser() -> argparse.ArgumentParser:
     partitions.set_defaults(func=_cmd_partitions)
     rollups = sub.add_parser("rollups", help="recompute usage and analytics rollups")
     rollups.add_argument("action", choices=["refresh"])
-    rollups.add_argument("--batch-size", type=int, default=5000, help="queue rows per transaction")
+    rollups.add_argument(
+        "--batch-size", type=_ranged(1, 100_000), default=5000, help="queue rows per transaction"
+    )
     rollups.set_defaults(func=_cmd_rollups)
     seed = sub.add_parser("seed", help="load a deterministic, realistic data set")
-    seed.add_argument("--accounts", type=int, default=1000)
-    seed.add_argument("--events", type=int, default=1_000_000, help="usage events")
-    seed.add_argument("--analytics", type=int, default=200_000, help="analytics events")
-    seed.add_argument("--seed", type=int, default=42, help="random seed (same seed, same data)")
+    seed.add_argument("--accounts", type=_ranged(1, 1_000_000), default=1000)
+    seed.add_argument(
+        "--events", type=_ranged(0, 100_000_000), default=1_000_000, help="usage events"
+    )
+    seed.add_argument(
+        "--analytics", type=_ranged(0, 100_000_000), default=200_000, help="analytics events"
+    )
+    seed.add_argument(
+        "--seed", type=_ranged(0, 2**32 - 1), default=42, help="random seed (same seed, same data)"
+    )
     seed.add_argument("--reset", action="store_true", help="empty every table first")
     seed.set_defaults(func=_cmd_seed)
     bench = sub.add_parser("bench", help="time the hot queries against raw-psycopg baselines")
@@ -359,8 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale", action="store_true", help="also time usage summaries with 10x the events"
     )
     bench.add_argument("--no-peers", action="store_true", help="skip SQLAlchemy and aiosql")
-    bench.add_argument("--iterations", type=int, help="calls per latency scenario (3000; 800)")
-    bench.add_argument("--events", type=int, help="events in the ingestion batch (100000; 20000)")
+    bench.add_argument(
+        "--iterations", type=_ranged(10, 10_000_000), help="calls per latency scenario (3000; 800)"
+    )
+    bench.add_argument(
+        "--events",
+        type=_ranged(100, 10_000_000),
+        help="events in the ingestion batch (100000; 20000)",
+    )
     bench.add_argument(
         "--pool-sweep",
         action="store_true",
@@ -368,14 +428,16 @@ def build_parser() -> argparse.ArgumentParser:
         " (writes test accounts and events: never against production)",
     )
     bench.add_argument(
-        "--sweep-seconds", type=float, help="pool sweep: seconds per size (10; 3 with --quick)"
+        "--sweep-seconds", type=_seconds, help="pool sweep: seconds per size (10; 3 with --quick)"
     )
     bench.set_defaults(func=_cmd_bench)
     archive = sub.add_parser(
         "archive", help="archive partitions past retention, or: archive restore MANIFEST"
     )
     archive.add_argument("target", nargs="*", help="restore MANIFEST (to bring a month back)")
-    archive.add_argument("--older-than-months", type=int, default=13, help="retention (13)")
+    archive.add_argument(
+        "--older-than-months", type=_ranged(1, 1200), default=13, help="retention (13)"
+    )
     archive.add_argument("--out", default="archive", help="directory for archive files")
     archive.add_argument("--dry-run", action="store_true", help="list, change nothing")
     archive.set_defaults(func=_cmd_archive)
@@ -389,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--overwrite", action="store_true", help="replace an existing database")
     restore.set_defaults(func=_cmd_restore)
     export = sub.add_parser("export-account", help="every row of one account, as one archive")
-    export.add_argument("account_id", type=int)
+    export.add_argument("account_id", type=_ranged(1, _BIGINT))
     export.add_argument("--out", required=True, help="the .tar.gz file to write")
     export.set_defaults(func=_cmd_export)
     demo = sub.add_parser("demo", help="migrate and run a short tour of the library")

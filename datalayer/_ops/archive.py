@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .._window import oldest_accepted
 from ..errors import AlreadyExists, DataLayerError, InvalidInput, map_error
 from .migrate import schema_version
 from .partitions import PARTITIONED_TABLES, add_months, list_partitions, month_start
@@ -266,11 +267,23 @@ def archive_partitions(
     archived usage events are deleted with them: a key is remembered as long
     as its event is kept. Safe to rerun after a crash. Raises
     ``DataLayerError`` if a fresh archive fails verification (the table is then
-    kept).
+    kept), ``InvalidInput`` when ``older_than_months`` would reach a month that
+    still accepts events (1 can, early in a month: events up to 35 days old are
+    accepted).
     """
-    if older_than_months < 1:
-        raise InvalidInput("must be >= 1", field="older_than_months")
-    cutoff = add_months(month_start(now or datetime.now(UTC)), -older_than_months)
+    if type(older_than_months) is not int or not 1 <= older_than_months <= 1200:
+        raise InvalidInput(
+            "must be a whole number of months from 1 to 1200", field="older_than_months"
+        )
+    moment = now or datetime.now(UTC)
+    cutoff = add_months(month_start(moment), -older_than_months)
+    if cutoff > oldest_accepted(moment):
+        # A month that still accepts late events must never be archived and dropped.
+        raise InvalidInput(
+            f"{older_than_months} month(s) would archive a month that still accepts events "
+            f"(the accepted window reaches back to {oldest_accepted(moment):%Y-%m-%d})",
+            field="older_than_months",
+        )
     out_dir = Path(out_dir)
     results: list[ArchiveResult] = []
     try:

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from datalayer import DataLayerError
+from datalayer import DataLayerError, InvalidInput
 from datalayer._ops import archive as _archive
 from datalayer._ops.archive import archive_partitions, restore_archive
 from datalayer._ops.partitions import ensure_partitions, list_partitions
@@ -126,6 +126,24 @@ def test_partitions_inside_the_retention_window_are_untouched(
         "usage_events_2020_01.copy.gz",
         "usage_events_2020_01.manifest.json",
     ]
+
+
+def test_a_retention_that_reaches_into_the_accepted_window_is_refused_and_changes_nothing(
+    aconn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    before = partition_names(aconn)
+    march_1 = datetime(2021, 3, 1, tzinfo=UTC)  # January still accepts events until the 5th
+    with pytest.raises(InvalidInput) as info:
+        archive_partitions(aconn, older_than_months=1, out_dir=tmp_path, now=march_1)
+    assert info.value.field == "older_than_months"
+    assert partition_names(aconn) == before
+    assert list(tmp_path.iterdir()) == []
+    # On the 15th January is out of the window: one month is allowed then.
+    results = archive_partitions(
+        aconn, older_than_months=1, out_dir=tmp_path, now=NOW, dry_run=True
+    )
+    assert results
+    assert all(r.end <= datetime(2021, 2, 1, tzinfo=UTC) for r in results)
 
 
 def test_dry_run_lists_the_partitions_and_changes_nothing(
