@@ -29,14 +29,14 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import _clone, pg_url
+from conftest import CACHE_KEYS, _clone, pg_url
 from pydantic import BaseModel
 from redis.crc import key_slot
 
 from datalayer import Database, Settings
 from datalayer._apikey import generate_secret, hash_secret
 from datalayer._cache import Cache
-from datalayer._cachecore import account_tag, key_tag, plan_tag
+from datalayer._cachecore import SigningKeys, account_tag, key_tag, plan_tag
 from datalayer.models.cached import AuthBundle
 from datalayer.models.plans import PlanMeterSpec, PlanWithMeters
 from datalayer.models.subscriptions import Subscription
@@ -44,6 +44,7 @@ from datalayer.repositories import api_keys as api_keys_module
 
 REDIS = "redis://127.0.0.1:6379"
 NEGATIVE = b"\x00none"
+KEYS = SigningKeys.parse(CACHE_KEYS)
 AUTH_TTL_MS = 300_000
 PLAN_TTL_MS = 3_600_000
 NEGATIVE_TTL_MS = 10_000
@@ -92,7 +93,7 @@ def cdb(cache_db_url: str, redis_url: str, namespace: str, raw: redis.Redis) -> 
 @pytest.fixture
 def cache(redis_url: str, namespace: str, raw: redis.Redis) -> Iterator[Cache]:
     """A bare ``Cache`` in this test's namespace (no PostgreSQL)."""
-    instance = Cache(redis_url, namespace=namespace)
+    instance = Cache(redis_url, namespace=namespace, keys=KEYS)
     yield instance
     instance.close()
 
@@ -161,6 +162,7 @@ def _settings(database_url: str, redis_url: str | None) -> Settings:
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
+        cache_keys=CACHE_KEYS if redis_url else None,
         pool_min_size=1,
         pool_max_size=8,
         pool_timeout=5,
@@ -243,6 +245,11 @@ def delta(db: Database, before: dict[str, int]) -> dict[str, int]:
 def sql_requests(db: Database) -> int:
     """How many connections the pool has lent so far (absent from the stats until the first)."""
     return db.stats().get("requests_num", 0)
+
+
+def payload(stored: bytes | None) -> bytes | None:
+    """What a signed value holds (``<kid>:<expiry>:<hmac>:<payload>``), unverified."""
+    return None if stored is None else stored.split(b":", 3)[3]
 
 
 def auth_key(db: Database, secret: str, name: str = "value") -> str:
@@ -529,7 +536,7 @@ def test_an_unknown_key_is_cached_as_none_and_asked_again_runs_no_sql(
     assert delta(cdb, before)["negative_hits"] == 1
     assert delta(cdb, before)["rebuilds"] == 0
     assert sql_requests(cdb) == sql_before
-    assert raw.get(auth_key(cdb, secret)) == NEGATIVE
+    assert payload(raw.get(auth_key(cdb, secret))) == NEGATIVE
     ttl = raw.pttl(auth_key(cdb, secret))
     assert 0.9 * NEGATIVE_TTL_MS - 50 <= ttl <= 1.1 * NEGATIVE_TTL_MS
 
@@ -559,7 +566,7 @@ def test_issuing_a_key_clears_a_cached_none_for_its_secret(
     w = build_world(cdb)
     secret = generate_secret("live")
     assert cdb.cached.auth(secret=secret) is None  # somebody tried it: cached as "none"
-    assert raw.get(auth_key(cdb, secret)) == NEGATIVE
+    assert payload(raw.get(auth_key(cdb, secret))) == NEGATIVE
     monkeypatch.setattr(api_keys_module, "generate_secret", lambda environment: secret)
 
     issued = cdb.api_keys.issue(account_id=w.account_id, name="new", environment="live", scopes=[])
@@ -582,7 +589,7 @@ def test_rotating_to_a_secret_cached_as_none_authenticates_at_once(
         rotated = uow.api_keys.rotate(
             account_id=w.account_id, key_id=w.key_id, overlap=timedelta(minutes=5)
         )
-        assert raw.get(auth_key(cdb, secret)) == NEGATIVE  # cleared only at commit
+        assert payload(raw.get(auth_key(cdb, secret))) == NEGATIVE  # cleared only at commit
 
     bundle = cdb.cached.auth(secret=secret)
     assert bundle is not None
@@ -695,7 +702,7 @@ def test_a_none_is_not_cached_when_the_negative_ttl_is_zero(
 # -- 8. keys and values -------------------------------------------------------------------
 
 
-def test_keys_are_namespaced_versioned_and_hash_tagged_and_values_are_compact_json(
+def test_keys_are_namespaced_versioned_and_hash_tagged_and_values_are_signed_compact_json(
     cdb: Database, raw: redis.Redis, namespace: str
 ) -> None:
     w = build_world(cdb)
@@ -706,7 +713,7 @@ def test_keys_are_namespaced_versioned_and_hash_tagged_and_values_are_compact_js
 
     tags = [f"key:{hash_secret(w.secret).hex()}", f"acct:{w.account_id}", f"plan:{w.plan.code}"]
     # Setting up invalidated every tag once (issue, start, publish), so each has a generation.
-    expected = {f"{namespace}:v1:{{{tag}}}:{name}" for tag in tags for name in ("value", "gen")}
+    expected = {f"{namespace}:v2:{{{tag}}}:{name}" for tag in tags for name in ("value", "gen")}
     assert {k.decode() for k in raw.scan_iter(match=f"{namespace}:*")} == expected
     for tag in tags:
         names = [cdb.cache.key(tag, name).encode() for name in ("value", "gen", "lock")]
@@ -715,15 +722,19 @@ def test_keys_are_namespaced_versioned_and_hash_tagged_and_values_are_compact_js
 
     stored = raw.get(auth_key(cdb, w.secret))
     assert stored is not None
-    assert stored == bundle.model_dump_json().encode()
-    assert stored == json.dumps(json.loads(stored), separators=(",", ":")).encode()
-    assert AuthBundle.model_validate_json(stored) == bundle
+    kid, expires, mac, body = stored.split(b":", 3)
+    assert kid == b"t1"  # the key id that signed it (the first of DATALAYER_CACHE_KEYS)
+    assert int(expires) > time.time() * 1000  # the signed expiry
+    assert len(mac) == 64  # HMAC-SHA256, hex
+    assert body == bundle.model_dump_json().encode()
+    assert body == json.dumps(json.loads(body), separators=(",", ":")).encode()
+    assert AuthBundle.model_validate_json(body) == bundle
 
-    cdb.cache.version = 2  # a new model version never reads the old values
+    cdb.cache.version = 3  # a new model version never reads the old values
     before = counters(cdb)
     assert cdb.cached.auth(secret=w.secret) == bundle
     assert delta(cdb, before)["misses"] == 1
-    assert raw.exists(f"{namespace}:v2:{{{tags[0]}}}:value") == 1
+    assert raw.exists(f"{namespace}:v3:{{{tags[0]}}}:value") == 1
 
 
 # -- 9. Redis down ------------------------------------------------------------------------
@@ -808,7 +819,7 @@ def test_a_revoke_while_the_breaker_is_open_is_replayed_before_the_next_read(
         time.sleep(0.35)
 
         assert db.cached.auth(secret=w.secret) is None
-        assert client.get(value_key) == NEGATIVE
+        assert payload(client.get(value_key)) == NEGATIVE
 
 
 def test_a_revoke_deferred_by_the_breaker_reaches_other_processes_once_redis_answers(
