@@ -9,11 +9,13 @@ read the old row, and is slow to write it back would otherwise re-cache the
 old value just after a writer's delete. Here every invalidation (run after
 the writer's transaction commits) sets ``{tag}:gen`` to a new random token
 and deletes the value; a reader reads the generation *before* reading the
-database and writes its value back only if the generation is unchanged and
-at most ``WRITE_BACK_WINDOW_MS`` later (one Lua script, on Redis's clock).
-Generations expire ``GENERATION_TTL_MS`` after their last use, and since a
-token never repeats, an expired generation cannot make a stale write-back
-look current.
+database (creating one if there is none) and writes its value back only if
+that generation is still there, unchanged, and at most
+``WRITE_BACK_WINDOW_MS`` later (Lua scripts, on Redis's clock). Generations
+expire: ``GENERATION_TTL_MS`` after a bump, ``GENERATION_MARGIN_MS`` after
+the last value or read under them. Since a token never repeats and an absent
+generation refuses every write-back, an expired (or evicted) generation
+cannot make a stale write-back look current.
 
 Redis is outside the trust boundary: every value is signed (HMAC-SHA256 over
 the key id, the Redis key name, the generation, an expiry and the payload),
@@ -48,6 +50,7 @@ from pydantic import BaseModel
 
 from ._cachecore import (
     CLAIM,
+    GENERATION_MARGIN_MS,
     GENERATION_TTL_MS,
     MAX_TTL,
     SET_IF_GENERATION,
@@ -320,9 +323,7 @@ class Cache:
             return build()
         if raw is not None:
             try:
-                value = codec.load(
-                    raw, key=value_key, generation=_text(generation), now_ms=wall_ms()
-                )
+                value = codec.load(raw, key=value_key, generation=generation, now_ms=wall_ms())
             except Rejected as why:
                 self._rejected(why)
             else:
@@ -333,7 +334,10 @@ class Cache:
         self.stats.add("misses")
         lock_key = self.key(tag, "lock")
         try:
-            won, seen, read_ms = self._claim(keys=[lock_key, gen_key], args=[self.lock_ms])
+            won, seen, read_ms = self._claim(
+                keys=[lock_key, gen_key],
+                args=[self.lock_ms, new_generation(), GENERATION_MARGIN_MS],
+            )
         except redis.RedisError as exc:
             self._failed(exc)
             return build()
@@ -349,7 +353,7 @@ class Cache:
                 blob = codec.dump(value, key=value_key, generation=gen, expires_ms=wall_ms() + ms)
                 stored = self._set_if_gen(
                     keys=[value_key, gen_key],
-                    args=[gen, blob, ms, read_ms, WRITE_BACK_WINDOW_MS, GENERATION_TTL_MS],
+                    args=[gen, blob, ms, read_ms, WRITE_BACK_WINDOW_MS, GENERATION_MARGIN_MS],
                 )
                 if stored != 1:
                     self.stats.add("stale_refused")
@@ -379,7 +383,7 @@ class Cache:
                 if raw is not None:
                     try:
                         return codec.load(
-                            raw, key=value_key, generation=_text(generation), now_ms=wall_ms()
+                            raw, key=value_key, generation=generation, now_ms=wall_ms()
                         )
                     except Rejected as why:
                         self._rejected(why)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 __all__ = [
     "CLAIM",
+    "GENERATION_MARGIN_MS",
     "GENERATION_TTL_MS",
     "GLOBAL_ACCOUNT",
     "MAX_TTL",
@@ -89,11 +90,14 @@ GLOBAL_ACCOUNT = 0
 MAX_TTL = 3600.0
 #: A write-back more than this long after its generation was read (Redis clock) is refused.
 WRITE_BACK_WINDOW_MS = 10_000
-#: How long a generation lives after its last bump or write. Longer than any value
-#: (1.1 * MAX_TTL), so a value never outlives the generation it is signed with, and
-#: at least twice the write-back window, so a bump is still there when any write-back
-#: that read before it arrives.
+#: How long a generation lives after a bump: longer than any value (1.1 * MAX_TTL).
 GENERATION_TTL_MS = 7_200_000
+#: A generation outlives any value signed with it, and any read of it, by at least this
+#: (twice the write-back window): so neither a value nor a prompt write-back is lost to
+#: its expiry. Generations that were never bumped live only that much longer than their
+#: values, so a flood of unknown API keys leaves no lasting keys behind. Correctness never
+#: rests on these lifetimes: an expired or evicted generation refuses every write-back.
+GENERATION_MARGIN_MS = 2 * WRITE_BACK_WINDOW_MS
 #: Clocks of the processes may differ by this much when a signed expiry is checked.
 CLOCK_SKEW_MS = 2_000
 
@@ -106,15 +110,17 @@ def new_generation() -> str:
 def write_back_allowed(*, seen: str, current: str, read_ms: int, now_ms: int) -> bool:
     """Whether a rebuilt value may be stored: the rule ``SET_IF_GENERATION`` runs in Redis.
 
-    ``seen`` is the generation the reader read before reading the database
-    (``""``: none), ``current`` the generation now, ``read_ms`` and ``now_ms``
-    Redis's clock then and now. Generations are random tokens that live
-    ``GENERATION_TTL_MS`` >= 2 x ``WRITE_BACK_WINDOW_MS`` after a bump. So a bump
-    after the read is still there at any write-back inside the window, and
-    differs from ``seen`` even if the generation that was read has expired
-    meanwhile; and a later write-back is refused outright.
+    ``seen`` is the generation the reader read (creating it if there was none)
+    before reading the database, ``current`` the generation now (``""``: gone),
+    ``read_ms`` and ``now_ms`` Redis's clock then and now. A generation is a
+    random token that only a bump replaces and that never comes back, so a
+    bump after the read, whatever expired or was evicted since, leaves
+    ``current`` different from ``seen``; and a generation that is gone proves
+    nothing, so it refuses too. A write-back more than ``WRITE_BACK_WINDOW_MS``
+    after the read is refused outright, so no rebuild, however stalled, stores
+    a value older than that.
     """
-    return now_ms - read_ms <= WRITE_BACK_WINDOW_MS and current == seen
+    return seen != "" and current == seen and now_ms - read_ms <= WRITE_BACK_WINDOW_MS
 
 
 # Both scripts read Redis's own clock, so no process clock is compared with another.
@@ -124,28 +130,38 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: lock, generation. ARGV: lock ms. Take the rebuild lock if it is free and, in
-# the same instant, read the generation and the clock: {won (0/1), generation ('' =
-# none), Redis time in ms}.
+# KEYS: lock, generation. ARGV: lock ms, a fresh generation token, GENERATION_MARGIN_MS.
+# Take the rebuild lock if it is free and, in the same instant, read the generation
+# (creating it if there is none, so a write-back never rests on an absent one, and keeping
+# it at least the margin longer) and the clock: {won (0/1), generation, Redis time in ms}.
 CLAIM = (
     _NOW_MS
     + """
 local won = redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) and 1 or 0
-return {won, redis.call('GET', KEYS[2]) or '', now}
+local gen = redis.call('GET', KEYS[2])
+if not gen then
+  gen = ARGV[2]
+  redis.call('SET', KEYS[2], gen, 'PX', ARGV[3])
+elseif redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+return {won, gen, now}
 """
 )
 
 # KEYS: value, generation. ARGV: generation seen, value, ttl ms, read time ms, window ms,
-# generation ttl ms. write_back_allowed, then store; a write keeps the generation alive
-# as long as the value. Returns 1 stored, 0 the generation changed, -1 too late.
+# GENERATION_MARGIN_MS. write_back_allowed, then store, and keep the generation alive at
+# least the margin longer than the value. Returns 1 stored, 0 the generation changed or
+# is gone, -1 too late.
 SET_IF_GENERATION = (
     _NOW_MS
     + """
 if now - tonumber(ARGV[4]) > tonumber(ARGV[5]) then return -1 end
-local gen = redis.call('GET', KEYS[2]) or ''
-if gen ~= ARGV[1] then return 0 end
+local gen = redis.call('GET', KEYS[2])
+if not gen or gen == '' or gen ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-if gen ~= '' then redis.call('PEXPIRE', KEYS[2], ARGV[6]) end
+local life = tonumber(ARGV[3]) + tonumber(ARGV[6])
+if redis.call('PTTL', KEYS[2]) < life then redis.call('PEXPIRE', KEYS[2], life) end
 return 1
 """
 )
@@ -248,8 +264,18 @@ class Codec(Generic[M]):
         mac = self.keys.mac(kid, kid.encode(), key.encode(), generation.encode(), expires, payload)
         return b":".join((kid.encode(), expires, mac.hex().encode(), payload))
 
-    def load(self, raw: bytes | str, *, key: str, generation: str, now_ms: int) -> M | None:
-        """The value, or ``None`` for a cached "none"; raises ``Rejected`` saying why not."""
+    def load(
+        self, raw: bytes | str, *, key: str, generation: bytes | str | None, now_ms: int
+    ) -> M | None:
+        """The value, or ``None`` for a cached "none"; raises ``Rejected`` saying why not.
+
+        ``generation`` is the tag's generation now; ``None`` (expired, evicted or
+        never written: a planted value) rejects the value.
+        """
+        if generation is None:
+            raise Rejected("its generation is gone")
+        if isinstance(generation, bytes):
+            generation = generation.decode("ascii", "replace")
         parts = (raw.encode() if isinstance(raw, str) else raw).split(b":", 3)
         if len(parts) != 4 or not parts[1].isdigit():
             raise Rejected("malformed")

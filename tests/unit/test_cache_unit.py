@@ -16,6 +16,7 @@ from datalayer._apikey import hash_secret
 from datalayer._cache import Cache
 from datalayer._cachecore import (
     CLOCK_SKEW_MS,
+    GENERATION_MARGIN_MS,
     GENERATION_TTL_MS,
     MAX_TTL,
     WRITE_BACK_WINDOW_MS,
@@ -208,45 +209,49 @@ def test_a_ttl_outside_what_generations_outlive_is_refused(
 # -- the write-back rule (SET_IF_GENERATION runs it in Redis) ----------------------------
 
 
-def test_generations_outlive_every_value_and_twice_the_write_back_window() -> None:
-    assert GENERATION_TTL_MS > 1.1 * MAX_TTL * 1000  # a value never outlives its generation
-    assert GENERATION_TTL_MS >= 2 * WRITE_BACK_WINDOW_MS
+def test_generations_outlive_their_values_and_twice_the_write_back_window() -> None:
+    assert GENERATION_TTL_MS > 1.1 * MAX_TTL * 1000  # after a bump, longer than any value
+    assert GENERATION_MARGIN_MS >= 2 * WRITE_BACK_WINDOW_MS
     assert len({new_generation() for _ in range(1000)}) == 1000  # tokens never repeat
 
 
-def _generation_at(t: int, bumps: list[tuple[int, str]], before: str) -> str:
-    """The generation a reader sees at ``t``: the last bump's token while it lives."""
-    live = [(at, token) for at, token in bumps if at <= t]
-    if not live:
-        return before
-    at, token = live[-1]
-    return token if t - at < GENERATION_TTL_MS else ""
+def _after(seen: str, events: list[str]) -> str:
+    """The generation after ``events``: a bump replaces it, an expiry (or eviction) removes
+    it, another reader's claim creates one where there is none."""
+    current = seen
+    for event in events:
+        if event == "bump":
+            current = new_generation()
+        elif event == "expire":
+            current = ""
+        else:
+            current = current or new_generation()
+    return current
 
 
-@given(
-    read=st.integers(0, 10**8),
-    bump_after_read=st.integers(1, 2 * WRITE_BACK_WINDOW_MS),
-    write_after_bump=st.integers(0, 4 * GENERATION_TTL_MS),
-    before=st.sampled_from(["", "old-token"]),
-    later_bumps=st.lists(st.integers(1, 4 * GENERATION_TTL_MS), max_size=3),
-)
-def test_a_value_read_before_a_bump_is_never_stored_after_it_whatever_expired(
-    read: int, bump_after_read: int, write_after_bump: int, before: str, later_bumps: list[int]
+events = st.lists(st.sampled_from(["bump", "expire", "claim"]), max_size=5)
+
+
+@given(before=events, after=events, elapsed=st.integers(0, 2 * WRITE_BACK_WINDOW_MS))
+def test_a_value_read_before_a_bump_is_never_stored_after_it_whatever_expired_meanwhile(
+    before: list[str], after: list[str], elapsed: int
 ) -> None:
-    bump = read + bump_after_read
-    write = bump + write_after_bump
-    bumps = [(bump, new_generation())]
-    bumps += [(bump + d, new_generation()) for d in sorted(later_bumps)]
-    seen = _generation_at(read, [], before)
-    current = _generation_at(write, bumps, before)
-    assert not write_back_allowed(seen=seen, current=current, read_ms=read, now_ms=write)
+    seen = new_generation()  # what the reader's claim read, or created
+    current = _after(seen, [*before, "bump", *after])
+    assert not write_back_allowed(seen=seen, current=current, read_ms=NOW, now_ms=NOW + elapsed)
 
 
-def test_a_prompt_write_back_with_no_bump_is_stored() -> None:
-    for seen in ("", "token"):
-        assert write_back_allowed(seen=seen, current=seen, read_ms=NOW, now_ms=NOW + 50)
-        late = NOW + WRITE_BACK_WINDOW_MS + 1
-        assert not write_back_allowed(seen=seen, current=seen, read_ms=NOW, now_ms=late)
+def test_a_prompt_write_back_is_stored_only_while_its_generation_is_there_unchanged() -> None:
+    seen = new_generation()
+    assert write_back_allowed(seen=seen, current=seen, read_ms=NOW, now_ms=NOW + 50)
+    assert not write_back_allowed(seen=seen, current="", read_ms=NOW, now_ms=NOW + 50)
+    expired_and_recreated = _after(seen, ["expire", "claim"])
+    assert not write_back_allowed(
+        seen=seen, current=expired_and_recreated, read_ms=NOW, now_ms=NOW + 50
+    )
+    late = NOW + WRITE_BACK_WINDOW_MS + 1
+    assert not write_back_allowed(seen=seen, current=seen, read_ms=NOW, now_ms=late)
+    assert not write_back_allowed(seen="", current="", read_ms=NOW, now_ms=NOW)
 
 
 # -- trusting Redis: the journal clock ----------------------------------------------------
