@@ -238,9 +238,7 @@ class SigningKeys:
     def mac(self, kid: str, *parts: bytes) -> bytes:
         """HMAC-SHA256 with key ``kid`` over the length-prefixed ``parts``; KeyError if unknown."""
         mac = self._macs[kid].copy()
-        for part in parts:
-            mac.update(len(part).to_bytes(4, "big"))
-            mac.update(part)
+        mac.update(b"".join([len(part).to_bytes(4, "big") + part for part in parts]))
         return mac.digest()
 
 
@@ -285,7 +283,11 @@ class Codec(Generic[M]):
             raise Rejected("unknown key id")
         gen = generation.encode()
         expected = self.keys.mac(kid, kid_bytes, key.encode(), gen, expires, payload)
-        if not hmac.compare_digest(expected.hex().encode(), mac_hex):
+        try:
+            presented = bytes.fromhex(mac_hex.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            raise Rejected("malformed") from None
+        if not hmac.compare_digest(expected, presented):
             raise Rejected("bad signature")
         if int(expires) + CLOCK_SKEW_MS < now_ms:
             raise Rejected("expired")
