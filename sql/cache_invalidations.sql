@@ -18,7 +18,8 @@ ORDER BY account_id, id
 LIMIT :limit;
 
 -- name: delete_cache_invalidations :execrows
--- Forget the listed invalidations once Redis has them; rows already gone are skipped.
-DELETE FROM cache_invalidations AS c
-USING unnest(:account_ids::bigint[], :ids::bigint[]) AS applied (account_id, id)
-WHERE c.account_id = applied.account_id AND c.id = applied.id;
+-- Forget the listed invalidations once Redis has them; rows already gone are skipped. An id
+-- alone names a row (one identity); the accounts let a table distributed by account_id
+-- prune its shards, and cache_invalidations_pkey serves both.
+DELETE FROM cache_invalidations
+WHERE account_id = ANY(:account_ids::bigint[]) AND id = ANY(:ids::bigint[]);

@@ -49,6 +49,5 @@ class CacheInvalidationRepository(Repository):
         """Delete entries whose tags Redis has; returns how many were still there."""
         if not entries:
             return 0
-        return self._delete(
-            account_ids=[e.account_id for e in entries], ids=[e.id for e in entries]
-        )
+        accounts = sorted({e.account_id for e in entries})
+        return self._delete(account_ids=accounts, ids=[e.id for e in entries])
