@@ -1,4 +1,4 @@
-"""Redis cache-aside: generation-guarded sets, stampede locks, jittered TTLs, a circuit breaker.
+"""Redis cache-aside: signed values, generation-guarded sets, stampede locks, a journal, a breaker.
 
 One value per tag, under ``cache_key(namespace, version, tag, name)``
 (``_cachecore``): versioned (a schema change bumps ``version``), tenant-scoped
@@ -7,33 +7,66 @@ by the tag, and in one Redis Cluster slot with its generation and lock.
 Why generations rather than a plain delete-after-commit: a reader that missed,
 read the old row, and is slow to write it back would otherwise re-cache the
 old value just after a writer's delete. Here every invalidation (run after
-the writer's transaction commits) increments ``{tag}:gen`` and deletes the
-value; a reader reads the generation *before* reading the database and writes
-its value back only if the generation is unchanged (one Lua script). So a
-value read before a commit can never be stored after that commit's
-invalidation.
+the writer's transaction commits) sets ``{tag}:gen`` to a new random token
+and deletes the value; a reader reads the generation *before* reading the
+database (creating one if there is none) and writes its value back only if
+that generation is still there, unchanged, and at most
+``WRITE_BACK_WINDOW_MS`` later (Lua scripts, on Redis's clock). Generations
+expire: ``GENERATION_TTL_MS`` after a bump, ``GENERATION_MARGIN_MS`` after
+the last value or read under them. Since a token never repeats and an absent
+generation refuses every write-back, an expired (or evicted) generation
+cannot make a stale write-back look current.
+
+Redis is outside the trust boundary: every value is signed (HMAC-SHA256 over
+the key id, the Redis key name, the generation, an expiry and the payload),
+and one that does not verify is a miss, counted as ``rejected``, rebuilt and
+overwritten.
 
 Redis down or slow is never an error: each call has a short socket timeout,
 an error opens a breaker for ``cooldown`` seconds during which Redis is not
-tried at all, and every read falls back to the database. Invalidations that
-fail are remembered and replayed when Redis answers again.
+tried at all, and every read falls back to the database. A ``Database``
+attaches its journal of pending invalidations (``cache_invalidations``,
+written in the writer's transaction): the cache applies what it finds there
+at most every ``journal_every`` seconds and after any Redis error of its
+own, and trusts Redis only within ``2 * journal_every`` seconds of a complete
+read. So an invalidation whose writer could not reach Redis (or died) still
+reaches every reader within that bound.
 
-This module is the Redis I/O; names, the codec, the script and the breaker
-are in ``_cachecore``.
+This module is the Redis I/O; names, the codec, the scripts, the breaker and
+the journal clock are in ``_cachecore``.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
 from pydantic import BaseModel
 
-from ._cachecore import SET_IF_GENERATION, Breaker, CacheStats, Codec, cache_key
+from ._cachecore import (
+    CLAIM,
+    GENERATION_MARGIN_MS,
+    GENERATION_TTL_MS,
+    MAX_TTL,
+    SET_IF_GENERATION,
+    WRITE_BACK_WINDOW_MS,
+    Breaker,
+    CacheStats,
+    Codec,
+    Freshness,
+    Rejected,
+    SigningKeys,
+    cache_key,
+    new_generation,
+    wall_ms,
+)
+from .errors import DataLayerError, InvalidInput
+from .models.cached import PendingInvalidation
 
 __all__ = ["Cache", "CacheStats"]
 
@@ -41,28 +74,53 @@ log = logging.getLogger("datalayer")
 
 M = TypeVar("M", bound=BaseModel)
 
+JOURNAL_PAGE = 1000  # pending invalidations read per query
+_JOURNAL_PAGES = 20  # a read that finds more leaves the rest for the next one
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else (raw or "")
+
 
 class Cache:
-    """A Redis cache-aside helper; with ``url=None`` it is disabled and every read builds."""
+    """A Redis cache-aside helper; with ``url=None`` it is disabled and every read builds.
+
+    ``keys`` sign and verify every value; a URL without keys raises
+    ``InvalidInput`` (field ``DATALAYER_CACHE_KEYS``): the cache fails closed
+    rather than trusting Redis or inventing a key of its own.
+    """
 
     def __init__(
         self,
         url: str | None,
         *,
+        keys: SigningKeys | None = None,
         namespace: str = "dl",
-        version: int = 1,
+        version: int = 2,
         socket_timeout: float = 0.1,
         cooldown: float = 1.0,
         lock_ms: int = 2000,
         wait_ms: int = 500,
+        journal_every: float = 1.0,
     ):
+        if url and keys is None:
+            raise InvalidInput(
+                "a Redis URL needs the keys that sign cached values", field="DATALAYER_CACHE_KEYS"
+            )
         self.namespace = namespace
         self.version = version
         self.lock_ms = lock_ms
         self.wait_ms = wait_ms
         self.stats = CacheStats()
+        self._keys = keys
         self._breaker = Breaker(cooldown)
+        self._freshness = Freshness(journal_every)
+        self._journal_lock = threading.Lock()
+        self._read_journal: Callable[[int], Sequence[PendingInvalidation]] | None = None
+        self._forget_journal: Callable[[Sequence[PendingInvalidation]], object] | None = None
+        self._last_rejection_log = 0.0
         self._client: redis.Redis | None = None
+        self._claim: Any = None
         self._set_if_gen: Any = None
         if url:
             self._client = redis.Redis.from_url(
@@ -72,6 +130,7 @@ class Cache:
                 retry_on_timeout=False,
                 health_check_interval=30,
             )
+            self._claim = self._client.register_script(CLAIM)
             self._set_if_gen = self._client.register_script(SET_IF_GENERATION)
 
     @property
@@ -88,9 +147,31 @@ class Cache:
     def cooldown(self, seconds: float) -> None:
         self._breaker.cooldown = seconds
 
+    @property
+    def journal_every(self) -> float:
+        """Seconds between reads of the journal; Redis is trusted for twice as long after one."""
+        return self._freshness.every
+
+    @journal_every.setter
+    def journal_every(self, seconds: float) -> None:
+        self._freshness.every = seconds
+
     def key(self, tag: str, name: str) -> str:
         """The full Redis key of ``name`` under hash tag ``tag``."""
         return cache_key(self.namespace, self.version, tag, name)
+
+    def attach_journal(
+        self,
+        read: Callable[[int], Sequence[PendingInvalidation]],
+        forget: Callable[[Sequence[PendingInvalidation]], object],
+    ) -> None:
+        """Read pending invalidations with ``read(limit)``; ``forget`` those applied.
+
+        ``Database`` attaches ``cache_invalidations``; a cache without a
+        journal trusts Redis after every error once its own failed
+        invalidations are replayed.
+        """
+        self._read_journal, self._forget_journal = read, forget
 
     def ping(self) -> bool:
         """Whether Redis is configured and answers now (the breaker is left alone)."""
@@ -114,10 +195,66 @@ class Cache:
         if not self._breaker.closed():
             self.stats.add("bypassed")
             return False
-        return not self._breaker.has_pending or self._replay()
+        if self._breaker.has_pending and not self._replay():
+            return False
+        if self._read_journal is None or self._trust_redis():
+            return True
+        self.stats.add("bypassed")
+        return False
+
+    def _trust_redis(self) -> bool:
+        """Read the journal if due; whether Redis may be trusted now.
+
+        While Redis is trusted one caller reads the journal and the others go
+        on; when it is not (a new process, after an error, a read overdue),
+        the others wait up to ``wait_ms`` for that read rather than stampede
+        PostgreSQL.
+        """
+        freshness = self._freshness
+        if freshness.due():
+            waiting = not freshness.trusted()
+            if self._journal_lock.acquire(waiting, self.wait_ms / 1000 if waiting else -1):
+                try:
+                    if freshness.due():
+                        self._catch_up()
+                finally:
+                    self._journal_lock.release()
+        return freshness.trusted()
+
+    def _catch_up(self) -> bool:
+        """Apply every pending invalidation of the journal, then forget them."""
+        assert self._read_journal is not None
+        assert self._forget_journal is not None
+        started = self._freshness.begin()
+        applied = 0
+        try:
+            for _ in range(_JOURNAL_PAGES):
+                entries = self._read_journal(JOURNAL_PAGE)
+                if entries:
+                    self._bump(sorted({e.tag for e in entries}))
+                    self._forget_journal(entries)
+                    applied += len(entries)
+                if len(entries) < JOURNAL_PAGE:
+                    break
+            else:
+                self._freshness.failed()
+                return False
+        except redis.RedisError as exc:
+            self._failed(exc)
+            return False
+        except DataLayerError as exc:
+            self._freshness.failed()
+            log.warning("cannot read pending cache invalidations, not trusting Redis: %s", exc)
+            return False
+        self._freshness.done(started)
+        if applied:
+            self.stats.add("replayed", applied)
+            log.info("applied %d pending cache invalidation(s) from the journal", applied)
+        return True
 
     def _failed(self, exc: Exception) -> None:
         self.stats.add("errors")
+        self._freshness.distrust()
         if self._breaker.trip():
             log.warning(
                 "redis unavailable, reading from PostgreSQL for %ss: %s", self.cooldown, exc
@@ -127,14 +264,24 @@ class Cache:
         """Apply invalidations that failed while Redis was away; False if it still fails."""
         tags = self._breaker.pending()
         try:
-            for tag in tags:
-                self._bump(tag)
+            self._bump(tags)
         except redis.RedisError as exc:
             self._failed(exc)
             return False
         self._breaker.replayed(tags)
         log.info("redis back: replayed %d invalidation(s)", len(tags))
         return True
+
+    def _rejected(self, why: Rejected) -> None:
+        self.stats.add("rejected")
+        now = time.monotonic()
+        if now - self._last_rejection_log >= 10:  # a flood must not flood the log
+            self._last_rejection_log = now
+            log.warning(
+                "refused a cached value (%s): rebuilt from PostgreSQL; %d refused so far",
+                why,
+                self.stats.rejected,
+            )
 
     # -- reads --------------------------------------------------------------------------
 
@@ -153,13 +300,21 @@ class Cache:
         ``None`` from ``build`` is cached for ``negative_ttl`` (0: not at all).
         On a miss one caller rebuilds (a lock with ``SET NX``); the others wait
         up to ``wait_ms`` for its value, then build themselves without caching.
-        Never raises a Redis error: without Redis this is ``build()``.
+        A value whose signature does not verify is a miss. Raises
+        ``InvalidInput`` for a ``ttl`` outside (0, ``MAX_TTL``] or a
+        ``negative_ttl`` outside [0, ``MAX_TTL``], and never a Redis error:
+        without Redis this is ``build()``.
         """
-        codec = Codec(model)
+        if not 0 < ttl <= MAX_TTL:
+            raise InvalidInput(f"must be more than 0 and at most {MAX_TTL:g} s", field="ttl")
+        if not 0 <= negative_ttl <= MAX_TTL:
+            raise InvalidInput(f"must be 0 to {MAX_TTL:g} s", field="negative_ttl")
         if not self._available():
             return build()
-        client = self._client
+        client, keys = self._client, self._keys
         assert client is not None
+        assert keys is not None
+        codec = Codec(model, keys)
         value_key, gen_key = self.key(tag, "value"), self.key(tag, "gen")
         try:
             raw, generation = client.mget([value_key, gen_key])
@@ -167,31 +322,40 @@ class Cache:
             self._failed(exc)
             return build()
         if raw is not None:
-            value = codec.load(raw)
-            self.stats.add("hits" if value is not None else "negative_hits")
-            if value is not None and after_hit is not None:
-                after_hit(value)
-            return value
+            try:
+                value = codec.load(raw, key=value_key, generation=generation, now_ms=wall_ms())
+            except Rejected as why:
+                self._rejected(why)
+            else:
+                self.stats.add("hits" if value is not None else "negative_hits")
+                if value is not None and after_hit is not None:
+                    after_hit(value)
+                return value
         self.stats.add("misses")
-        gen = generation.decode() if isinstance(generation, bytes) else (generation or "0")
         lock_key = self.key(tag, "lock")
         try:
-            won = bool(client.set(lock_key, b"1", nx=True, px=self.lock_ms))
+            won, seen, read_ms = self._claim(
+                keys=[lock_key, gen_key],
+                args=[self.lock_ms, new_generation(), GENERATION_MARGIN_MS],
+            )
         except redis.RedisError as exc:
             self._failed(exc)
             return build()
         if not won:
-            return self._wait_for(value_key, codec, build)
+            return self._wait_for(value_key, gen_key, codec, build)
         try:
             value = build()
             self.stats.add("rebuilds")
             life = negative_ttl if value is None else ttl
             if life > 0:
                 ms = max(1, int(life * 1000 * random.uniform(0.9, 1.1)))
+                gen = _text(seen)
+                blob = codec.dump(value, key=value_key, generation=gen, expires_ms=wall_ms() + ms)
                 stored = self._set_if_gen(
-                    keys=[value_key, gen_key], args=[gen, codec.dump(value), ms]
+                    keys=[value_key, gen_key],
+                    args=[gen, blob, ms, read_ms, WRITE_BACK_WINDOW_MS, GENERATION_MARGIN_MS],
                 )
-                if not stored:
+                if stored != 1:
                     self.stats.add("stale_refused")
             return value
         except redis.RedisError as exc:
@@ -203,7 +367,9 @@ class Cache:
             except redis.RedisError as exc:
                 self._failed(exc)
 
-    def _wait_for(self, value_key: str, codec: Codec[M], build: Callable[[], M | None]) -> M | None:
+    def _wait_for(
+        self, value_key: str, gen_key: str, codec: Codec[M], build: Callable[[], M | None]
+    ) -> M | None:
         client = self._client
         assert client is not None
         self.stats.add("waits")
@@ -213,9 +379,14 @@ class Cache:
             while time.monotonic() < deadline:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
-                raw = client.get(value_key)
+                raw, generation = client.mget([value_key, gen_key])
                 if raw is not None:
-                    return codec.load(raw)
+                    try:
+                        return codec.load(
+                            raw, key=value_key, generation=generation, now_ms=wall_ms()
+                        )
+                    except Rejected as why:
+                        self._rejected(why)
         except redis.RedisError as exc:
             self._failed(exc)
         return build()
@@ -239,34 +410,57 @@ class Cache:
     # -- invalidation -------------------------------------------------------------------
 
     def invalidate(self, *tags: str) -> None:
-        """Make every value under these tags stale: bump their generation, delete nothing else.
+        """Make every value under these tags stale: a new generation, the value deleted.
 
         Call after the writing transaction commits. If Redis is away the tags
         are remembered and invalidated as soon as it answers again (before this
-        process reads from it).
+        process reads from it). Only this process remembers them: a change
+        that must reach every process is journaled in its transaction
+        (``Repository._invalidate``), which ``apply`` then drains.
         """
         if self._client is None or not tags:
             return
+        self._send(sorted(set(tags)))
+
+    def apply(self, entries: Sequence[PendingInvalidation]) -> None:
+        """After their transaction committed: invalidate the entries' tags, then forget them.
+
+        An entry that cannot be sent stays in the journal, and the next
+        journal read of any process applies it.
+        """
+        if self._client is None or not entries:
+            return
+        if self._send(sorted({e.tag for e in entries})) and self._forget_journal is not None:
+            try:
+                self._forget_journal(entries)
+            except DataLayerError as exc:  # applied anyway; a later read applies them again
+                log.info("could not clear %d applied cache invalidation(s): %s", len(entries), exc)
+
+    def _send(self, tags: list[str]) -> bool:
         self.stats.add("invalidations", len(tags))
         if self._breaker.has_pending and self._breaker.closed():
             self._replay()  # earlier failures first, also in a process that only writes
         if not self._breaker.closed():
             self._breaker.defer(tags)
-            return
-        for position, tag in enumerate(tags):
-            try:
-                self._bump(tag)
-            except redis.RedisError as exc:
-                self._failed(exc)
-                self._breaker.defer(tags[position:])
-                return
+            return False
+        try:
+            self._bump(tags)
+        except redis.RedisError as exc:
+            self._failed(exc)
+            self._breaker.defer(tags)
+            return False
+        return True
 
-    def _bump(self, tag: str) -> None:
+    def _bump(self, tags: Sequence[str]) -> None:
+        """A new generation for each tag, then its value deleted: one round trip."""
+        if not tags:
+            return
         client = self._client
         assert client is not None
-        # One value per tag. Bumping the generation makes any in-flight
-        # rebuild's write-back fail; deleting the value makes the next read miss.
-        pipe = client.pipeline(transaction=True)
-        pipe.incr(self.key(tag, "gen"))
-        pipe.delete(self.key(tag, "value"))
+        # The generation first: from then on any in-flight rebuild's write-back is
+        # refused; then the value goes, so the next read misses.
+        pipe = client.pipeline(transaction=False)
+        for tag in tags:
+            pipe.set(self.key(tag, "gen"), new_generation(), px=GENERATION_TTL_MS)
+            pipe.delete(self.key(tag, "value"))
         pipe.execute()

@@ -146,15 +146,26 @@ def _cmd_seed(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from pydantic import SecretStr
+
     from ._bench.scenarios import Profile, format_table, machine, run_bench, write_json
     from ._cache import Cache
+    from ._cachecore import SigningKeys
     from ._database import Database
     from ._ops.seed import seed_database
 
     settings = _settings(args)
     if settings.redis_url is None:  # auth_cached needs the cache
-        settings = settings.model_copy(update={"redis_url": DEFAULT_BENCH_REDIS})
-        print(f"REDIS_URL is unset: the cache scenarios use {DEFAULT_BENCH_REDIS}")
+        settings = settings.model_copy(
+            update={
+                "redis_url": DEFAULT_BENCH_REDIS,
+                "cache_keys": SecretStr(SigningKeys.one_off("bench")),
+            }
+        )
+        print(
+            f"REDIS_URL is unset: the cache scenarios use {DEFAULT_BENCH_REDIS}, "
+            "signing with a key of this run's own"
+        )
     _migrate.migrate(settings)
     if args.pool_sweep:
         return _pool_sweep(settings, args)
@@ -169,7 +180,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.events:
         changes["events"] = args.events
     profile = Profile.quick(**changes) if args.quick else Profile(**changes)
-    probe = Cache(settings.redis_url)
+    keys = settings.cache_keys
+    assert keys is not None  # Settings requires keys with a Redis URL
+    probe = Cache(settings.redis_url, keys=SigningKeys.parse(keys.get_secret_value()))
     if not probe.ping():
         print("Redis is unreachable: auth_cached and auth_uncached are skipped")
         settings = settings.model_copy(update={"redis_url": None})

@@ -6,7 +6,7 @@ import logging
 import random
 import select
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -15,11 +15,12 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from ._cache import Cache
+from ._cachecore import SigningKeys
 from ._cached import CachedReads
 from ._exec import Session
 from ._settings import Settings
 from ._uow import UnitOfWork
-from .errors import ConcurrencyConflict, InvalidInput, Unavailable, map_error
+from .errors import ConcurrencyConflict, DataLayerError, InvalidInput, Unavailable, map_error
 from .repositories import Repositories
 
 __all__ = ["Database", "Isolation"]
@@ -112,8 +113,18 @@ class _PoolSession:
     def cache(self) -> Cache | None:
         return self._db.cache
 
-    def after_commit(self, fn: Callable[[], None]) -> None:
-        fn()  # autocommit: the statement that asked is committed already
+    @property
+    def in_transaction(self) -> bool:
+        return False
+
+    def invalidate(self, pairs: Sequence[tuple[int, str]]) -> None:
+        # Autocommit: the change is committed already, so a journal row written
+        # now could be lost with this process. Repositories use _changing().
+        cache = self._db.cache
+        if cache.enabled and pairs:
+            raise DataLayerError(
+                "a cache invalidation outside a transaction; run the change in _changing()"
+            )
 
     def connection(self) -> _Lease:
         return _Lease(self._db)
@@ -159,8 +170,16 @@ class Database(Repositories):
             max_idle=settings.pool_max_idle,
             reconnect_timeout=settings.pool_reconnect_timeout,
         )
-        self.cache = Cache(settings.redis_url)
+        keys = settings.cache_keys
+        self.cache = Cache(
+            settings.redis_url,
+            keys=SigningKeys.parse(keys.get_secret_value()) if keys is not None else None,
+        )
         super().__init__(_PoolSession(self))
+        # Pending invalidations that a writer could not send reach this process's
+        # reads within 2 * cache.journal_every seconds (see Cache).
+        journal = self.cache_invalidations
+        self.cache.attach_journal(lambda limit: journal.pending(limit=limit), journal._forget)
         self.cached = CachedReads(self, self.cache)
 
     def __repr__(self) -> str:

@@ -42,8 +42,19 @@ class Session(Protocol):
         """The Redis cache of the database, or ``None`` without one."""
         ...
 
-    def after_commit(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` once the session's work is committed (never after a rollback)."""
+    @property
+    def in_transaction(self) -> bool:
+        """Whether statements run in one transaction (a unit of work), not one each."""
+        ...
+
+    def invalidate(self, pairs: Sequence[tuple[int, str]]) -> None:
+        """Make the cached values of ``(account_id, tag)`` pairs stale once the work commits.
+
+        Journaled in the session's transaction (so the change and its
+        invalidation commit together or not at all), sent to Redis after the
+        commit, never after a rollback. Raises ``DataLayerError`` outside a
+        transaction when a cache is configured.
+        """
         ...
 
 

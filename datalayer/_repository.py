@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar, overload
 from psycopg.rows import BaseRowFactory, scalar_row, tuple_row
 
 from . import _exec
+from ._cachecore import GLOBAL_ACCOUNT
 from ._exec import Session, model_rows
 from ._loader import Cardinality, Query
 from .errors import SQLLoadError
@@ -58,11 +59,38 @@ class Repository:
     def __init__(self, session: Session):
         self._session = session
 
-    def _invalidate(self, *tags: str) -> None:
-        """After the current transaction commits, make the cached values of ``tags`` stale."""
-        cache = self._session.cache
-        if cache is not None and cache.enabled and tags:
-            self._session.after_commit(lambda: cache.invalidate(*tags))
+    def _invalidate(self, account_id: int | None, *tags: str) -> None:
+        """Once the current transaction commits, make the cached values of ``tags`` stale.
+
+        ``account_id`` is the account the tags belong to (``None``: global
+        tags, such as a plan's). The invalidation is journaled in the
+        transaction, so it reaches every process even if Redis or this process
+        fails after the commit. Call it inside ``_changing()``.
+        """
+        account = GLOBAL_ACCOUNT if account_id is None else account_id
+        self._invalidate_each([(account, tag) for tag in tags])
+
+    def _invalidate_each(self, pairs: Sequence[tuple[int, str]]) -> None:
+        """``_invalidate`` for ``(account_id, tag)`` pairs of several accounts."""
+        if pairs:
+            self._session.invalidate(pairs)
+
+    @contextmanager
+    def _changing(self) -> Iterator[Self]:
+        """This repository in a transaction that its cache invalidations can join.
+
+        The unit of work's own transaction, if there is one; else, when a
+        cache is configured, a new one (without a cache there is nothing to
+        journal, and each statement stays its own). Use what it yields for the
+        change and its ``_invalidate``.
+        """
+        session = self._session
+        cache = session.cache
+        if session.in_transaction or cache is None or not cache.enabled:
+            yield self
+        else:
+            with self._atomic() as tx:
+                yield tx
 
     @contextmanager
     def _atomic(self) -> Iterator[Self]:

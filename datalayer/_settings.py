@@ -6,8 +6,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from ._cachecore import SigningKeys
 from ._conninfo import redact
 from .errors import InvalidInput
 
@@ -18,6 +19,7 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/datalayer"
 _ENV = {
     "DATABASE_URL": "database_url",
     "REDIS_URL": "redis_url",
+    "DATALAYER_CACHE_KEYS": "cache_keys",
     "DATALAYER_POOL_MIN_SIZE": "pool_min_size",
     "DATALAYER_POOL_MAX_SIZE": "pool_max_size",
     "DATALAYER_POOL_TIMEOUT": "pool_timeout",
@@ -44,10 +46,13 @@ class Settings(BaseModel):
     compiling (13 ms on ``active_users``, 0.9 s on a staged usage batch).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     database_url: str = Field(default=DEFAULT_DATABASE_URL, repr=False, min_length=1)
     redis_url: str | None = Field(default=None, repr=False)
+    # The HMAC keys that sign cached values, "kid:hexsecret[,kid:hexsecret...]": the
+    # first signs, all verify (rotation). Required with redis_url: the cache fails closed.
+    cache_keys: SecretStr | None = Field(default=None, validate_default=True)
     pool_min_size: int = Field(default=2, ge=0)
     # 8: the smallest size with the best throughput under `datalayer bench
     # --pool-sweep` here (16 threads, mixed load, 2 cores); 16 gave no more
@@ -70,6 +75,16 @@ class Settings(BaseModel):
         minimum = info.data.get("pool_min_size", 0)
         if value < minimum:
             raise ValueError(f"must be >= pool_min_size ({minimum})")
+        return value
+
+    @field_validator("cache_keys")
+    @classmethod
+    def _keys_for_redis(cls, value: SecretStr | None, info: Any) -> SecretStr | None:
+        if value is None:
+            if info.data.get("redis_url"):
+                raise ValueError("must be set with REDIS_URL: the keys that sign cached values")
+            return None
+        SigningKeys.parse(value.get_secret_value())  # its errors never show a secret
         return value
 
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
@@ -11,7 +11,8 @@ import psycopg
 
 from ._cache import Cache
 from .errors import DataLayerError, map_error
-from .repositories import Repositories
+from .models.cached import PendingInvalidation
+from .repositories import CacheInvalidationRepository, Repositories
 
 __all__ = ["UnitOfWork"]
 
@@ -19,20 +20,26 @@ __all__ = ["UnitOfWork"]
 class _ConnectionSession:
     """Lends the unit of work's own connection, while the unit of work is open."""
 
-    __slots__ = ("_cache", "_conn", "_hooks", "closed")
+    __slots__ = ("_cache", "_conn", "_journaled", "closed")
 
     def __init__(self, conn: psycopg.Connection[Any], cache: Cache | None = None):
         self._conn = conn
         self._cache = cache
-        self._hooks: list[Callable[[], None]] = []
+        self._journaled: list[PendingInvalidation] = []
         self.closed = False
 
     @property
     def cache(self) -> Cache | None:
         return self._cache
 
-    def after_commit(self, fn: Callable[[], None]) -> None:
-        self._hooks.append(fn)
+    @property
+    def in_transaction(self) -> bool:
+        return True
+
+    def invalidate(self, pairs: Sequence[tuple[int, str]]) -> None:
+        if self._cache is None or not self._cache.enabled:
+            return
+        self._journaled.extend(CacheInvalidationRepository(self)._journal(pairs))
 
     def connection(self) -> _ConnectionSession:
         if self.closed:
@@ -84,6 +91,8 @@ class UnitOfWork(Repositories):
         self._conn_session.closed = True
 
     def _run_after_commit(self) -> None:
-        hooks, self._conn_session._hooks = self._conn_session._hooks, []
-        for hook in hooks:
-            hook()
+        """Committed: send the journaled invalidations to Redis (and forget them there)."""
+        session = self._conn_session
+        journaled, session._journaled = session._journaled, []
+        if journaled and session._cache is not None:
+            session._cache.apply(journaled)

@@ -28,6 +28,8 @@ PG_PORT = int(os.environ.get("DATALAYER_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("DATALAYER_TEST_PG_USER", "postgres")
 PG_PASSWORD = os.environ.get("DATALAYER_TEST_PG_PASSWORD", "")
 TEMPLATE_BASE = f"datalayer_test_{os.getpid()}"
+# DATALAYER_CACHE_KEYS of every test that caches (a Redis URL needs signing keys).
+CACHE_KEYS = "t1:" + "5a" * 32
 
 
 def pg_url(dbname: str) -> str:

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from pydantic import SecretStr
 
+from .._cachecore import SigningKeys
 from .._conninfo import with_dbname
 from .._database import Database
 from .._settings import DEFAULT_DATABASE_URL, Settings
@@ -98,7 +100,9 @@ def run_demo(database_url: str | None = None, *, embedded: bool = False) -> int:
     url, source = resolve_database_url(database_url, embedded=embedded)
     settings = Settings.from_env(database_url=url)
     if settings.redis_url is None and _redis_reachable(_LOCAL_REDIS):
-        settings = settings.model_copy(update={"redis_url": _LOCAL_REDIS})
+        # The tour caches in a namespace of its own, so a key of its own is safe.
+        signing = SecretStr(SigningKeys.one_off("demo"))
+        settings = settings.model_copy(update={"redis_url": _LOCAL_REDIS, "cache_keys": signing})
     print(f"datalayer demo — using {source}: {settings.safe_database_url}")
 
     _step("Migrations (yoyo, plain SQL, creates the database if missing)")

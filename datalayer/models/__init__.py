@@ -28,7 +28,7 @@ from .billing import (
     PaymentStatus,
     RecordedPayment,
 )
-from .cached import AuthBundle, SubscriptionWithPlan
+from .cached import AuthBundle, PendingInvalidation, SubscriptionWithPlan
 from .files import File, FileStatus
 from .plans import (
     BillingInterval,
@@ -84,6 +84,7 @@ __all__ = [
     "Payment",
     "PaymentStatus",
     "PendingDay",
+    "PendingInvalidation",
     "Plan",
     "PlanMeter",
     "PlanMeterSpec",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import BaseModel, ConfigDict
 
 from .api_keys import AuthContext
@@ -29,3 +31,18 @@ class AuthBundle(BaseModel):
 
     context: AuthContext
     current: SubscriptionWithPlan | None
+
+
+class PendingInvalidation(BaseModel):
+    """A cache invalidation committed with its change, not yet known to have reached Redis.
+
+    ``account_id`` is the account the tag belongs to, or 0 for a global tag
+    (a plan code).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: int
+    id: int
+    tag: str
+    created_at: datetime

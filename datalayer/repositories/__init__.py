@@ -17,6 +17,7 @@ from .accounts import AccountRepository
 from .analytics import AnalyticsRepository
 from .api_keys import ApiKeyRepository
 from .billing import BillingRepository
+from .cache_invalidations import CacheInvalidationRepository
 from .files import FileRepository
 from .plans import PlanRepository
 from .quotas import QuotaRepository
@@ -32,6 +33,7 @@ __all__ = [
     "AnalyticsRepository",
     "ApiKeyRepository",
     "BillingRepository",
+    "CacheInvalidationRepository",
     "FileRepository",
     "PlanRepository",
     "QuotaRepository",
@@ -86,6 +88,7 @@ class Repositories:
     files = _Attribute(FileRepository)
     api_keys = _Attribute(ApiKeyRepository)
     billing = _Attribute(BillingRepository)
+    cache_invalidations = _Attribute(CacheInvalidationRepository)
 
     def __init__(self, session: Session):
         self._session = session

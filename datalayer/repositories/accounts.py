@@ -110,28 +110,31 @@ class AccountRepository(Repository):
         when no field is given or a value is bad.
         """
         params = update_params({"name": name, "status": status}, ("name", "status"))
-        account = self._update(id=account_id, **params)
-        if account is None:
-            raise NotFound(f"account {account_id} not found")
-        self._account_changed(account_id)
+        with self._changing() as tx:
+            account = tx._update(id=account_id, **params)
+            if account is None:
+                raise NotFound(f"account {account_id} not found")
+            tx._account_changed(account_id)
         return account
 
     @validated
     def delete(self, *, account_id: Id) -> Account:
         """Soft-delete a live account; raises ``NotFound`` if missing or already deleted."""
-        account = self._delete(id=account_id)
-        if account is None:
-            raise NotFound(f"live account {account_id} not found")
-        self._account_changed(account_id)
+        with self._changing() as tx:
+            account = tx._delete(id=account_id)
+            if account is None:
+                raise NotFound(f"live account {account_id} not found")
+            tx._account_changed(account_id)
         return account
 
     @validated
     def restore(self, *, account_id: Id) -> Account:
         """Undo a soft delete; raises ``NotFound`` if the account is missing or not deleted."""
-        account = self._restore(id=account_id)
-        if account is None:
-            raise NotFound(f"deleted account {account_id} not found")
-        self._account_changed(account_id)
+        with self._changing() as tx:
+            account = tx._restore(id=account_id)
+            if account is None:
+                raise NotFound(f"deleted account {account_id} not found")
+            tx._account_changed(account_id)
         return account
 
     def _account_changed(self, account_id: int) -> None:

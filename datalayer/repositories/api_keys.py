@@ -101,21 +101,22 @@ class ApiKeyRepository(Repository):
         ``created_by`` is not a user of it.
         """
         secret = generate_secret(environment)
-        key = self._create(
-            account_id=account_id,
-            name=name,
-            display_prefix=display_prefix(secret),
-            secret_hash=hash_secret(secret),
-            environment=environment,
-            scopes=sorted(set(scopes)),
-            created_by=created_by,
-            expires_at=expires_at,
-        )
-        if key is None:
-            raise InvalidInput("must be in the future", field="expires_at")
-        # A negative cache entry for this hash (someone tried it) must not
-        # outlive the key's creation.
-        self._invalidate(key_tag(hash_secret(secret)))
+        with self._changing() as tx:
+            key = tx._create(
+                account_id=account_id,
+                name=name,
+                display_prefix=display_prefix(secret),
+                secret_hash=hash_secret(secret),
+                environment=environment,
+                scopes=sorted(set(scopes)),
+                created_by=created_by,
+                expires_at=expires_at,
+            )
+            if key is None:
+                raise InvalidInput("must be in the future", field="expires_at")
+            # A negative cache entry for this hash (someone tried it) must not
+            # outlive the key's creation.
+            tx._invalidate(account_id, key_tag(hash_secret(secret)))
         return IssuedKey(key=key, secret=SecretStr(secret))
 
     @validated
@@ -192,10 +193,11 @@ class ApiKeyRepository(Repository):
         ``revoked_at`` (so a retried request is harmless). Expired keys can be
         revoked too. Raises ``NotFound`` when the account has no such key.
         """
-        key = self._revoke(account_id=account_id, id=key_id)
-        if key is None:
-            raise NotFound(f"api key {key_id} not found in account {account_id}")
-        self._invalidate_keys(account_id, key_id)
+        with self._changing() as tx:
+            key = tx._revoke(account_id=account_id, id=key_id)
+            if key is None:
+                raise NotFound(f"api key {key_id} not found in account {account_id}")
+            tx._invalidate_keys(account_id, key_id)
         return key
 
     @validated
@@ -248,7 +250,7 @@ class ApiKeyRepository(Repository):
             if key is None:  # cannot happen while the lock is held; never assume silently
                 raise DataLayerError(f"api key {key_id} changed while locked for rotation")
             tx._invalidate_keys(account_id, key_id)
-            tx._invalidate(key_tag(hash_secret(secret)))
+            tx._invalidate(account_id, key_tag(hash_secret(secret)))
         return IssuedKey(key=key, secret=SecretStr(secret))
 
     # Last: inside the class body, the name ``list`` is this method from here on.
@@ -287,10 +289,11 @@ class ApiKeyRepository(Repository):
         """After commit, drop cached auth contexts of the account's keys (or of one key)."""
         if self._session.cache is not None and self._session.cache.enabled:
             rows = self._hashes(account_id=account_id, key_id=key_id)
-            self._invalidate(*(key_tag(r.secret_hash) for r in rows))
+            self._invalidate(account_id, *(key_tag(r.secret_hash) for r in rows))
 
     def _invalidate_account(self, account_id: int) -> None:
         """After commit, drop what is cached from an account: its subscription, its keys' auth."""
         if self._session.cache is not None and self._session.cache.enabled:
             rows = self._hashes(account_id=account_id, key_id=None)
-            self._invalidate(account_tag(account_id), *(key_tag(r.secret_hash) for r in rows))
+            tags = (key_tag(r.secret_hash) for r in rows)
+            self._invalidate(account_id, account_tag(account_id), *tags)

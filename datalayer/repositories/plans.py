@@ -117,11 +117,11 @@ class PlanRepository(Repository):
         (nothing changed) when the plan is not a draft, ``NotFound`` when there
         is no such plan.
         """
-        plan = self._publish(id=plan_id)
-        if plan is not None:
-            self._invalidate(plan_tag(plan.code))
-        if plan is None:
-            raise self._refused(plan_id, expected=("draft",), action="published")
+        with self._changing() as tx:
+            plan = tx._publish(id=plan_id)
+            if plan is None:
+                raise tx._refused(plan_id, expected=("draft",), action="published")
+            tx._invalidate(None, plan_tag(plan.code))
         return plan
 
     @validated
@@ -132,12 +132,12 @@ class PlanRepository(Repository):
         changed) when the plan is not published, ``NotFound`` when there is no
         such plan.
         """
-        plan = self._archive(id=plan_id)
-        if plan is not None:
-            self._invalidate(plan_tag(plan.code))
-            self._invalidate_subscribers(plan_id)
-        if plan is None:
-            raise self._refused(plan_id, expected=("published",), action="archived")
+        with self._changing() as tx:
+            plan = tx._archive(id=plan_id)
+            if plan is None:
+                raise tx._refused(plan_id, expected=("published",), action="archived")
+            tx._invalidate(None, plan_tag(plan.code))
+            tx._invalidate_subscribers(plan_id)
         return plan
 
     @validated
@@ -236,9 +236,9 @@ class PlanRepository(Repository):
         """After commit, drop the cached views that embed this plan (its status changed)."""
         if self._session.cache is None or not self._session.cache.enabled:
             return
-        tags: set[str] = set()
+        pairs: set[tuple[int, str]] = set()
         for row in self._subscribers(plan_id=plan_id):
-            tags.add(account_tag(row.account_id))
+            pairs.add((row.account_id, account_tag(row.account_id)))
             if row.secret_hash is not None:
-                tags.add(key_tag(row.secret_hash))
-        self._invalidate(*sorted(tags))
+                pairs.add((row.account_id, key_tag(row.secret_hash)))
+        self._invalidate_each(sorted(pairs))

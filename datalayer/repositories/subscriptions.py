@@ -79,10 +79,11 @@ class SubscriptionRepository(Repository):
         (entity ``plan``) when it is a draft or archived, ``ReferenceViolation``
         when the account does not exist, ``InvalidInput`` for a bad argument.
         """
-        subscription = self._start(account_id=account_id, plan_id=plan_id, trial=trial, now=now)
-        if subscription is None:
-            raise _plan_refused(self._peer(PlanRepository), plan_id, expected=("published",))
-        self._changed(subscription.account_id)
+        with self._changing() as tx:
+            subscription = tx._start(account_id=account_id, plan_id=plan_id, trial=trial, now=now)
+            if subscription is None:
+                raise _plan_refused(tx._peer(PlanRepository), plan_id, expected=("published",))
+            tx._changed(subscription.account_id)
         return subscription
 
     @validated
@@ -173,7 +174,7 @@ class SubscriptionRepository(Repository):
                 account_id=account_id, subscription_id=subscription.id, now=now
             )
             assert proration is not None  # the row inserted just above
-        self._changed(account_id)
+            repo._changed(account_id)
         return Upgrade(replaced=replaced, subscription=subscription, proration=proration)
 
     @validated
@@ -193,19 +194,20 @@ class SubscriptionRepository(Repository):
         entity ``plan``: not published), ``InvalidInput`` (field ``plan_id``:
         the same plan or another currency). Nothing changes when it raises.
         """
-        subscription = self._schedule_downgrade(
-            account_id=account_id, id=subscription_id, plan_id=plan_id
-        )
-        if subscription is None:
-            current = self._check(account_id, subscription_id, expected=_LIVE)
-            raise _plan_refused(
-                self._peer(PlanRepository),
-                plan_id,
-                expected=("published",),
-                current=current,
-                interval=False,
+        with self._changing() as tx:
+            subscription = tx._schedule_downgrade(
+                account_id=account_id, id=subscription_id, plan_id=plan_id
             )
-        self._changed(subscription.account_id)
+            if subscription is None:
+                current = tx._check(account_id, subscription_id, expected=_LIVE)
+                raise _plan_refused(
+                    tx._peer(PlanRepository),
+                    plan_id,
+                    expected=("published",),
+                    current=current,
+                    interval=False,
+                )
+            tx._changed(subscription.account_id)
         return subscription
 
     @validated
@@ -218,10 +220,11 @@ class SubscriptionRepository(Repository):
         no such subscription, ``InvalidTransition`` (nothing changed) when it
         is not live.
         """
-        subscription = self._cancel_now(account_id=account_id, id=subscription_id, now=now)
-        if subscription is None:
-            self._refuse(account_id, subscription_id, expected=_LIVE)
-        self._changed(subscription.account_id)
+        with self._changing() as tx:
+            subscription = tx._cancel_now(account_id=account_id, id=subscription_id, now=now)
+            if subscription is None:
+                tx._refuse(account_id, subscription_id, expected=_LIVE)
+            tx._changed(subscription.account_id)
         return subscription
 
     @validated
@@ -235,10 +238,11 @@ class SubscriptionRepository(Repository):
         Raises ``NotFound`` when the account has no such subscription,
         ``InvalidTransition`` (nothing changed) when it is not live.
         """
-        subscription = self._cancel_at_end(account_id=account_id, id=subscription_id, now=now)
-        if subscription is None:
-            self._refuse(account_id, subscription_id, expected=_LIVE)
-        self._changed(subscription.account_id)
+        with self._changing() as tx:
+            subscription = tx._cancel_at_end(account_id=account_id, id=subscription_id, now=now)
+            if subscription is None:
+                tx._refuse(account_id, subscription_id, expected=_LIVE)
+            tx._changed(subscription.account_id)
         return subscription
 
     @validated
@@ -260,9 +264,10 @@ class SubscriptionRepository(Repository):
 
         Raises ``InvalidInput`` for a bad argument, before any SQL.
         """
-        renewed = self._renew_due(now=now, batch=batch)
-        for account_id in sorted({r.account_id for r in renewed}):
-            self._changed(account_id)
+        with self._changing() as tx:
+            renewed = tx._renew_due(now=now, batch=batch)
+            for account_id in sorted({r.account_id for r in renewed}):
+                tx._changed(account_id)
         return len(renewed)
 
     def _changed(self, account_id: int) -> None:

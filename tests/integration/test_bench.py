@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import _clone, pg_url
+from conftest import CACHE_KEYS, _clone, pg_url
 
 from datalayer import Database, Settings
 from datalayer._bench.scenarios import Profile, Result, describe, run_bench
@@ -55,7 +55,8 @@ def seeded_url(template_dbname: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def results(seeded_url: str) -> list[Result]:
-    with Database(Settings(database_url=seeded_url, redis_url=REDIS)) as db:
+    settings = Settings(database_url=seeded_url, redis_url=REDIS, cache_keys=CACHE_KEYS)
+    with Database(settings) as db:
         return run_bench(db, TINY)
 
 
@@ -116,7 +117,8 @@ def test_the_cli_prints_the_table_and_writes_json_and_chart(
     done = subprocess.run(
         [sys.executable, "-m", "datalayer", "bench", "--quick", "--no-peers", "--iterations",
          "40", "--events", "2000", "--json", str(out), "--chart", str(chart)],
-        env={**os.environ, "DATABASE_URL": seeded_url, "REDIS_URL": REDIS},
+        env={**os.environ, "DATABASE_URL": seeded_url, "REDIS_URL": REDIS,
+             "DATALAYER_CACHE_KEYS": CACHE_KEYS},
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

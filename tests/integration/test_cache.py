@@ -16,6 +16,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -29,21 +30,33 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import _clone, pg_url
+from conftest import CACHE_KEYS, _clone, pg_url
 from pydantic import BaseModel
 from redis.crc import key_slot
 
-from datalayer import Database, Settings
+from datalayer import Database, DataLayerError, Settings
+from datalayer import _cache as cache_module
 from datalayer._apikey import generate_secret, hash_secret
 from datalayer._cache import Cache
-from datalayer._cachecore import account_tag, key_tag, plan_tag
+from datalayer._cachecore import (
+    GENERATION_MARGIN_MS,
+    GENERATION_TTL_MS,
+    MAX_TTL,
+    Codec,
+    SigningKeys,
+    account_tag,
+    key_tag,
+    plan_tag,
+)
 from datalayer.models.cached import AuthBundle
 from datalayer.models.plans import PlanMeterSpec, PlanWithMeters
 from datalayer.models.subscriptions import Subscription
+from datalayer.repositories import ApiKeyRepository, Repositories
 from datalayer.repositories import api_keys as api_keys_module
 
 REDIS = "redis://127.0.0.1:6379"
 NEGATIVE = b"\x00none"
+KEYS = SigningKeys.parse(CACHE_KEYS)
 AUTH_TTL_MS = 300_000
 PLAN_TTL_MS = 3_600_000
 NEGATIVE_TTL_MS = 10_000
@@ -92,7 +105,7 @@ def cdb(cache_db_url: str, redis_url: str, namespace: str, raw: redis.Redis) -> 
 @pytest.fixture
 def cache(redis_url: str, namespace: str, raw: redis.Redis) -> Iterator[Cache]:
     """A bare ``Cache`` in this test's namespace (no PostgreSQL)."""
-    instance = Cache(redis_url, namespace=namespace)
+    instance = Cache(redis_url, namespace=namespace, keys=KEYS)
     yield instance
     instance.close()
 
@@ -157,10 +170,11 @@ def redis_server() -> Iterator[RedisServer]:
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _settings(database_url: str, redis_url: str | None) -> Settings:
+def _settings(database_url: str, redis_url: str | None, keys: str = CACHE_KEYS) -> Settings:
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
+        cache_keys=keys if redis_url else None,
         pool_min_size=1,
         pool_max_size=8,
         pool_timeout=5,
@@ -243,6 +257,11 @@ def delta(db: Database, before: dict[str, int]) -> dict[str, int]:
 def sql_requests(db: Database) -> int:
     """How many connections the pool has lent so far (absent from the stats until the first)."""
     return db.stats().get("requests_num", 0)
+
+
+def payload(stored: bytes | None) -> bytes | None:
+    """What a signed value holds (``<kid>:<expiry>:<hmac>:<payload>``), unverified."""
+    return None if stored is None else stored.split(b":", 3)[3]
 
 
 def auth_key(db: Database, secret: str, name: str = "value") -> str:
@@ -529,7 +548,7 @@ def test_an_unknown_key_is_cached_as_none_and_asked_again_runs_no_sql(
     assert delta(cdb, before)["negative_hits"] == 1
     assert delta(cdb, before)["rebuilds"] == 0
     assert sql_requests(cdb) == sql_before
-    assert raw.get(auth_key(cdb, secret)) == NEGATIVE
+    assert payload(raw.get(auth_key(cdb, secret))) == NEGATIVE
     ttl = raw.pttl(auth_key(cdb, secret))
     assert 0.9 * NEGATIVE_TTL_MS - 50 <= ttl <= 1.1 * NEGATIVE_TTL_MS
 
@@ -559,7 +578,7 @@ def test_issuing_a_key_clears_a_cached_none_for_its_secret(
     w = build_world(cdb)
     secret = generate_secret("live")
     assert cdb.cached.auth(secret=secret) is None  # somebody tried it: cached as "none"
-    assert raw.get(auth_key(cdb, secret)) == NEGATIVE
+    assert payload(raw.get(auth_key(cdb, secret))) == NEGATIVE
     monkeypatch.setattr(api_keys_module, "generate_secret", lambda environment: secret)
 
     issued = cdb.api_keys.issue(account_id=w.account_id, name="new", environment="live", scopes=[])
@@ -582,7 +601,7 @@ def test_rotating_to_a_secret_cached_as_none_authenticates_at_once(
         rotated = uow.api_keys.rotate(
             account_id=w.account_id, key_id=w.key_id, overlap=timedelta(minutes=5)
         )
-        assert raw.get(auth_key(cdb, secret)) == NEGATIVE  # cleared only at commit
+        assert payload(raw.get(auth_key(cdb, secret))) == NEGATIVE  # cleared only at commit
 
     bundle = cdb.cached.auth(secret=secret)
     assert bundle is not None
@@ -695,7 +714,7 @@ def test_a_none_is_not_cached_when_the_negative_ttl_is_zero(
 # -- 8. keys and values -------------------------------------------------------------------
 
 
-def test_keys_are_namespaced_versioned_and_hash_tagged_and_values_are_compact_json(
+def test_keys_are_namespaced_versioned_and_hash_tagged_and_values_are_signed_compact_json(
     cdb: Database, raw: redis.Redis, namespace: str
 ) -> None:
     w = build_world(cdb)
@@ -706,7 +725,7 @@ def test_keys_are_namespaced_versioned_and_hash_tagged_and_values_are_compact_js
 
     tags = [f"key:{hash_secret(w.secret).hex()}", f"acct:{w.account_id}", f"plan:{w.plan.code}"]
     # Setting up invalidated every tag once (issue, start, publish), so each has a generation.
-    expected = {f"{namespace}:v1:{{{tag}}}:{name}" for tag in tags for name in ("value", "gen")}
+    expected = {f"{namespace}:v2:{{{tag}}}:{name}" for tag in tags for name in ("value", "gen")}
     assert {k.decode() for k in raw.scan_iter(match=f"{namespace}:*")} == expected
     for tag in tags:
         names = [cdb.cache.key(tag, name).encode() for name in ("value", "gen", "lock")]
@@ -715,15 +734,19 @@ def test_keys_are_namespaced_versioned_and_hash_tagged_and_values_are_compact_js
 
     stored = raw.get(auth_key(cdb, w.secret))
     assert stored is not None
-    assert stored == bundle.model_dump_json().encode()
-    assert stored == json.dumps(json.loads(stored), separators=(",", ":")).encode()
-    assert AuthBundle.model_validate_json(stored) == bundle
+    kid, expires, mac, body = stored.split(b":", 3)
+    assert kid == b"t1"  # the key id that signed it (the first of DATALAYER_CACHE_KEYS)
+    assert int(expires) > time.time() * 1000  # the signed expiry
+    assert len(mac) == 64  # HMAC-SHA256, hex
+    assert body == bundle.model_dump_json().encode()
+    assert body == json.dumps(json.loads(body), separators=(",", ":")).encode()
+    assert AuthBundle.model_validate_json(body) == bundle
 
-    cdb.cache.version = 2  # a new model version never reads the old values
+    cdb.cache.version = 3  # a new model version never reads the old values
     before = counters(cdb)
     assert cdb.cached.auth(secret=w.secret) == bundle
     assert delta(cdb, before)["misses"] == 1
-    assert raw.exists(f"{namespace}:v2:{{{tags[0]}}}:value") == 1
+    assert raw.exists(f"{namespace}:v3:{{{tags[0]}}}:value") == 1
 
 
 # -- 9. Redis down ------------------------------------------------------------------------
@@ -808,7 +831,7 @@ def test_a_revoke_while_the_breaker_is_open_is_replayed_before_the_next_read(
         time.sleep(0.35)
 
         assert db.cached.auth(secret=w.secret) is None
-        assert client.get(value_key) == NEGATIVE
+        assert payload(client.get(value_key)) == NEGATIVE
 
 
 def test_a_revoke_deferred_by_the_breaker_reaches_other_processes_once_redis_answers(
@@ -880,3 +903,356 @@ def test_a_waiter_whose_rebuilder_never_finishes_builds_for_itself_after_wait_ms
     assert 0.15 <= waited < 1.0  # it waited wait_ms, then gave up: never a hang
     assert raw.get(cache.key("t", "value")) is None  # and did not cache what it built
     assert cache.stats.as_dict()["waits"] == 1
+
+
+# -- 11. the journal: invalidations reach every process whatever Redis or the writer do --
+
+
+WRITER = """
+import sys
+from datalayer import DataLayerError, Database, Settings
+
+database_url, redis_url, keys, namespace, action, account_id, ident = sys.argv[1:]
+settings = Settings(database_url=database_url, redis_url=redis_url, cache_keys=keys)
+with Database(settings) as db:
+    db.cache.namespace = namespace
+    if action == "revoke":
+        db.api_keys.revoke(account_id=int(account_id), key_id=int(ident))
+    elif action == "suspend":
+        db.accounts.update(account_id=int(account_id), status="suspended")
+    else:
+        db.subscriptions.cancel_now(account_id=int(account_id), subscription_id=int(ident))
+    print(db.cache.stats.as_dict()["errors"])
+"""
+
+
+def _closed_port() -> int:
+    with closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("action", ["revoke", "suspend", "cancel"])
+def test_a_change_whose_writer_cannot_reach_redis_and_exits_reaches_readers_within_the_bound(
+    cache_db_url: str, redis_server: RedisServer, namespace: str, action: str
+) -> None:
+    """A key revoked, an account suspended, a subscription ended by a process that cannot
+    reach Redis and then exits, while Redis keeps the old bundle: every reader refuses it
+    within 2 * journal_every seconds of the commit."""
+    with (
+        Database(_settings(cache_db_url, redis_server.url)) as reader,
+        closing(redis_server.client()) as client,
+    ):
+        reader.cache.namespace = namespace
+        w = build_world(reader)
+        assert reader.cached.auth(secret=w.secret) is not None
+        before = counters(reader)
+        bundle = reader.cached.auth(secret=w.secret)
+        assert bundle is not None
+        assert bundle.current is not None
+        assert delta(reader, before)["hits"] == 1
+        ident = {"revoke": w.key_id, "suspend": 0, "cancel": w.subscription.id}[action]
+
+        redis_server.pause()  # the writer's Redis stops answering; its data stays
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", WRITER, cache_db_url, redis_server.url, CACHE_KEYS,
+                 namespace, action, str(w.account_id), str(ident)],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            assert int(done.stdout) >= 1  # its invalidation never reached Redis; it exited
+            journal = reader.cache_invalidations.pending()
+        finally:
+            redis_server.resume()
+        tag = key_tag(hash_secret(w.secret))
+        assert (w.account_id, tag) in {(p.account_id, p.tag) for p in journal}
+        committed = max(p.created_at for p in journal).timestamp()  # the writer's now()
+        assert client.exists(auth_key(reader, w.secret)) == 1  # the old bundle is still there
+
+        bound = 2 * reader.cache.journal_every
+        calls: list[tuple[float, AuthBundle | None]] = []
+        while not calls or calls[-1][0] < committed + bound + 0.2:
+            calls.append((time.time(), reader.cached.auth(secret=w.secret)))
+            time.sleep(0.01)  # a request every 10 ms, leaving the CPU to the others
+
+        def refused(got: AuthBundle | None) -> bool:
+            return got is None if action != "cancel" else got is not None and got.current is None
+
+        late = [(at - committed, got) for at, got in calls if at > committed + bound]
+        assert late
+        assert [seconds for seconds, got in late if not refused(got)] == []
+        assert reader.cache.stats.replayed >= 1
+        assert pending(reader, w.account_id) == []  # applied, then forgotten
+
+
+def pending(db: Repositories, *account_ids: int) -> list[tuple[int, str]]:
+    """The journal's pending (account, tag) pairs of these accounts (tests share a database)."""
+    journal = db.cache_invalidations.pending()
+    return [(p.account_id, p.tag) for p in journal if p.account_id in account_ids]
+
+
+def test_a_change_and_its_invalidation_commit_together_or_not_at_all(
+    cdb: Database, raw: redis.Redis, cache_db_url: str
+) -> None:
+    w = build_world(cdb)
+    tag = key_tag(hash_secret(w.secret))
+    assert pending(cdb, w.account_id, 0) == []  # each writer forgot what Redis took
+    assert cdb.cached.auth(secret=w.secret) is not None
+
+    with pytest.raises(RuntimeError, match="abort"), cdb.unit_of_work() as uow:
+        uow.api_keys.revoke(account_id=w.account_id, key_id=w.key_id)
+        assert pending(uow, w.account_id) == [(w.account_id, tag)]
+        raise RuntimeError("abort")
+    assert pending(cdb, w.account_id) == []
+    assert cdb.api_keys.authenticate(secret=w.secret, record_use=False) is not None
+
+    with cdb.unit_of_work() as uow:
+        uow.plans.publish(plan_id=uow.plans.create_draft(
+            code=w.plan.code, name="V2", billing_interval="month", base_price_minor=1,
+            currency="USD",
+        ).id)  # fmt: skip
+        assert (0, plan_tag(w.plan.code)) in pending(uow, 0)
+    assert (0, plan_tag(w.plan.code)) not in pending(cdb, 0)
+
+    partitioned = _settings(cache_db_url, f"redis://127.0.0.1:{_closed_port()}/0")
+    with Database(partitioned) as writer:
+        writer.api_keys.revoke(account_id=w.account_id, key_id=w.key_id)
+        assert writer.cache.stats.errors == 1
+    assert pending(cdb, w.account_id) == [(w.account_id, tag)]
+    assert raw.exists(auth_key(cdb, w.secret)) == 1  # Redis never heard of the revoke
+
+    cdb.cache.journal_every = 0.01  # the next read is due at once
+    assert cdb.cached.auth(secret=w.secret) is None
+    assert pending(cdb, w.account_id) == []
+
+
+def test_after_a_redis_error_a_reader_applies_the_journal_before_it_trusts_redis_again(
+    cache_db_url: str, redis_server: RedisServer
+) -> None:
+    with (
+        Database(_settings(cache_db_url, redis_server.url)) as reader,
+        Database(_settings(cache_db_url, f"redis://127.0.0.1:{_closed_port()}/0")) as writer,
+    ):
+        reader.cache.journal_every = 60  # only the error can make it read the journal now
+        reader.cache.cooldown = 0.05
+        w = build_world(reader)
+        assert reader.cached.auth(secret=w.secret) is not None
+        assert reader.cached.auth(secret=w.secret) is not None  # a hit
+        writer.api_keys.revoke(account_id=w.account_id, key_id=w.key_id)  # journaled only
+
+        redis_server.pause()
+        try:
+            assert reader.cached.plan(code=w.plan.code) == w.plan  # times out: an error
+        finally:
+            redis_server.resume()
+        assert reader.cache.stats.errors == 1
+        deadline = time.monotonic() + 5
+        while not reader.cache._breaker.closed():
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        hits = reader.cache.stats.hits
+
+        assert reader.cached.auth(secret=w.secret) is None
+        assert reader.cache.stats.hits == hits
+        assert reader.cache.stats.replayed >= 1
+        assert pending(reader, w.account_id) == []
+
+
+def test_an_invalidation_outside_a_transaction_is_refused(cdb: Database) -> None:
+    with pytest.raises(DataLayerError, match="outside a transaction"):
+        ApiKeyRepository(cdb._session)._invalidate(1, "key:00")
+
+
+# -- 12. Redis is outside the trust boundary: signed values -------------------------------
+
+
+def _forged(db: Database, victim: str, attacker: str, *, signer: SigningKeys | None) -> bytes:
+    """The victim's bundle stored for the attacker's secret: unsigned, or signed by ``signer``."""
+    bundle = db.cached.auth(secret=victim)
+    assert bundle is not None
+    if signer is None:
+        return bundle.model_dump_json().encode()  # what Redis held before values were signed
+    gen = db.cache._client.get(auth_key(db, attacker, "gen")) if db.cache._client else None
+    return Codec(AuthBundle, signer).dump(
+        bundle,
+        key=auth_key(db, attacker),
+        generation=gen.decode() if gen else "",
+        expires_ms=int(time.time() * 1000) + 60_000,
+    )
+
+
+@pytest.mark.parametrize("signer", ["unsigned", "another key", "same key id, another secret"])
+def test_an_auth_bundle_planted_in_redis_for_a_secret_of_the_attackers_choice_is_refused(
+    cdb: Database, raw: redis.Redis, signer: str
+) -> None:
+    w = build_world(cdb)
+    attacker = generate_secret("live")  # well-formed, unknown to PostgreSQL
+    keys = {
+        "unsigned": None,
+        "another key": SigningKeys.parse("evil:" + "66" * 32),
+        "same key id, another secret": SigningKeys.parse("t1:" + "66" * 32),
+    }[signer]
+    raw.set(auth_key(cdb, attacker), _forged(cdb, w.secret, attacker, signer=keys), px=60_000)
+    before = counters(cdb)
+
+    assert cdb.cached.auth(secret=attacker) is None
+
+    changed = delta(cdb, before)
+    assert (changed["rejected"], changed["misses"], changed["hits"]) == (1, 1, 0)
+    assert changed["rebuilds"] == 1  # rebuilt from PostgreSQL...
+    stored = raw.get(auth_key(cdb, attacker))
+    assert stored is not None
+    assert stored.startswith(b"t1:")  # ...and overwritten with our own signed "none"
+    assert payload(stored) == NEGATIVE
+    assert cdb.cached.auth(secret=attacker) is None
+    assert delta(cdb, before)["negative_hits"] == 1
+
+
+def test_a_genuine_value_copied_under_another_key_or_replayed_after_a_revoke_is_refused(
+    cdb: Database, raw: redis.Redis
+) -> None:
+    w = build_world(cdb)
+    assert cdb.cached.auth(secret=w.secret) is not None
+    genuine = raw.get(auth_key(cdb, w.secret))
+    assert genuine is not None
+    attacker = generate_secret("live")
+    raw.set(auth_key(cdb, attacker), genuine, px=60_000)  # moved to another tag
+
+    assert cdb.cached.auth(secret=attacker) is None
+    assert counters(cdb)["rejected"] == 1
+
+    cdb.api_keys.revoke(account_id=w.account_id, key_id=w.key_id)
+    raw.set(auth_key(cdb, w.secret), genuine, px=60_000)  # replayed under a new generation
+
+    assert cdb.cached.auth(secret=w.secret) is None
+    assert counters(cdb)["rejected"] == 2
+
+
+def test_rotating_the_signing_keys_keeps_the_values_of_keys_still_listed_and_rebuilds_others(
+    cache_db_url: str, redis_url: str, namespace: str, raw: redis.Redis
+) -> None:
+    def database(keys: str) -> Database:
+        db = Database(_settings(cache_db_url, redis_url, keys=keys))
+        db.cache.namespace = namespace
+        return db.open()
+
+    first, second = "t1:" + "11" * 32, "t2:" + "22" * 32
+    with database(first) as old, database(f"{second},{first}") as rotated:
+        w = build_world(old)
+        bundle = old.cached.auth(secret=w.secret)
+        assert bundle is not None
+        assert rotated.cached.auth(secret=w.secret) == bundle  # t1 still verifies: a hit
+        assert counters(rotated)["hits"] == 1
+        stored = raw.get(auth_key(old, w.secret))
+        assert stored is not None
+        assert stored.startswith(b"t1:")
+
+        raw.delete(auth_key(old, w.secret))
+        assert rotated.cached.auth(secret=w.secret) == bundle  # rebuilt, signed with t2
+        stored = raw.get(auth_key(old, w.secret))
+        assert stored is not None
+        assert stored.startswith(b"t2:")
+        assert old.cached.auth(secret=w.secret) == bundle  # t2 unknown there: rebuilt
+        assert counters(old)["rejected"] == 1
+
+
+# -- 13. generations expire, and an expired one resurrects nothing ------------------------
+
+
+def test_every_generation_key_expires_and_outlives_the_values_under_it(
+    cdb: Database, raw: redis.Redis, namespace: str
+) -> None:
+    w = build_world(cdb)
+    _, second = issue(cdb, w.account_id)
+    for secret in (w.secret, second):
+        assert cdb.cached.auth(secret=secret) is not None
+    cdb.cached.subscription(account_id=w.account_id)
+    cdb.cached.plan(code=w.plan.code)
+    cdb.accounts.update(account_id=w.account_id, name="Renamed")  # bumps every key's tag
+    for secret in (w.secret, second):
+        assert cdb.cached.auth(secret=secret) is not None
+    cdb.cached.subscription(account_id=w.account_id)
+    unknown = generate_secret("live")
+    assert cdb.cached.auth(secret=unknown) is None
+
+    everything = list(raw.scan_iter(match=f"{namespace}:*"))
+    assert all(raw.pttl(k) > 0 for k in everything)  # nothing in Redis lives for ever
+    gens = [k for k in everything if k.endswith(b":gen")]
+    assert len(gens) == 5
+    for gen in gens:
+        value_ttl = raw.pttl(gen.replace(b":gen", b":value"))
+        assert value_ttl > 0, gen
+        assert raw.pttl(gen) > value_ttl, gen  # a value never outlives its generation
+    bumped = [g for g in gens if g != auth_key(cdb, unknown, "gen").encode()]
+    assert all(1.1 * MAX_TTL * 1000 < raw.pttl(g) <= GENERATION_TTL_MS for g in bumped)
+    # A generation never bumped (an unknown key's) lives only a little longer than its
+    # "none": a flood of unknown keys leaves nothing lasting behind.
+    assert raw.pttl(auth_key(cdb, unknown, "gen")) <= 1.1 * NEGATIVE_TTL_MS + GENERATION_MARGIN_MS
+
+
+def _paused_rebuild(cache: Cache, tag: str, interleave: Callable[[], None]) -> Thing | None:
+    """get_or_build whose build runs ``interleave`` after the generation was read."""
+    results: list[Thing | None] = []
+    built = threading.Event()
+
+    def build() -> Thing:
+        interleave()
+        built.set()
+        return Thing(n=1)  # what the database said before the writer's change
+
+    reader = threading.Thread(
+        target=lambda: results.append(
+            cache.get_or_build(tag, Thing, build, ttl=60, negative_ttl=10)
+        )
+    )
+    reader.start()
+    reader.join(10)
+    assert built.is_set()
+    return results[0]
+
+
+def test_a_slow_reader_cannot_store_a_stale_value_once_the_bumped_generation_expired(
+    cache: Cache, raw: redis.Redis
+) -> None:
+    tag = "gen:expired"
+    gen_key = cache.key(tag, "gen")
+
+    def writer_commits_and_generation_expires() -> None:
+        cache.invalidate(tag)  # the writer's bump, after the reader read the generation
+        assert raw.exists(gen_key) == 1
+        raw.pexpire(gen_key, 1)  # ...and the generation expires before the write-back
+        deadline = time.monotonic() + 5
+        while raw.exists(gen_key):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+
+    assert _paused_rebuild(cache, tag, writer_commits_and_generation_expires) == Thing(n=1)
+
+    assert raw.get(cache.key(tag, "value")) is None  # the stale value was refused
+    assert cache.stats.stale_refused == 1
+    fresh = cache.get_or_build(tag, Thing, lambda: Thing(n=2), ttl=60, negative_ttl=10)
+    assert fresh == Thing(n=2)
+
+
+def test_a_write_back_later_than_the_window_after_its_generation_read_is_refused(
+    cache: Cache, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache_module, "WRITE_BACK_WINDOW_MS", 100)
+
+    def slow_build() -> None:
+        seconds, micros = raw.time()
+        start = seconds * 1000 + micros // 1000
+        deadline = time.monotonic() + 5
+        while True:  # until Redis's own clock says the window has passed
+            seconds, micros = raw.time()
+            if seconds * 1000 + micros // 1000 - start > 150:
+                return
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    assert _paused_rebuild(cache, "gen:late", slow_build) == Thing(n=1)
+
+    assert raw.get(cache.key("gen:late", "value")) is None
+    assert cache.stats.stale_refused == 1

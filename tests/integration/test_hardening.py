@@ -208,7 +208,11 @@ def test_a_usage_day_key_is_accepted_by_refresh_usage_days(db: Database) -> None
 
 @pytest.fixture
 def cached_db(db: Database, world: dict[str, int]) -> Iterator[Database]:
-    settings: Settings = db.settings.model_copy(update={"redis_url": "redis://127.0.0.1:6379/0"})
+    settings = Settings(
+        database_url=db.settings.database_url,
+        redis_url="redis://127.0.0.1:6379/0",
+        cache_keys="test:" + "ab" * 32,
+    )
     with Database(settings) as cdb:
         cdb.cache.namespace = f"hardening-{world['account']}-{id(cdb)}"
         yield cdb

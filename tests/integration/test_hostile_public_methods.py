@@ -100,6 +100,7 @@ def hostile_db(template_dbname: str) -> Iterator[Database]:
         settings = Settings(
             database_url=url,
             redis_url=REDIS_URL,
+            cache_keys="hostile:" + "cd" * 32,
             pool_min_size=1,
             pool_max_size=4,
             pool_timeout=5,

@@ -42,6 +42,7 @@ TABLES = (
     "payments",
     "ledger_transactions",
     "ledger_entries",
+    "cache_invalidations",
 )
 # The tenant root (its id *is* the account id) and the shared reference tables.
 NON_TENANT_TABLES = ("accounts", "meters", "plans", "plan_meters", "invoice_number_counters")

@@ -21,6 +21,7 @@ def test_environment_variables_are_read_and_converted() -> None:
     env = {
         "DATABASE_URL": "postgresql://app@db:6432/prod",
         "REDIS_URL": "redis://cache:6379/1",
+        "DATALAYER_CACHE_KEYS": "k1:" + "ab" * 32,
         "DATALAYER_POOL_MAX_SIZE": "20",
         "DATALAYER_POOL_TIMEOUT": "2.5",
         "DATALAYER_PREPARE_THRESHOLD": "none",
@@ -71,7 +72,9 @@ def test_unknown_arguments_are_refused() -> None:
     ],
 )
 def test_the_password_never_appears_in_repr_str_or_the_safe_url(url: str) -> None:
-    settings = Settings(database_url=url, redis_url="redis://:s3cret-pw@cache:6379/0")
+    settings = Settings(
+        database_url=url, redis_url="redis://:s3cret-pw@cache:6379/0", cache_keys=CACHE_KEYS
+    )
     for text in (
         repr(settings),
         str(settings),
@@ -81,6 +84,45 @@ def test_the_password_never_appears_in_repr_str_or_the_safe_url(url: str) -> Non
         assert "s3cret-pw" not in text
         assert "***" in text
         assert "db.internal" in text
+
+
+CACHE_SECRET = "c0ffee" * 11  # 33 bytes
+CACHE_KEYS = f"k1:{CACHE_SECRET}"
+
+
+def test_a_redis_url_without_signing_keys_is_refused_naming_the_variable() -> None:
+    with pytest.raises(InvalidInput) as info:
+        Settings.from_env({"REDIS_URL": "redis://cache:6379/0"})
+    assert info.value.field == "DATALAYER_CACHE_KEYS"
+    settings = Settings.from_env(
+        {"REDIS_URL": "redis://cache:6379/0", "DATALAYER_CACHE_KEYS": CACHE_KEYS}
+    )
+    assert settings.cache_keys is not None
+    assert settings.cache_keys.get_secret_value() == CACHE_KEYS
+    assert Settings.from_env({}).cache_keys is None  # no Redis, no keys needed
+
+
+@pytest.mark.parametrize(
+    "keys", [f"k1:{CACHE_SECRET[:60]}", f"k1:{CACHE_SECRET}x", f"k 1:{CACHE_SECRET}"]
+)
+def test_malformed_signing_keys_are_refused_naming_the_variable_never_the_secret(
+    keys: str,
+) -> None:
+    env = {"REDIS_URL": "redis://cache:6379/0", "DATALAYER_CACHE_KEYS": keys}
+    with pytest.raises(InvalidInput) as info:
+        Settings.from_env(env)
+    assert info.value.field == "DATALAYER_CACHE_KEYS"
+    with pytest.raises(ValueError, match="cache_keys") as direct:
+        Settings(redis_url="redis://cache:6379/0", cache_keys=keys)
+    for text in (str(info.value), repr(info.value), str(direct.value)):
+        assert CACHE_SECRET[:60] not in text
+
+
+def test_the_signing_keys_are_masked_in_repr_and_str() -> None:
+    settings = Settings(redis_url="redis://cache:6379/0", cache_keys=CACHE_KEYS)
+    for text in (repr(settings), str(settings), repr(Database(settings))):
+        assert CACHE_SECRET not in text
+    assert "cache_keys=SecretStr('**********')" in repr(settings)
 
 
 def test_redact_leaves_a_url_without_password_unchanged() -> None:

@@ -1,0 +1,53 @@
+"""The journal of cache invalidations (``sql/cache_invalidations.sql``).
+
+A change that must reach the Redis cache journals its tags in its own
+transaction (``Repository._invalidate``); after the commit the writer sends
+them to Redis and forgets them. What a writer could not send stays here until
+some process that reads from the cache applies it (``Cache``, at most every
+second and after any Redis error of its own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .._repository import Repository, execrows, many
+from .._validation import Limit, validated
+from ..models.cached import PendingInvalidation
+
+__all__ = ["CacheInvalidationRepository"]
+
+
+class CacheInvalidationRepository(Repository):
+    """Cache invalidations committed but not yet known to have reached Redis."""
+
+    aggregate = "cache_invalidations"
+
+    _insert = many("record_cache_invalidations", PendingInvalidation)
+    _list = many("list_cache_invalidations", PendingInvalidation)
+    _delete = execrows("delete_cache_invalidations")
+
+    @validated
+    def pending(self, *, limit: Limit = 1000) -> list[PendingInvalidation]:
+        """Up to ``limit`` pending invalidations, by account and then in journal order.
+
+        Normally empty: rows stay only while Redis is unreachable from the
+        writers and until a reader applies them. Raises ``InvalidInput`` for a
+        bad ``limit``.
+        """
+        return self._list(limit=limit)
+
+    # Not public: the unit of work journals, the cache forgets (see the module docstring).
+
+    def _journal(self, pairs: Sequence[tuple[int, str]]) -> list[PendingInvalidation]:
+        """Journal ``(account_id, tag)`` pairs in this session's transaction."""
+        if not pairs:
+            return []
+        return self._insert(account_ids=[a for a, _ in pairs], tags=[t for _, t in pairs])
+
+    def _forget(self, entries: Sequence[PendingInvalidation]) -> int:
+        """Delete entries whose tags Redis has; returns how many were still there."""
+        if not entries:
+            return 0
+        accounts = sorted({e.account_id for e in entries})
+        return self._delete(account_ids=accounts, ids=[e.id for e in entries])
