@@ -453,8 +453,13 @@ def excess_privileges(conn: psycopg.Connection[Any], app: str) -> list[str]:
                CASE WHEN c.relispartition THEN
                    (SELECT r.relname FROM pg_class r WHERE r.oid = pg_partition_root(c.oid)) END,
                pg_has_role(%(app)s, c.relowner, 'USAGE'),
-               array(SELECT p FROM unnest(%(privileges)s::text[]) p
-                     WHERE c.relkind <> 'S' AND has_table_privilege(%(app)s, c.oid, p))
+               CASE WHEN c.relkind = 'S' THEN
+                   array(SELECT p FROM unnest(ARRAY['SELECT', 'USAGE', 'UPDATE']) p
+                         WHERE has_sequence_privilege(%(app)s, c.oid, p))
+               ELSE
+                   array(SELECT p FROM unnest(%(privileges)s::text[]) p
+                         WHERE has_table_privilege(%(app)s, c.oid, p))
+               END
         FROM pg_class c
         WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
         ORDER BY c.relname
