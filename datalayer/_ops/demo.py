@@ -24,6 +24,7 @@ from ..errors import (
     InvalidInput,
     InvalidTransition,
     LiveSubscriptionExists,
+    PermissionDenied,
     QuotaExceeded,
 )
 from ..models import PlanMeterSpec
@@ -235,6 +236,15 @@ def run_demo(
             f"repository get: {repo_us:.0f} µs, raw pooled connection: {raw_us:.0f} µs "
             f"(ratio {repo_us / raw_us:.2f}, n={n})"
         )
+
+        if app is not None:
+            _step("Least privilege: the application role cannot rewrite the ledger")
+            for statement in ("DELETE FROM ledger_entries", "TRUNCATE usage_events"):
+                try:
+                    with db.unit_of_work() as uow:
+                        uow.connection.execute(statement)
+                except PermissionDenied as exc:
+                    print(f"{statement}: PermissionDenied ({exc})")
 
         _step("Pool statistics")
         stats = db.stats()

@@ -60,6 +60,8 @@ def test_the_demo_tours_the_library_and_exits_zero(new_url: str) -> None:
     out = result.stdout
     assert "applied: 0001_accounts_users" in out
     assert "AlreadyExists, constraint='users_email_key'" in out
+    assert "the tour runs as datalayer_app" in out
+    assert "DELETE FROM ledger_entries: PermissionDenied" in out
     assert "InvalidInput, field='email'" in out
     assert "after rollback: None" in out
     assert "search(term='0%') -> ['00% off', '10% off', '20% off']" in out
