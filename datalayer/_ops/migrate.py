@@ -20,7 +20,14 @@ from .._resources import migrations_dir
 from .._settings import Settings
 from ..errors import DataLayerError, map_error
 from .partitions import PARTITIONED_TABLES, ensure_partitions
-from .roles import acting_owner, admin_url, apply_grants, hand_to_owner, prepare_roles
+from .roles import (
+    acting_owner,
+    admin_url,
+    application_user_problem,
+    apply_grants,
+    hand_to_owner,
+    prepare_roles,
+)
 
 __all__ = [
     "MigrationStatus",
@@ -149,7 +156,9 @@ def migrate(
     owner, the owner is given every object, and the application role gets
     exactly the grants of the policy in ``_ops/roles.py``, on every run. When
     the roles are missing and cannot be created, all of this is skipped with
-    a warning and the single-role setup works as before. Raises
+    a warning and the single-role setup works as before. It also warns when
+    ``database_url`` logs in as a role that could change the schema (the
+    admin's, say) or lacks the application role's grants. Raises
     ``DataLayerError`` when the admin URL connects as the application role.
     """
     ensure_database(settings)
@@ -171,6 +180,9 @@ def migrate(
         if roles.owner is not None:
             hand_to_owner(conn, roles.owner)
             apply_grants(conn, roles)
+            problem = application_user_problem(conn, roles, settings.database_url)
+            if problem:
+                log.warning("%s", problem)
     applied = [m.id for m in pending]
     for migration_id in applied:
         log.info("applied migration %s", migration_id)

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .._conninfo import conninfo_params
 from .._settings import Settings
 from ..errors import DataLayerError, map_error
 from .partitions import PARTITIONED_TABLES
@@ -26,6 +27,7 @@ __all__ = [
     "Roles",
     "acting_owner",
     "admin_url",
+    "application_user_problem",
     "apply_grants",
     "apply_roles",
     "excess_privileges",
@@ -439,6 +441,36 @@ def apply_roles(conn: psycopg.Connection[Any], settings: Settings) -> Roles:
     hand_to_owner(conn, roles.owner)
     apply_grants(conn, roles)
     return roles
+
+
+def application_user_problem(conn: psycopg.Connection[Any], roles: Roles, url: str) -> str | None:
+    """What is wrong with the role ``url`` (the application's) logs in as, if anything.
+
+    It should be the application role or a member of it, and no superuser or
+    member of the owner. ``None`` when it is, or when it cannot be told.
+    """
+    user = conninfo_params(url).get("user")
+    if roles.owner is None or roles.app is None or not user or user == roles.app:
+        return None
+    row = conn.execute(
+        "SELECT rolsuper OR pg_has_role(rolname, %s, 'USAGE'), pg_has_role(rolname, %s, 'USAGE')"
+        " FROM pg_roles WHERE rolname = %s",
+        (roles.owner, roles.app, user),
+    ).fetchone()
+    if row is None:
+        return None
+    if row[0]:
+        return (
+            f"the application's DATABASE_URL connects as {user}, which can change the schema,"
+            f" disable the ledger's triggers and truncate tables: connect as {roles.app}"
+            " (README: Security model)"
+        )
+    if not row[1]:
+        return (
+            f"the application's DATABASE_URL connects as {user}, which has none of the grants"
+            f" of {roles.app}: connect as {roles.app}, or GRANT {roles.app} TO {user}"
+        )
+    return None
 
 
 def excess_privileges(conn: psycopg.Connection[Any], app: str) -> list[str]:

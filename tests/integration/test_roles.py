@@ -546,3 +546,25 @@ def test_a_unit_of_work_refused_a_privilege_raises_permission_denied(db: Databas
     with pytest.raises(PermissionDenied) as info, db.unit_of_work() as uow:
         uow.connection.execute("TRUNCATE usage_rollup_queue")  # the block's errors are mapped
     assert info.value.sqlstate == "42501"
+
+
+def test_migrate_warns_when_the_application_would_connect_as_a_role_that_can_change_the_schema(
+    fresh_dbname: str,
+    fresh_admin_url: str,
+    fresh_url: str,
+    scratch: Callable[..., tuple[Settings, str]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stranger = scratch.role("stranger")  # type: ignore[attr-defined]
+
+    def warnings(database_url: str) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="datalayer"):
+            migrate(Settings(database_url=database_url, admin_url=fresh_admin_url))
+        return [r.getMessage() for r in caplog.records if r.name == "datalayer"]
+
+    assert warnings(fresh_url) == []
+    [superuser] = warnings(fresh_admin_url)  # one URL for everything, as before the roles
+    assert "can change the schema" in superuser
+    [ungranted] = warnings(as_role(fresh_url, stranger))
+    assert f"GRANT {APP_ROLE} TO {stranger}" in ungranted
