@@ -116,8 +116,8 @@ class Roles:
         return self.owner if self.owner and self.owner != self.user else None
 
 
-def _one(conn: psycopg.Connection[Any], query: sql.Composable | str, params: Any = None) -> Any:
-    row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+def _one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
+    row = conn.execute(query, params).fetchone()
     return None if row is None else row[0]
 
 

@@ -32,7 +32,7 @@ from psycopg import sql
 from datalayer import Database, DataLayerError, PermissionDenied, Settings
 from datalayer._cli import main
 from datalayer._ops.migrate import migrate
-from datalayer._ops.partitions import add_months, month_start
+from datalayer._ops.partitions import add_months, ensure_partitions, month_start
 from datalayer._ops.roles import excess_privileges, prepare_roles, table_privileges
 from datalayer._resources import migrations_dir
 from datalayer.errors import map_error
@@ -429,7 +429,10 @@ def test_the_dba_recipe_of_the_readme_works_with_an_owner_that_logs_in(
         with db.unit_of_work() as uow:
             refused(uow.connection, "DELETE FROM ledger_entries")
         assert db.accounts.get(account_id=account.id) == account
-    with psycopg.connect(admin) as conn:
+    with psycopg.connect(admin, autocommit=True) as conn:
+        # A month created later by the owner: its default privileges would allow
+        # DELETE; the partition takes its parent's grants instead.
+        assert len(ensure_partitions(conn, ahead=9)) == 12
         assert excess_privileges(conn, app) == []
 
 
