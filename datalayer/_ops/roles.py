@@ -116,6 +116,9 @@ class Roles:
         return self.owner if self.owner and self.owner != self.user else None
 
 
+_ROLE_EXISTS = "SELECT 1 FROM pg_roles WHERE rolname = %s"
+
+
 def _one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
     row = conn.execute(query, params).fetchone()
     return None if row is None else row[0]
@@ -128,7 +131,7 @@ def _can_act_as(conn: psycopg.Connection[Any], role: str) -> bool:
 
 def _create_role(conn: psycopg.Connection[Any], role: str, *, login: bool) -> bool:
     """Create ``role`` unless it exists; losing a race to another migrator is not an error."""
-    if _one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)):
+    if _one(conn, _ROLE_EXISTS, (role,)):
         return False
     statement = sql.SQL("CREATE ROLE {} {}").format(
         sql.Identifier(role), sql.SQL("LOGIN" if login else "NOLOGIN")
@@ -196,9 +199,6 @@ def prepare_roles(conn: psycopg.Connection[Any], settings: Settings) -> Roles:
     _check_app_role(conn, owner, app)
     _schema_and_database(conn, owner, app)
     return Roles(user, owner, app, created)
-
-
-_ROLE_EXISTS = "SELECT 1 FROM pg_roles WHERE rolname = %s"
 
 
 def acting_owner(conn: psycopg.Connection[Any], settings: Settings) -> str | None:

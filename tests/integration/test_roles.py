@@ -275,11 +275,12 @@ def scratch() -> Iterator[Callable[..., tuple[Settings, str]]]:
         settings = Settings(database_url=pg_url(names[0]), owner_role=names[1], app_role=names[2])
         return settings, names[0]
 
-    def role(name: str, options: str = "LOGIN") -> str:
+    def role(name: str) -> str:
+        """A LOGIN role with no other attribute, as a DBA would create one."""
         full = f"dl_{name}_{tag}"
         roles.append(full)
         with psycopg.connect(pg_url("postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL(f"CREATE ROLE {{}} {options}").format(sql.Identifier(full)))  # type: ignore[arg-type]
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(full)))
         return full
 
     make.role = role  # type: ignore[attr-defined]
@@ -411,8 +412,8 @@ def test_the_dba_recipe_of_the_readme_works_with_an_owner_that_logs_in(
     scratch: Callable[..., tuple[Settings, str]],
 ) -> None:
     settings, dbname = scratch()
-    owner = scratch.role("owner", "LOGIN")  # type: ignore[attr-defined]
-    app = scratch.role("app", "LOGIN")  # type: ignore[attr-defined]
+    owner = scratch.role("owner")  # type: ignore[attr-defined]
+    app = scratch.role("app")  # type: ignore[attr-defined]
     with psycopg.connect(pg_url("postgres"), autocommit=True) as conn:
         conn.execute(
             sql.SQL("CREATE DATABASE {} OWNER {}").format(
