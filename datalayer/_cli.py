@@ -1,4 +1,10 @@
-"""The ``datalayer`` command: migrations, checks, partitions, rollups, seed, bench, demo."""
+"""The ``datalayer`` command: migrations, checks, partitions, rollups, seed, bench, demo.
+
+Admin commands (migrate, rollback, status, check-sql, partitions, seed, archive,
+backup, restore, and bench's migrate and seed steps) connect with the admin URL
+(``_ops.roles.admin_url``); the commands that do what the application does
+(rollups refresh, export-account, bench's scenarios) with ``DATABASE_URL``.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import psycopg
 
 from ._conninfo import redact, with_dbname
 from ._ops import migrate as _migrate
+from ._ops.roles import admin_url, apply_roles
 from ._settings import Settings
 from .errors import DataLayerError
 
@@ -19,7 +26,13 @@ log = logging.getLogger("datalayer")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {"database_url": args.database_url} if args.database_url else {}
+    """Settings from the environment; an explicit ``--database-url`` serves admin commands
+    too unless ``--admin-url`` is given (never an admin URL from elsewhere for it)."""
+    overrides: dict[str, Any] = {}
+    if args.database_url:
+        overrides["database_url"] = overrides["admin_url"] = args.database_url
+    if args.admin_url:
+        overrides["admin_url"] = args.admin_url
     return Settings.from_env(**overrides)
 
 
@@ -60,7 +73,7 @@ def _cmd_check_sql(args: argparse.Namespace) -> int:
     if args.sql_dir:  # check edited SQL files before they replace the shipped ones
         bind_repositories(load_sql_dir(args.sql_dir), REPOSITORIES)
     settings = _settings(args)
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
         problems = check_queries(conn, REPOSITORIES)
     count = sum(len(r.query_refs) for r in REPOSITORIES)
     for problem in problems:
@@ -78,7 +91,7 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
     from ._ops.partitions import create_partitioned_index, ensure_partitions, list_partitions
 
     settings = _settings(args)
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
         if args.action == "add-index":
             if not (args.table and args.index and args.columns):
                 raise DataLayerError("add-index needs --table, --index and --columns")
@@ -127,7 +140,7 @@ def _cmd_seed(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     started = time.monotonic()
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
         result = seed_database(
             conn,
             accounts=args.accounts,
@@ -169,7 +182,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     _migrate.migrate(settings)
     if args.pool_sweep:
         return _pool_sweep(settings, args)
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
         row = conn.execute("SELECT count(*) FROM usage_events").fetchone()
         if not row or not row[0]:
             print("the database is empty: seeding it first (datalayer seed)")
@@ -238,7 +251,7 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     from ._ops.archive import archive_partitions, restore_archive
 
     settings = _settings(args)
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
         if args.target:
             if args.target[0] != "restore" or len(args.target) != 2:
                 raise DataLayerError("usage: datalayer archive restore MANIFEST")
@@ -268,12 +281,11 @@ def _cmd_backup(args: argparse.Namespace) -> int:
         if args.target[0] != "verify" or len(args.target) != 2:
             raise DataLayerError("usage: datalayer backup verify DUMP")
         verify_backup(
-            Path(args.target[1]),
-            scratch_url_base=with_dbname(settings.database_url, "postgres"),
+            Path(args.target[1]), scratch_url_base=with_dbname(admin_url(settings), "postgres")
         )
         print(f"{args.target[1]}: restored into a scratch database and matches its manifest")
         return 0
-    path = backup(settings.database_url, Path(args.out))
+    path = backup(admin_url(settings), Path(args.out))
     print(f"wrote {path} and {path.with_suffix('.manifest.json').name}")
     return 0
 
@@ -287,10 +299,14 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     into = (
         args.into
         if "=" in args.into or "://" in args.into
-        else with_dbname(settings.database_url, args.into)
+        else with_dbname(admin_url(settings), args.into)
     )
     restore_backup(Path(args.dump), into=into, overwrite=args.overwrite)
     print(f"restored {args.dump} into {redact(into)} and verified it against its manifest")
+    with psycopg.connect(into, autocommit=True) as conn:
+        roles = apply_roles(conn, settings)
+    if roles.owner:
+        print(f"{roles.owner} owns every object; {roles.app} has the application's grants")
     return 0
 
 
@@ -308,7 +324,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._ops.demo import run_demo
 
-    return run_demo(args.database_url, embedded=args.embedded)
+    return run_demo(args.database_url, embedded=args.embedded, admin_url=args.admin_url)
 
 
 def _ranged(low: int, high: int) -> Callable[[str], int]:
@@ -360,7 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--database-url",
-        help="PostgreSQL URL (default: $DATABASE_URL, else postgresql://postgres@127.0.0.1:5432/datalayer)",
+        help="PostgreSQL URL (default: $DATABASE_URL, else postgresql://postgres@127.0.0.1:5432/datalayer);"
+        " admin commands use it too unless --admin-url is given",
+    )
+    parser.add_argument(
+        "--admin-url",
+        help="PostgreSQL URL of the admin commands (migrate, partitions, archive, backup, seed, …;"
+        " default: $DATALAYER_ADMIN_URL, else the database URL)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

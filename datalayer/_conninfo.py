@@ -10,7 +10,7 @@ import re
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-__all__ = ["conninfo_params", "redact", "with_dbname"]
+__all__ = ["conninfo_params", "redact", "with_dbname", "with_user"]
 
 
 def conninfo_params(url: str) -> dict[str, str]:
@@ -21,6 +21,16 @@ def conninfo_params(url: str) -> dict[str, str]:
 def with_dbname(url: str, dbname: str) -> str:
     """A conninfo for the same server, user and options as ``url``, on database ``dbname``."""
     return make_conninfo("", **{**conninfo_params(url), "dbname": dbname})
+
+
+def with_user(url: str, user: str) -> str:
+    """A conninfo for the same server, database and options as ``url``, as ``user``.
+
+    The password of ``url`` is dropped: it belongs to the other role (libpq
+    still finds ``user``'s own in ``PGPASSWORD`` or the password file).
+    """
+    params = {k: v for k, v in conninfo_params(url).items() if k != "password"}
+    return make_conninfo("", **{**params, "user": user})
 
 
 _URL_USERINFO_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:@/?#]*):[^@/?#]*@", re.IGNORECASE)

@@ -14,12 +14,18 @@ from .errors import InvalidInput
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/datalayer"
 
+# A PostgreSQL role name that needs no quoting in messages and docs.
+_ROLE_NAME = r"^[a-z_][a-z0-9_]{0,62}$"
+
 # Environment variable -> field name. DATABASE_URL and REDIS_URL are the
 # names every platform already uses; the rest carry a DATALAYER_ prefix.
 _ENV = {
     "DATABASE_URL": "database_url",
     "REDIS_URL": "redis_url",
     "DATALAYER_CACHE_KEYS": "cache_keys",
+    "DATALAYER_ADMIN_URL": "admin_url",
+    "DATALAYER_OWNER_ROLE": "owner_role",
+    "DATALAYER_APP_ROLE": "app_role",
     "DATALAYER_POOL_MIN_SIZE": "pool_min_size",
     "DATALAYER_POOL_MAX_SIZE": "pool_max_size",
     "DATALAYER_POOL_TIMEOUT": "pool_timeout",
@@ -44,6 +50,12 @@ class Settings(BaseModel):
     default: these are short queries, and JIT only switches on when the
     planner overestimates a plan's cost, which then pays milliseconds of
     compiling (13 ms on ``active_users``, 0.9 s on a staged usage batch).
+
+    ``database_url`` is what the application (``Database``) connects with;
+    ``admin_url`` (default: ``database_url``) is what the admin commands
+    (migrate, partitions, archive, backup, seed, …) connect with. ``datalayer
+    migrate`` makes ``owner_role`` own every object and grants ``app_role``
+    only what the application needs (README: Security model).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
@@ -53,6 +65,9 @@ class Settings(BaseModel):
     # The HMAC keys that sign cached values, "kid:hexsecret[,kid:hexsecret...]": the
     # first signs, all verify (rotation). Required with redis_url: the cache fails closed.
     cache_keys: SecretStr | None = Field(default=None, validate_default=True)
+    admin_url: str | None = Field(default=None, repr=False, min_length=1)
+    owner_role: str = Field(default="datalayer_owner", pattern=_ROLE_NAME)
+    app_role: str = Field(default="datalayer_app", pattern=_ROLE_NAME)
     pool_min_size: int = Field(default=2, ge=0)
     # 8: the smallest size with the best throughput under `datalayer bench
     # --pool-sweep` here (16 threads, mixed load, 2 cores); 16 gave no more
@@ -85,6 +100,13 @@ class Settings(BaseModel):
                 raise ValueError("must be set with REDIS_URL: the keys that sign cached values")
             return None
         SigningKeys.parse(value.get_secret_value())  # its errors never show a secret
+        return value
+
+    @field_validator("app_role")
+    @classmethod
+    def _app_is_not_owner(cls, value: str, info: Any) -> str:
+        if value == info.data.get("owner_role"):
+            raise ValueError("must differ from owner_role")
         return value
 
     @classmethod
@@ -122,9 +144,13 @@ class Settings(BaseModel):
         fields = ", ".join(
             f"{name}={getattr(self, name)!r}"
             for name in type(self).model_fields
-            if name not in {"database_url", "redis_url"}
+            if name not in {"database_url", "redis_url", "admin_url"}
         )
         redis = redact(self.redis_url) if self.redis_url else None
-        return f"Settings(database_url={self.safe_database_url!r}, redis_url={redis!r}, {fields})"
+        admin = redact(self.admin_url) if self.admin_url else None
+        return (
+            f"Settings(database_url={self.safe_database_url!r}, redis_url={redis!r}, "
+            f"admin_url={admin!r}, {fields})"
+        )
 
     __str__ = __repr__

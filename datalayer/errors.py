@@ -22,6 +22,7 @@ __all__ = [
     "NotFound",
     "NotNullViolation",
     "PartitionMissing",
+    "PermissionDenied",
     "QueryTimeout",
     "QuotaExceeded",
     "ReadOnlyTransaction",
@@ -178,6 +179,15 @@ class QueryTimeout(DatabaseError):
     """``statement_timeout`` (57014) or ``lock_timeout`` (55P03) cancelled the statement."""
 
 
+class PermissionDenied(DatabaseError):
+    """The connecting role lacks a privilege (SQLSTATE 42501).
+
+    The application role may read and write data but never change the schema,
+    truncate a table, or update or delete ledger and event rows (README:
+    Security model); schema work belongs to the admin URL.
+    """
+
+
 class ReadOnlyTransaction(DatabaseError):
     """A write reached a read-only transaction or a hot standby (SQLSTATE 25006)."""
 
@@ -201,6 +211,7 @@ _BY_SQLSTATE: dict[str, type[DatabaseError]] = {
     "57014": QueryTimeout,
     "55P03": QueryTimeout,
     "25006": ReadOnlyTransaction,
+    "42501": PermissionDenied,
     # The server is going away: the connection is gone.
     "57P01": Unavailable,
     "57P02": Unavailable,

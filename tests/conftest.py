@@ -3,6 +3,16 @@
 Every database test talks to a real PostgreSQL (default 127.0.0.1:5432, user
 postgres; override with DATALAYER_TEST_PG_HOST / _PORT / _USER / _PASSWORD).
 An unreachable server makes those tests error, never skip.
+
+Two roles, as in production (README: Security model). The template is
+migrated by the admin (``DATALAYER_TEST_PG_USER``), which creates the roles
+and grants. Runtime fixtures (``conn``, ``uow``, ``db``, ``fresh_url``) log in
+as the application role, so every repository call in the suite runs with only
+the application's privileges; admin fixtures (``admin_conn``,
+``fresh_admin_url``) are for the tests of admin commands and for setting up
+what only an admin may (deleting events, testing the schema's own triggers).
+With password authentication, give ``datalayer_app`` a password and set
+``DATALAYER_TEST_PG_APP_PASSWORD``.
 """
 
 from __future__ import annotations
@@ -27,16 +37,26 @@ PG_HOST = os.environ.get("DATALAYER_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("DATALAYER_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("DATALAYER_TEST_PG_USER", "postgres")
 PG_PASSWORD = os.environ.get("DATALAYER_TEST_PG_PASSWORD", "")
+APP_ROLE = Settings().app_role
+APP_PASSWORD = os.environ.get("DATALAYER_TEST_PG_APP_PASSWORD", "")
 TEMPLATE_BASE = f"datalayer_test_{os.getpid()}"
 # DATALAYER_CACHE_KEYS of every test that caches (a Redis URL needs signing keys).
 CACHE_KEYS = "t1:" + "5a" * 32
 
 
 def pg_url(dbname: str) -> str:
-    """A conninfo string for ``dbname`` on the test server."""
+    """A conninfo string for ``dbname`` on the test server, as the admin."""
     params: dict[str, Any] = {"host": PG_HOST, "port": PG_PORT, "user": PG_USER, "dbname": dbname}
     if PG_PASSWORD:
         params["password"] = PG_PASSWORD
+    return make_conninfo("", **params)
+
+
+def app_url(dbname: str) -> str:
+    """A conninfo string for ``dbname`` on the test server, as the application role."""
+    params: dict[str, Any] = {"host": PG_HOST, "port": PG_PORT, "user": APP_ROLE, "dbname": dbname}
+    if APP_PASSWORD:
+        params["password"] = APP_PASSWORD
     return make_conninfo("", **params)
 
 
@@ -95,16 +115,30 @@ def shared_dbname(template_dbname: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def _shared_conn(shared_dbname: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(pg_url(shared_dbname), autocommit=True) as conn:
+    with psycopg.connect(app_url(shared_dbname), autocommit=True) as conn:
         conn.execute("SET timezone = 'UTC'")
         yield conn
 
 
 @pytest.fixture
 def conn(_shared_conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
-    """A connection inside a transaction that is rolled back after the test (~0.4 ms)."""
+    """An application-role connection in a transaction rolled back after the test (~0.4 ms)."""
     with _shared_conn.transaction(force_rollback=True):
         yield _shared_conn
+
+
+@pytest.fixture(scope="session")
+def _shared_admin_conn(shared_dbname: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(pg_url(shared_dbname), autocommit=True) as conn:
+        conn.execute("SET timezone = 'UTC'")
+        yield conn
+
+
+@pytest.fixture
+def admin_conn(_shared_admin_conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+    """Like ``conn``, as the admin: for the schema's own defences and admin-only setup."""
+    with _shared_admin_conn.transaction(force_rollback=True):
+        yield _shared_admin_conn
 
 
 @pytest.fixture
@@ -127,13 +161,25 @@ def fresh_dbname(template_dbname: str) -> Iterator[str]:
 
 @pytest.fixture
 def fresh_url(fresh_dbname: str) -> str:
-    """Connection string of a fresh database, for tests that commit or run DDL."""
+    """Connection string of a fresh database as the application role, for tests that commit."""
+    return app_url(fresh_dbname)
+
+
+@pytest.fixture
+def fresh_admin_url(fresh_dbname: str) -> str:
+    """Connection string of the same fresh database as the admin (admin commands, DDL)."""
     return pg_url(fresh_dbname)
 
 
 @pytest.fixture
-def db(fresh_url: str) -> Iterator[Database]:
-    """An open ``Database`` on a fresh clone (commits are allowed)."""
-    settings = Settings(database_url=fresh_url, pool_min_size=1, pool_max_size=4, pool_timeout=5)
+def db(fresh_url: str, fresh_admin_url: str) -> Iterator[Database]:
+    """An open ``Database`` on a fresh clone as the application role (commits are allowed)."""
+    settings = Settings(
+        database_url=fresh_url,
+        admin_url=fresh_admin_url,
+        pool_min_size=1,
+        pool_max_size=4,
+        pool_timeout=5,
+    )
     with Database(settings) as database:
         yield database

@@ -25,7 +25,13 @@ from psycopg import sql
 from .._window import oldest_accepted
 from ..errors import AlreadyExists, DataLayerError, InvalidInput, map_error
 from .migrate import schema_version
-from .partitions import PARTITIONED_TABLES, add_months, list_partitions, month_start
+from .partitions import (
+    PARTITIONED_TABLES,
+    add_months,
+    inherit_parent_access,
+    list_partitions,
+    month_start,
+)
 
 __all__ = ["ArchiveResult", "archive_partitions", "restore_archive"]
 
@@ -349,6 +355,7 @@ def restore_archive(conn: psycopg.Connection[Any], manifest_path: Path) -> int:
                     sql.Literal(end),
                 )
             )
+            inherit_parent_access(conn, parent, name)
             copy_in = sql.SQL("COPY {} ({}) FROM STDIN").format(
                 sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
             )

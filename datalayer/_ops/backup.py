@@ -207,7 +207,18 @@ def _restore_verified(
         conninfo, env = _split(url)
         log.info("running pg_restore of %s into %s", dump_path, dbname)
         _run(
-            ["pg_restore", "--no-owner", "--exit-on-error", "--dbname", conninfo, str(dump_path)],
+            # Owners and grants name roles the target server may not have: the
+            # restored objects belong to the restoring role, and `datalayer
+            # restore` then applies the role policy (_ops/roles.py) afresh.
+            [
+                "pg_restore",
+                "--no-owner",
+                "--no-acl",
+                "--exit-on-error",
+                "--dbname",
+                conninfo,
+                str(dump_path),
+            ],
             env,
             f"pg_restore of {dump_path}",
         )
@@ -256,7 +267,9 @@ def restore_backup(dump_path: Path, *, into: str, overwrite: bool = False) -> No
 
     The dump is restored into a temporary database and verified against its
     manifest; only then is it renamed to the target, so a bad dump never
-    replaces anything. Raises ``AlreadyExists`` if the target exists and
+    replaces anything. Owners and grants are not restored (the objects belong to
+    the restoring role): ``datalayer restore`` applies the role policy after
+    this, as ``migrate`` does. Raises ``AlreadyExists`` if the target exists and
     ``overwrite`` is false (with ``overwrite`` it is dropped, connections
     included), ``DataLayerError`` if the dump is corrupted or does not verify.
     """

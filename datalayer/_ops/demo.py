@@ -1,4 +1,4 @@
-"""``datalayer demo``: migrate a database and tour the library, printing what happens."""
+"""``datalayer demo``: migrate a database as the admin, tour the library as the application role."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import psycopg
 from pydantic import SecretStr
 
 from .._cachecore import SigningKeys
-from .._conninfo import with_dbname
+from .._conninfo import conninfo_params, with_dbname, with_user
 from .._database import Database
 from .._settings import DEFAULT_DATABASE_URL, Settings
 from .._uow import UnitOfWork
@@ -26,12 +26,13 @@ from ..errors import (
     InvalidInput,
     InvalidTransition,
     LiveSubscriptionExists,
+    PermissionDenied,
     QuotaExceeded,
 )
 from ..models import PlanMeterSpec
 from .migrate import migrate
 
-__all__ = ["resolve_database_url", "run_demo"]
+__all__ = ["application_url", "resolve_database_url", "run_demo"]
 
 _servers: list[Any] = []  # keeps an embedded server alive until the process exits
 
@@ -45,7 +46,8 @@ def _reachable(url: str) -> bool:
 
 
 def resolve_database_url(explicit: str | None = None, *, embedded: bool = False) -> tuple[str, str]:
-    """Pick the demo's database: ``explicit``, ``$DATABASE_URL``, a local server, else embedded.
+    """Pick the demo's admin URL: ``explicit``, ``$DATALAYER_ADMIN_URL``, ``$DATABASE_URL``,
+    a local server, else an embedded one.
 
     ``embedded=True`` skips straight to the embedded server. Returns the URL
     and a phrase saying where it came from.
@@ -53,6 +55,8 @@ def resolve_database_url(explicit: str | None = None, *, embedded: bool = False)
     if not embedded:
         if explicit:
             return explicit, "--database-url"
+        if os.environ.get("DATALAYER_ADMIN_URL"):
+            return os.environ["DATALAYER_ADMIN_URL"], "DATALAYER_ADMIN_URL"
         if os.environ.get("DATABASE_URL"):
             return os.environ["DATABASE_URL"], "DATABASE_URL"
         if _reachable(DEFAULT_DATABASE_URL):
@@ -95,19 +99,57 @@ def _step(title: str) -> None:
     print(f"\n== {title}")
 
 
-def run_demo(database_url: str | None = None, *, embedded: bool = False) -> int:
-    """Run the tour; return the process exit status."""
-    url, source = resolve_database_url(database_url, embedded=embedded)
-    settings = Settings.from_env(database_url=url)
+def application_url(admin: str, app_role: str, explicit: str | None = None) -> str | None:
+    """The URL the tour runs with: ``explicit``, else ``admin`` logged in as ``app_role``.
+
+    ``None`` when ``app_role`` cannot log in (roles were skipped): the tour
+    then runs with the admin URL.
+    """
+    if explicit:
+        return explicit
+    with psycopg.connect(admin) as conn:
+        row = conn.execute(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (app_role,)
+        ).fetchone()
+    return with_user(admin, app_role) if row and row[0] else None
+
+
+def run_demo(
+    database_url: str | None = None, *, embedded: bool = False, admin_url: str | None = None
+) -> int:
+    """Run the tour; return the process exit status.
+
+    Migrates with the admin URL (``admin_url``, else as ``resolve_database_url``
+    picks), then tours as the application role: ``database_url`` when both
+    are given (or ``$DATABASE_URL`` beside ``$DATALAYER_ADMIN_URL``), else the
+    admin's server and database logged in as ``app_role``.
+    """
+    if admin_url and not embedded:
+        admin, source, explicit_app = admin_url, "--admin-url", database_url
+    else:
+        admin, source = resolve_database_url(database_url, embedded=embedded)
+        both = source == "DATALAYER_ADMIN_URL" and os.environ.get("DATABASE_URL")
+        explicit_app = os.environ["DATABASE_URL"] if both else None
+    settings = Settings.from_env(database_url=admin, admin_url=admin)
     if settings.redis_url is None and _redis_reachable(_LOCAL_REDIS):
         # The tour caches in a namespace of its own, so a key of its own is safe.
         signing = SecretStr(SigningKeys.one_off("demo"))
         settings = settings.model_copy(update={"redis_url": _LOCAL_REDIS, "cache_keys": signing})
     print(f"datalayer demo — using {source}: {settings.safe_database_url}")
 
-    _step("Migrations (yoyo, plain SQL, creates the database if missing)")
+    _step("Migrations as the admin (yoyo, plain SQL, creates the database if missing)")
     applied = migrate(settings)
     print(f"applied: {', '.join(applied)}" if applied else "schema already up to date")
+    app = application_url(admin, settings.app_role, explicit_app)
+    if app is None:
+        print(f"no role {settings.app_role} (migrate skipped the roles): touring as the admin")
+    else:
+        settings = settings.model_copy(update={"database_url": app})
+        user = conninfo_params(app).get("user", "?")
+        print(
+            f"the tour runs as {user}: it may read and write rows, never change the schema,"
+            " truncate, or rewrite the ledger"
+        )
 
     with Database(settings) as db:
         tag = uuid.uuid4().hex[:8]
@@ -198,6 +240,15 @@ def run_demo(database_url: str | None = None, *, embedded: bool = False) -> int:
             f"repository get: {repo_us:.0f} µs, raw pooled connection: {raw_us:.0f} µs "
             f"(ratio {repo_us / raw_us:.2f}, n={n})"
         )
+
+        if app is not None:
+            _step("Least privilege: the application role cannot rewrite the ledger")
+            for statement in ("DELETE FROM ledger_entries", "TRUNCATE usage_events"):
+                try:
+                    with db.unit_of_work() as uow:
+                        uow.connection.execute(statement)
+                except PermissionDenied as exc:
+                    print(f"{statement}: PermissionDenied ({exc})")
 
         _step("Pool statistics")
         stats = db.stats()

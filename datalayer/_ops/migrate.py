@@ -20,6 +20,14 @@ from .._resources import migrations_dir
 from .._settings import Settings
 from ..errors import DataLayerError, map_error
 from .partitions import PARTITIONED_TABLES, ensure_partitions
+from .roles import (
+    acting_owner,
+    admin_url,
+    application_user_problem,
+    apply_grants,
+    hand_to_owner,
+    prepare_roles,
+)
 
 __all__ = [
     "MigrationStatus",
@@ -45,9 +53,15 @@ class MigrationStatus:
     applied: bool
 
 
-def _yoyo_url(settings: Settings) -> str:
-    """A ``postgresql+psycopg://`` URL (yoyo 9 picks psycopg2 for ``postgresql://``)."""
-    params = conninfo_params(settings.database_url)
+def _yoyo_url(settings: Settings, *, role: str | None = None) -> str:
+    """A ``postgresql+psycopg://`` URL (yoyo 9 picks psycopg2 for ``postgresql://``).
+
+    With ``role``, the session runs as that role from its start (``-c role=``),
+    so everything the migrations create belongs to it.
+    """
+    params = conninfo_params(admin_url(settings))
+    if role:  # a validated plain identifier (Settings.owner_role)
+        params["options"] = f"{params.get('options', '')} -c role={role}".strip()
     user = quote(params.pop("user", ""), safe="")
     password = params.pop("password", None)
     host = params.pop("host", "")
@@ -67,18 +81,17 @@ def ensure_database(settings: Settings) -> bool:
 
     Safe when several processes race: losing the race to create is not an error.
     """
-    params = conninfo_params(settings.database_url)
+    url = admin_url(settings)
+    params = conninfo_params(url)
     dbname = params.get("dbname") or params.get("user") or "postgres"
     try:
-        with psycopg.connect(settings.database_url, connect_timeout=settings.connect_timeout):
+        with psycopg.connect(url, connect_timeout=settings.connect_timeout):
             return False
     except psycopg.OperationalError as exc:
         if "does not exist" not in str(exc):
             raise map_error(exc) from exc
     try:
-        with psycopg.connect(
-            with_dbname(settings.database_url, "postgres"), autocommit=True
-        ) as conn:
+        with psycopg.connect(with_dbname(url, "postgres"), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
     except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
         return False  # another process created it first
@@ -89,15 +102,15 @@ def ensure_database(settings: Settings) -> bool:
 
 
 @contextmanager
-def _locked(settings: Settings, timeout_s: float) -> Iterator[None]:
-    """Hold the migration advisory lock (a session lock, released if we die).
+def _locked(settings: Settings, timeout_s: float) -> Iterator[psycopg.Connection[Any]]:
+    """Hold the migration advisory lock (a session lock, released if we die); yield its connection.
 
     It is polled with pg_try_advisory_lock rather than waited for: a waiting
     statement would hold a snapshot, and a migration running CREATE INDEX
     CONCURRENTLY in the other process waits for every such snapshot, so the
     two would wait on each other.
     """
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
         deadline = time.monotonic() + timeout_s
         while True:
             row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_MIGRATE_LOCK_KEY,)).fetchone()
@@ -109,13 +122,15 @@ def _locked(settings: Settings, timeout_s: float) -> Iterator[None]:
                 )
             time.sleep(0.2)
         try:
-            yield
+            yield conn
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATE_LOCK_KEY,))
 
 
-def _backend_and_migrations(settings: Settings, directory: Path | None) -> tuple[Any, Any]:
-    backend = get_backend(_yoyo_url(settings))
+def _backend_and_migrations(
+    settings: Settings, directory: Path | None, *, role: str | None = None
+) -> tuple[Any, Any]:
+    backend = get_backend(_yoyo_url(settings, role=role))
     migrations = read_migrations(str(directory or migrations_dir()))
     return backend, migrations
 
@@ -129,26 +144,46 @@ def migrate(
 ) -> list[str]:
     """Create the database if missing, apply every pending migration, then ensure partitions.
 
-    Returns the ids applied (empty when up to date). Concurrent callers
-    serialise on an advisory lock; the second finds nothing left to do.
-    Each migration runs in its own transaction unless it says
-    ``-- transactional: false``; a failing one is rolled back and raised.
-    Afterwards the event tables get partitions from last month through
-    ``ensure_ahead`` months ahead (``None`` skips this step).
+    Connects with ``admin_url(settings)``. Returns the ids applied (empty when
+    up to date). Concurrent callers serialise on an advisory lock; the second
+    finds nothing left to do. Each migration runs in its own transaction
+    unless it says ``-- transactional: false``; a failing one is rolled back
+    and raised. Afterwards the event tables get partitions from last month
+    through ``ensure_ahead`` months ahead (``None`` skips this step).
+
+    Roles (README: Security model): missing ``owner_role`` and ``app_role``
+    are created when the admin may create roles, the migrations run as the
+    owner, the owner is given every object, and the application role gets
+    exactly the grants of the policy in ``_ops/roles.py``, on every run. When
+    the roles are missing and cannot be created, all of this is skipped with
+    a warning and the single-role setup works as before. It also warns when
+    ``database_url`` logs in as a role that could change the schema (the
+    admin's, say) or lacks the application role's grants. Raises
+    ``DataLayerError`` when the admin URL connects as the application role.
     """
     ensure_database(settings)
-    with _locked(settings, lock_timeout_s):
-        backend, migrations = _backend_and_migrations(settings, directory)
+    with _locked(settings, lock_timeout_s) as conn:
+        roles = prepare_roles(conn, settings)
+        if roles.skipped:
+            log.warning("least privilege skipped: %s", roles.skipped)
+        else:
+            assert roles.owner is not None
+            hand_to_owner(conn, roles.owner)  # so that migrations running as it may alter
+        backend, migrations = _backend_and_migrations(settings, directory, role=roles.set_role)
         try:
             pending = backend.to_apply(migrations)
             backend.apply_migrations(pending)
         finally:
             backend.connection.close()
+        if ensure_ahead is not None and _has_partitioned_tables(conn):
+            ensure_partitions(conn, ahead=ensure_ahead)
+        if roles.owner is not None:
+            hand_to_owner(conn, roles.owner)
+            apply_grants(conn, roles)
+            problem = application_user_problem(conn, roles, settings.database_url)
+            if problem:
+                log.warning("%s", problem)
     applied = [m.id for m in pending]
-    if ensure_ahead is not None:
-        with psycopg.connect(settings.database_url, autocommit=True) as conn:
-            if _has_partitioned_tables(conn):
-                ensure_partitions(conn, ahead=ensure_ahead)
     for migration_id in applied:
         log.info("applied migration %s", migration_id)
     return applied
@@ -171,10 +206,12 @@ def rollback(
 ) -> list[str]:
     """Roll back the last ``count`` applied migrations (all when ``None``), newest first.
 
-    Returns the ids rolled back.
+    Returns the ids rolled back. Runs as the owner role when it exists and the
+    admin may act as it.
     """
-    with _locked(settings, lock_timeout_s):
-        backend, migrations = _backend_and_migrations(settings, directory)
+    with _locked(settings, lock_timeout_s) as conn:
+        role = acting_owner(conn, settings)
+        backend, migrations = _backend_and_migrations(settings, directory, role=role)
         try:
             applied = backend.to_rollback(migrations)
             chosen = applied if count is None else applied[:count]

@@ -27,6 +27,7 @@ __all__ = [
     "add_months",
     "create_partitioned_index",
     "ensure_partitions",
+    "inherit_parent_access",
     "list_partitions",
     "month_start",
 ]
@@ -149,6 +150,7 @@ def _create_one(
                     )
                 )
                 conn.execute(statement)
+                inherit_parent_access(conn, parent, name)
             log.info("created partition %s", name)
             return True
         except psycopg.errors.LockNotAvailable:
@@ -160,6 +162,48 @@ def _create_one(
         except psycopg.Error as exc:
             raise map_error(exc) from exc
     return False  # pragma: no cover - the loop returns or raises
+
+
+# What a table grants, role by role (0 is PUBLIC), leaving out its owner's implicit rights.
+_GRANTS = """
+SELECT a.grantee, CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END,
+       a.privilege_type
+FROM pg_class c, aclexplode(c.relacl) a
+WHERE c.oid = to_regclass(%s) AND a.grantee <> c.relowner
+"""
+_PRIVILEGE_WORDS = frozenset(
+    {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"}
+)
+
+
+def inherit_parent_access(conn: psycopg.Connection[Any], parent: str, name: str) -> None:
+    """Give partition ``name`` the owner and the grants of ``parent``, no more, no less.
+
+    Whoever creates a partition (a superuser, a member of the owner role) it
+    belongs to the parent's owner, and the owner's default privileges do not
+    leave it writable where the parent is not (``DELETE`` on a month of an
+    append-only table). Run it in the transaction that creates the partition.
+    """
+    owners = conn.execute(
+        "SELECT pg_get_userbyid(p.relowner), p.relowner = c.relowner"
+        " FROM pg_class p, pg_class c WHERE p.oid = to_regclass(%s) AND c.oid = to_regclass(%s)",
+        (parent, name),
+    ).fetchone()
+    if owners is None:
+        raise DataLayerError(f"{name} or its parent {parent} does not exist")
+    table = sql.Identifier(name)
+    if not owners[1]:
+        conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(table, sql.Identifier(owners[0])))
+    wanted = {(g, r, p) for g, r, p in conn.execute(_GRANTS, (parent,)) if p in _PRIVILEGE_WORDS}
+    held = {(g, r, p) for g, r, p in conn.execute(_GRANTS, (name,)) if p in _PRIVILEGE_WORDS}
+    for changes, verb, word in ((held - wanted, "REVOKE", "FROM"), (wanted - held, "GRANT", "TO")):
+        for _, role, privilege in sorted(changes, key=lambda c: (c[0], c[2])):
+            grantee = sql.SQL("PUBLIC") if role is None else sql.Identifier(role)
+            conn.execute(
+                sql.SQL("{} {} ON {} {} {}").format(
+                    sql.SQL(verb), sql.SQL(privilege), table, sql.SQL(word), grantee
+                )
+            )
 
 
 def ensure_partitions(

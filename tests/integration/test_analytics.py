@@ -112,15 +112,15 @@ def test_a_batch_stores_its_good_events_and_rejects_bad_ones_with_their_reason(
 
 
 def test_a_batch_is_all_or_nothing_for_its_accepted_events(
-    uow: UnitOfWork, tx_account_id: int
+    db: Database, account_id: int, fresh_admin_url: str
 ) -> None:
-    account_id = tx_account_id
     now = datetime.now(UTC)
-    uow.connection.execute(
-        psycopg.sql.SQL("DROP TABLE {}").format(
-            psycopg.sql.Identifier(f"analytics_events_{now:%Y_%m}")
+    with psycopg.connect(fresh_admin_url, autocommit=True) as admin:  # only an admin drops
+        admin.execute(
+            psycopg.sql.SQL("DROP TABLE {}").format(
+                psycopg.sql.Identifier(f"analytics_events_{now:%Y_%m}")
+            )
         )
-    )
     last_month = now.replace(day=1) - timedelta(hours=1)
     batch = [
         _event(account_id, occurred_at=last_month),  # its partition exists
@@ -128,8 +128,9 @@ def test_a_batch_is_all_or_nothing_for_its_accepted_events(
         _event(account_id, occurred_at=now - timedelta(minutes=1)),  # this month: none
     ]
     with pytest.raises(PartitionMissing):
-        uow.analytics.record_batch(events=batch)
-    assert _count(uow.connection) == 0
+        db.analytics.record_batch(events=batch)
+    with db.connection() as conn:
+        assert _count(conn) == 0
 
 
 def test_a_unit_of_work_can_record_several_batches(uow: UnitOfWork, tx_account_id: int) -> None:

@@ -23,9 +23,9 @@ NOW = datetime(2021, 3, 15, tzinfo=UTC)  # 13 months back: only the 2020_01 ones
 
 
 @pytest.fixture
-def aconn(fresh_url: str) -> Iterator[psycopg.Connection[Any]]:
+def aconn(fresh_admin_url: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to a fresh database with old partitions full of events."""
-    with psycopg.connect(fresh_url, autocommit=True) as conn:
+    with psycopg.connect(fresh_admin_url, autocommit=True) as conn:
         conn.execute("SET timezone = 'UTC'")
         ensure_partitions(conn, start=OLD, now=datetime(2020, 3, 10, tzinfo=UTC), ahead=0)
         conn.execute(
@@ -226,10 +226,12 @@ def test_restore_refuses_a_corrupted_archive_and_creates_nothing(
     assert not table_exists(aconn, "usage_events_2020_01")
 
 
-def test_archiving_in_a_transaction_uses_a_plain_detach(fresh_url: str, tmp_path: Path) -> None:
-    with psycopg.connect(fresh_url, autocommit=True) as setup:
+def test_archiving_in_a_transaction_uses_a_plain_detach(
+    fresh_admin_url: str, tmp_path: Path
+) -> None:
+    with psycopg.connect(fresh_admin_url, autocommit=True) as setup:
         ensure_partitions(setup, start=OLD, now=datetime(2020, 1, 10, tzinfo=UTC), ahead=0)
-    with psycopg.connect(fresh_url) as conn:
+    with psycopg.connect(fresh_admin_url) as conn:
         results = archive_partitions(conn, out_dir=tmp_path, now=NOW)
         conn.commit()
         assert {r.rows for r in results} == {0}

@@ -20,9 +20,9 @@ from datalayer._ops.backup import backup, restore_backup, table_checksums, verif
 
 
 @pytest.fixture
-def seeded_url(fresh_url: str) -> str:
+def seeded_url(fresh_admin_url: str) -> str:
     """A fresh database with rows in a few tables, partitioned ones included."""
-    with psycopg.connect(fresh_url, autocommit=True) as conn:
+    with psycopg.connect(fresh_admin_url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO meters (code, name, unit, aggregation)"
             " VALUES ('api_calls', 'API calls', 'call', 'sum')"
@@ -36,7 +36,7 @@ def seeded_url(fresh_url: str) -> str:
             FROM generate_series(1, 500) g
             """
         )
-    return fresh_url
+    return fresh_admin_url
 
 
 @pytest.fixture
@@ -165,7 +165,7 @@ def test_restoring_into_an_existing_database_needs_overwrite(
 
 
 def test_a_pg_dump_older_than_the_server_is_refused_naming_both_versions(
-    fresh_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fresh_admin_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake = tmp_path / "bin" / "pg_dump"
     fake.parent.mkdir()
@@ -174,7 +174,7 @@ def test_a_pg_dump_older_than_the_server_is_refused_naming_both_versions(
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
 
     with pytest.raises(DataLayerError, match=r"pg_dump 11 cannot dump a PostgreSQL 1[5-9]"):
-        backup(fresh_url, tmp_path / "out")
+        backup(fresh_admin_url, tmp_path / "out")
     assert not list((tmp_path / "out").glob("*.dump"))
 
 

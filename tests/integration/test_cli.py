@@ -14,6 +14,8 @@ import pytest
 from conftest import pg_url
 from psycopg import sql
 
+ENV_URLS = ("DATABASE_URL", "DATALAYER_ADMIN_URL")
+
 
 def run(*args: str, url: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -21,7 +23,7 @@ def run(*args: str, url: str, timeout: float = 120) -> subprocess.CompletedProce
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+        env={k: v for k, v in os.environ.items() if k not in ENV_URLS},
     )
 
 
@@ -58,6 +60,8 @@ def test_the_demo_tours_the_library_and_exits_zero(new_url: str) -> None:
     out = result.stdout
     assert "applied: 0001_accounts_users" in out
     assert "AlreadyExists, constraint='users_email_key'" in out
+    assert "the tour runs as datalayer_app" in out
+    assert "DELETE FROM ledger_entries: PermissionDenied" in out
     assert "InvalidInput, field='email'" in out
     assert "after rollback: None" in out
     assert "search(term='0%') -> ['00% off', '10% off', '20% off']" in out
@@ -75,13 +79,13 @@ def test_the_demo_tours_the_library_and_exits_zero(new_url: str) -> None:
     assert "demo finished" in out
 
 
-def test_partitions_add_index_builds_a_valid_index_on_every_partition(fresh_url: str) -> None:
+def test_partitions_add_index_builds_a_valid_index_on_every_partition(fresh_admin_url: str) -> None:
     args = ["partitions", "add-index", "--table", "usage_events"]
     args += ["--index", "usage_events_api_key_idx", "--columns", "account_id,api_key_id"]
     for _ in range(2):  # rerunnable
-        result = run(*args, url=fresh_url)
+        result = run(*args, url=fresh_admin_url)
         assert result.returncode == 0, result.stderr
-    with psycopg.connect(fresh_url) as conn:
+    with psycopg.connect(fresh_admin_url) as conn:
         row = conn.execute(
             "SELECT i.indisvalid,"
             " (SELECT count(*) FROM pg_inherits WHERE inhparent = i.indexrelid),"
@@ -92,7 +96,7 @@ def test_partitions_add_index_builds_a_valid_index_on_every_partition(fresh_url:
     valid, attached, partitions = row
     assert valid
     assert attached == partitions > 0
-    missing = run("partitions", "add-index", "--table", "usage_events", url=fresh_url)
+    missing = run("partitions", "add-index", "--table", "usage_events", url=fresh_admin_url)
     assert missing.returncode == 2
     assert "needs --table, --index and --columns" in missing.stderr
 
@@ -104,7 +108,7 @@ def test_the_demo_runs_on_an_embedded_postgresql_when_asked() -> None:
         capture_output=True,
         text=True,
         timeout=300,
-        env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+        env={k: v for k, v in os.environ.items() if k not in ENV_URLS},
     )
     assert result.returncode == 0, result.stderr
     assert "using an embedded PostgreSQL" in result.stdout
@@ -112,20 +116,20 @@ def test_the_demo_runs_on_an_embedded_postgresql_when_asked() -> None:
 
 
 def test_backup_verify_restore_and_archive_commands(
-    fresh_url: str, tmp_path: Path, new_url: str
+    fresh_admin_url: str, tmp_path: Path, new_url: str
 ) -> None:
-    made = run("backup", "--out", str(tmp_path), url=fresh_url)
+    made = run("backup", "--out", str(tmp_path), url=fresh_admin_url)
     assert made.returncode == 0, made.stderr
     (dump,) = tmp_path.glob("*.dump")
     assert (tmp_path / dump.name.replace(".dump", ".manifest.json")).exists()
-    verified = run("backup", "verify", str(dump), url=fresh_url)
+    verified = run("backup", "verify", str(dump), url=fresh_admin_url)
     assert verified.returncode == 0, verified.stderr
     target = psycopg.conninfo.conninfo_to_dict(new_url)["dbname"]
-    restored = run("restore", str(dump), "--into", str(target), url=fresh_url)
+    restored = run("restore", str(dump), "--into", str(target), url=fresh_admin_url)
     assert restored.returncode == 0, restored.stderr
-    again = run("restore", str(dump), "--into", str(target), url=fresh_url)
+    again = run("restore", str(dump), "--into", str(target), url=fresh_admin_url)
     assert again.returncode == 2
     assert "already exists" in again.stderr
-    dry = run("archive", "--dry-run", "--out", str(tmp_path / "archive"), url=fresh_url)
+    dry = run("archive", "--dry-run", "--out", str(tmp_path / "archive"), url=fresh_admin_url)
     assert dry.returncode == 0, dry.stderr
     assert "nothing older than 13 months" in dry.stdout

@@ -42,6 +42,13 @@ Conn = psycopg.Connection[Any]
 
 REPO = migrations_dir().parent
 
+
+@pytest.fixture
+def conn(admin_conn: Conn) -> Conn:
+    """The rolled-back test transaction, as the admin: the probes create indexes."""
+    return admin_conn
+
+
 _USED_BY = re.compile(r"^--\s*used by:\s*(?P<rest>.*)$")
 _INDEXES = re.compile(r"^--\s*indexes:\s*(?P<rest>.*)$")
 _CONTINUED = re.compile(r"^--\s{2,}(?P<rest>\S.*)$")

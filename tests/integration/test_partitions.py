@@ -75,9 +75,9 @@ def run_cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def admin(fresh_url: str) -> Iterator[psycopg.Connection[Any]]:
+def admin(fresh_admin_url: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to a fresh database (partitions last month .. +3)."""
-    with psycopg.connect(fresh_url, autocommit=True) as conn:
+    with psycopg.connect(fresh_admin_url, autocommit=True) as conn:
         yield conn
 
 
@@ -157,7 +157,7 @@ def test_ensure_with_a_fixed_now_counts_ahead_from_that_month_and_includes_both_
 
 
 def test_two_threads_racing_ensure_on_the_same_months_both_succeed_and_create_each_month_once(
-    fresh_url: str, admin: psycopg.Connection[Any]
+    fresh_admin_url: str, admin: psycopg.Connection[Any]
 ) -> None:
     now = this_month()
     first = add_months(now, 4)
@@ -168,7 +168,7 @@ def test_two_threads_racing_ensure_on_the_same_months_both_succeed_and_create_ea
 
     def worker() -> None:
         try:
-            with psycopg.connect(fresh_url, autocommit=True) as conn:
+            with psycopg.connect(fresh_admin_url, autocommit=True) as conn:
                 barrier.wait(timeout=10)
                 results.append(ensure_partitions(conn, start=first, ahead=ahead))
         except BaseException as exc:
@@ -191,12 +191,12 @@ def test_two_threads_racing_ensure_on_the_same_months_both_succeed_and_create_ea
 
 
 def test_two_cli_processes_racing_ensure_both_exit_zero_and_create_each_month_once(
-    fresh_url: str, admin: psycopg.Connection[Any]
+    fresh_admin_url: str, admin: psycopg.Connection[Any]
 ) -> None:
     now = this_month()
     first = add_months(now, -24)
     procs = [
-        cli("partitions", "ensure", "--from", f"{first:%Y-%m}", "--ahead", "8", url=fresh_url)
+        cli("partitions", "ensure", "--from", f"{first:%Y-%m}", "--ahead", "8", url=fresh_admin_url)
         for _ in range(2)
     ]
     outputs = [proc.communicate(timeout=60) for proc in procs]
@@ -221,10 +221,10 @@ def test_two_cli_processes_racing_ensure_both_exit_zero_and_create_each_month_on
 
 
 def test_ensure_retries_past_a_lock_held_briefly_by_another_session_and_creates_the_month(
-    fresh_url: str, admin: psycopg.Connection[Any]
+    fresh_admin_url: str, admin: psycopg.Connection[Any]
 ) -> None:
     month = add_months(this_month(), 6)
-    with psycopg.connect(fresh_url) as holder:
+    with psycopg.connect(fresh_admin_url) as holder:
         holder.execute("LOCK TABLE usage_events IN ACCESS EXCLUSIVE MODE")
         release = threading.Timer(0.5, holder.rollback)
         started = time.monotonic()
@@ -246,10 +246,10 @@ def test_ensure_retries_past_a_lock_held_briefly_by_another_session_and_creates_
 
 
 def test_ensure_raises_a_datalayer_error_rather_than_hanging_when_the_parent_stays_locked(
-    fresh_url: str, admin: psycopg.Connection[Any]
+    fresh_admin_url: str, admin: psycopg.Connection[Any]
 ) -> None:
     month = add_months(this_month(), 6)
-    with psycopg.connect(fresh_url) as holder:
+    with psycopg.connect(fresh_admin_url) as holder:
         holder.execute("LOCK TABLE usage_events IN ACCESS EXCLUSIVE MODE")
         # Safety net: an ensure that ignored lock_timeout would wait this long, then fail below.
         release = threading.Timer(5, holder.rollback)
@@ -290,10 +290,10 @@ def listed_rows(out: str) -> dict[str, tuple[str, str]]:
 
 
 def test_the_partitions_list_cli_prints_every_partition_with_its_utc_range(
-    fresh_url: str, admin: psycopg.Connection[Any]
+    fresh_admin_url: str, admin: psycopg.Connection[Any]
 ) -> None:
     ensure_partitions(admin, start=add_months(this_month(), -3))
-    result = run_cli("partitions", "list", url=fresh_url)
+    result = run_cli("partitions", "list", url=fresh_admin_url)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].split()[:3] == ["partition", "from", "to"]
     expected = {
@@ -309,7 +309,7 @@ def test_the_partitions_list_cli_prints_every_partition_with_its_utc_range(
 
 
 def test_the_partitions_list_cli_prints_utc_ranges_when_the_database_time_zone_is_not_utc(
-    fresh_url: str, fresh_dbname: str, admin: psycopg.Connection[Any]
+    fresh_admin_url: str, fresh_dbname: str, admin: psycopg.Connection[Any]
 ) -> None:
     # initdb writes the machine's zone into postgresql.conf; a database default is the same.
     admin.execute(
@@ -317,7 +317,7 @@ def test_the_partitions_list_cli_prints_utc_ranges_when_the_database_time_zone_i
             sql.Identifier(fresh_dbname)
         )
     )
-    result = run_cli("partitions", "list", url=fresh_url)
+    result = run_cli("partitions", "list", url=fresh_admin_url)
     assert result.returncode == 0, result.stderr
     now = this_month()
     rows = listed_rows(result.stdout)
@@ -342,7 +342,7 @@ def counts(db: Database) -> tuple[int, ...]:
 
 
 def test_recording_into_a_month_without_a_partition_raises_partition_missing_and_writes_nothing(
-    db: Database,
+    db: Database, admin: psycopg.Connection[Any]
 ) -> None:
     with db.connection() as conn:
         conn.execute(
@@ -351,8 +351,7 @@ def test_recording_into_a_month_without_a_partition_raises_partition_missing_and
         )
     account = db.accounts.create(name="Acme")
     last = add_months(this_month(), -1)
-    with db.connection() as conn:
-        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(f"usage_events_{last:%Y_%m}")))
+    admin.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(f"usage_events_{last:%Y_%m}")))
     event = {
         "account_id": account.id,
         "meter_code": "api_calls",
@@ -367,8 +366,7 @@ def test_recording_into_a_month_without_a_partition_raises_partition_missing_and
     assert counts(db) == (0, 0, 0, 0, 0)
 
     # Once ensure recreates the month, the same event (same key) is stored.
-    with psycopg.connect(db.settings.database_url, autocommit=True) as conn:
-        assert f"usage_events_{last:%Y_%m}" in ensure_partitions(conn)
+    assert f"usage_events_{last:%Y_%m}" in ensure_partitions(admin)
     result = db.usage.record(**event)
     assert not result.duplicate
     assert counts(db)[:2] == (1, 1)

@@ -356,7 +356,7 @@ def test_a_multi_host_url_with_a_password_opens_and_is_shown_redacted(fresh_url:
         assert db.accounts.get(account_id=1) is None
         texts = [repr(settings), repr(db)]
     assert [t for t in texts if PASSWORD in t] == []
-    assert "postgres:***@" in repr(settings)
+    assert f"{params['user']}:***@" in repr(settings)
 
 
 # --- prepared statements -------------------------------------------------------------------

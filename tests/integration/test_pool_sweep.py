@@ -108,14 +108,15 @@ def test_a_pool_exhausted_past_its_timeout_counts_unavailable_as_errors_and_the_
 
 @pytest.mark.slow
 def test_the_cli_sweeps_four_pool_sizes_and_writes_its_recommendation(
-    fresh_url: str, tmp_path: Path
+    fresh_url: str, fresh_admin_url: str, tmp_path: Path
 ) -> None:
     _account_with_usage(fresh_url)
     out = tmp_path / "sweep.json"
     done = subprocess.run(
         [sys.executable, "-m", "datalayer", "bench", "--pool-sweep", "--sweep-seconds", "0.3",
          "--json", str(out)],
-        env={**os.environ, "DATABASE_URL": fresh_url, "REDIS_URL": ""},
+        env={**os.environ, "DATABASE_URL": fresh_url, "DATALAYER_ADMIN_URL": fresh_admin_url,
+             "REDIS_URL": ""},
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

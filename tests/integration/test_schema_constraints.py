@@ -7,6 +7,10 @@ is first shown to be accepted, so the refusal is caused by the one bad value.
 
 A constraint that lets through what DOMAIN.md says it must refuse is a schema bug:
 its case is marked ``xfail(strict=True)`` with the reason.
+
+The cases run as the admin, not the application role: these defences must hold
+for any role that can write, the owner's included (the application role is
+refused most of them earlier, by its grants: test_roles.py).
 """
 
 from __future__ import annotations
@@ -60,6 +64,12 @@ class World:
 
 
 Value = Any | Callable[[World], Any]
+
+
+@pytest.fixture
+def conn(admin_conn: Conn) -> Conn:
+    """The rolled-back test transaction, as the admin (see the module docstring)."""
+    return admin_conn
 
 
 def insert(conn: Conn, table: str, values: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,8 +31,8 @@ def seeded(template_dbname: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
-def test_the_same_seed_gives_the_same_data_and_another_seed_does_not(fresh_url: str) -> None:
-    with psycopg.connect(fresh_url, autocommit=True) as conn:
+def test_the_same_seed_gives_the_same_data_and_another_seed_does_not(fresh_admin_url: str) -> None:
+    with psycopg.connect(fresh_admin_url, autocommit=True) as conn:
         seed_database(conn, seed=7, **SMALL)  # type: ignore[arg-type]
         first = table_checksums(conn)
         seed_database(conn, seed=7, reset=True, **SMALL)  # type: ignore[arg-type]
@@ -141,9 +141,9 @@ def test_partitions_cover_the_seeded_months_and_statistics_exist(
     )
 
 
-def test_the_seed_command_runs_and_reports_counts(fresh_url: str) -> None:
+def test_the_seed_command_runs_and_reports_counts(fresh_admin_url: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "datalayer._cli", "--database-url", fresh_url, "seed",
+        [sys.executable, "-m", "datalayer._cli", "--database-url", fresh_admin_url, "seed",
          "--accounts", "20", "--events", "2000", "--analytics", "500"],
         capture_output=True, text=True, timeout=120,
         env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"},

@@ -66,8 +66,10 @@ def test_using_a_unit_of_work_after_its_block_is_an_error(db: Database) -> None:
         _ = uow.connection
 
 
-def test_an_error_at_commit_is_raised_as_a_datalayer_error(db: Database) -> None:
-    with db.connection() as conn:
+def test_an_error_at_commit_is_raised_as_a_datalayer_error(
+    db: Database, fresh_admin_url: str
+) -> None:
+    with psycopg.connect(fresh_admin_url, autocommit=True) as conn:  # DDL: the admin's
         conn.execute(
             "ALTER TABLE users ADD CONSTRAINT users_demo_unique UNIQUE (account_id, display_name)"
             " DEFERRABLE INITIALLY DEFERRED"

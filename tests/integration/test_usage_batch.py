@@ -104,10 +104,12 @@ def test_bad_events_are_rejected_with_their_reason_and_the_rest_stored(
     assert _count(db) == 1
 
 
-def test_a_batch_is_all_or_nothing_for_its_valid_events(db: Database, account_id: int) -> None:
+def test_a_batch_is_all_or_nothing_for_its_valid_events(
+    db: Database, account_id: int, fresh_admin_url: str
+) -> None:
     now = datetime.now(UTC)
     month = f"usage_events_{now:%Y_%m}"
-    with db.connection() as conn:
+    with psycopg.connect(fresh_admin_url, autocommit=True) as conn:  # only an admin drops
         conn.execute(psycopg.sql.SQL("DROP TABLE {}").format(psycopg.sql.Identifier(month)))
     last_month = now.replace(day=1) - timedelta(days=1)
     batch = [

@@ -125,12 +125,13 @@ print(json.dumps({"results": results, "errors": errors}), flush=True)
 
 
 def test_two_processes_sending_overlapping_keys_at_once_store_each_key_exactly_once(
-    db: Database, fresh_url: str, fresh_dbname: str
+    db: Database, fresh_url: str, fresh_dbname: str, fresh_admin_url: str
 ) -> None:
     with db.connection() as conn:
         add_meter(conn)
+    with psycopg.connect(fresh_admin_url, autocommit=True) as admin:
         # Speed only (no fsync wait per event): visibility and locking are unchanged.
-        conn.execute(
+        admin.execute(
             sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(
                 sql.Identifier(fresh_dbname)
             )
@@ -327,10 +328,11 @@ def test_the_edges_of_the_accepted_window_and_quantity_range_are_accepted(
 
 
 def test_a_key_whose_event_was_deleted_is_still_a_duplicate_rather_than_an_unknown_account(
-    conn: psycopg.Connection[Any], uow: UnitOfWork
+    db: Database, fresh_admin_url: str
 ) -> None:
-    add_meter(conn)
-    account = uow.accounts.create(name="Acme")
+    with db.connection() as conn:
+        add_meter(conn)
+    account = db.accounts.create(name="Acme")
     event = {
         "account_id": account.id,
         "meter_code": "api_calls",
@@ -338,10 +340,12 @@ def test_a_key_whose_event_was_deleted_is_still_a_duplicate_rather_than_an_unkno
         "occurred_at": now_utc(),
         "idempotency_key": "req-1",
     }
-    first = uow.usage.record(**event)
+    first = db.usage.record(**event)
     assert first.event is not None
-    conn.execute("DELETE FROM usage_events WHERE id = %s", (first.event.id,))
-    again = uow.usage.record(**event)
+    with psycopg.connect(fresh_admin_url, autocommit=True) as admin:  # events are append-only
+        admin.execute("DELETE FROM usage_events WHERE id = %s", (first.event.id,))
+    again = db.usage.record(**event)
     assert again.duplicate is True
     assert again.event is None
-    assert stored_counts(conn)[:3] == (0, 0, 1)
+    with db.connection() as conn:
+        assert stored_counts(conn)[:3] == (0, 0, 1)
