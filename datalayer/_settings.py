@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ._conninfo import redact
+from ._conninfo import check_conninfo, redact
 from .errors import InvalidInput
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/datalayer"
@@ -44,7 +44,8 @@ class Settings(BaseModel):
     compiling (13 ms on ``active_users``, 0.9 s on a staged usage batch).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input_in_errors: a refused database_url would otherwise be echoed, password and all.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     database_url: str = Field(default=DEFAULT_DATABASE_URL, repr=False, min_length=1)
     redis_url: str | None = Field(default=None, repr=False)
@@ -63,6 +64,12 @@ class Settings(BaseModel):
     application_name: str = Field(default="datalayer", min_length=1, max_length=63)
     prepare_threshold: int | None = Field(default=5, ge=0)
     jit: bool = False
+
+    @field_validator("database_url")
+    @classmethod
+    def _usable_database_url(cls, value: str) -> str:
+        check_conninfo(value)  # its message never holds the password
+        return value
 
     @field_validator("pool_max_size")
     @classmethod
@@ -96,7 +103,8 @@ class Settings(BaseModel):
             err = exc.errors()[0]
             name = str(err["loc"][0]) if err["loc"] else ""
             var = next((v for v, f in _ENV.items() if f == name), name)
-            raise InvalidInput(str(err["msg"]), field=var or None) from None
+            message = str(err["msg"]).removeprefix("Value error, ")
+            raise InvalidInput(message, field=var or None) from None
 
     @property
     def safe_database_url(self) -> str:

@@ -135,3 +135,44 @@ def db(fresh_url: str) -> Iterator[Database]:
     settings = Settings(database_url=fresh_url, pool_min_size=1, pool_max_size=4, pool_timeout=5)
     with Database(settings) as database:
         yield database
+
+
+# --- passwords that break naive redaction -------------------------------------------------
+
+# Every printable ASCII character between two distinctive halves, and combinations that
+# trip parsers: a bare '%' (libpq quotes the token it cannot decode), URL delimiters,
+# quotes and backslashes (key=value quoting), text that looks like a query argument.
+LEAKY_PASSWORDS = [f"Zq{chr(c)}Xw9" for c in range(0x20, 0x7F)] + [
+    f"Zq{mix}Xw9"
+    for mix in ("p%zz", "a?b#c", "@:/", "%%", "%00", "%4", "'\"\\", "&password=", "?x=y@z/")
+]
+
+
+def password_fragments(password: str) -> list[str]:
+    """Texts that must not appear wherever ``password`` was used: it, encoded, or its halves."""
+    from urllib.parse import quote
+
+    return sorted({password, quote(password, safe=""), "Zq", "Xw9"})
+
+
+def urls_with_password(password: str, *, host: str, port: int, dbname: str) -> dict[str, str]:
+    """``password`` in every place a connection string can hold it, as users write them.
+
+    ``userinfo`` and ``query`` paste it as it is (libpq takes ``?``, ``#``, ``&``… there;
+    ``@``, ``/`` and ``%`` are the user's mistake and must be refused without showing it);
+    the ``-encoded`` forms and ``keyword`` are what a correct user writes.
+    """
+    from urllib.parse import quote
+
+    encoded = quote(password, safe="")
+    netloc = f"{host}:{port}"
+    return {
+        "userinfo": f"postgresql://postgres:{password}@{netloc}/{dbname}",
+        "userinfo-encoded": f"postgresql://postgres:{encoded}@{netloc}/{dbname}",
+        "multi-host": f"postgresql://postgres:{encoded}@{netloc},{netloc}/{dbname}?connect_timeout=2",
+        "query": f"postgresql://postgres@{netloc}/{dbname}?password={password}&sslmode=disable",
+        "query-encoded": f"postgresql://postgres@{netloc}/{dbname}?password={encoded}&sslmode=disable",
+        "keyword": make_conninfo(
+            "", host=host, port=port, user="postgres", password=password, dbname=dbname
+        ),
+    }
