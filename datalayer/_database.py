@@ -137,11 +137,15 @@ class Database(Repositories):
     """
 
     def __init__(self, settings: Settings | None = None, **overrides: Any):
-        """Build the pool, not yet open, from ``settings`` or ``Settings.from_env(**overrides)``."""
+        """Build the pool, not yet open, from ``settings`` or ``Settings.from_env(**overrides)``.
+
+        ``overrides`` given with ``settings`` replace its fields. Raises
+        ``InvalidInput`` naming the setting when one is malformed, before any I/O.
+        """
         if settings is None:
             settings = Settings.from_env(**overrides)
-        elif overrides:
-            settings = settings.model_copy(update=overrides)
+        elif overrides:  # validated like any Settings (model_copy would not check them)
+            settings = Settings.from_env({}, **{**settings.model_dump(), **overrides})
         self.settings = settings
         self._timeout = settings.pool_timeout
         # Called with the seconds each successful checkout waited (measurement,

@@ -161,6 +161,13 @@ def test_an_unencoded_at_or_slash_in_the_password_is_refused_rather_than_misread
     assert "Xw9" not in str(info.value)
 
 
+def test_database_overrides_are_validated_like_settings() -> None:
+    with pytest.raises(InvalidInput) as info:
+        Database(Settings(), database_url="postgresql://app:Zq%Xw9@db.internal/prod")
+    assert info.value.field == "DATABASE_URL"
+    assert "Zq" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
