@@ -13,6 +13,7 @@ from typing import Any, Literal, Self, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool
+from psycopg_pool.pool import AddConnection, MaintenanceTask
 
 from ._cache import Cache
 from ._cached import CachedReads
@@ -84,6 +85,31 @@ def _alive(conn: psycopg.Connection[Any]) -> bool:
     return True
 
 
+class _Pool(ConnectionPool[psycopg.Connection[Any]]):
+    """psycopg's pool, retrying a lost server at least every ``reconnect_max_delay`` seconds.
+
+    psycopg_pool retries a failed connection after about 1 s and then doubles
+    the pause (2, 4, 8, … 64 s) until ``reconnect_timeout``: callers kept
+    getting ``Unavailable`` for up to half the outage after the server was
+    back. Here every pause is capped at ``reconnect_max_delay``, less up to
+    10 % so that pools that lost the server at the same moment do not retry in
+    step. The attempt rate stays bounded whatever the number of waiting
+    threads: each pool slot (at most ``max_size``) has at most one attempt
+    pending, so a pool makes at most ``max_size`` attempts every
+    ``0.9 * reconnect_max_delay`` seconds.
+    """
+
+    def __init__(self, conninfo: str, *, reconnect_max_delay: float, **kwargs: Any):
+        self.reconnect_max_delay = reconnect_max_delay
+        super().__init__(conninfo, **kwargs)
+
+    def schedule_task(self, task: MaintenanceTask, delay: float) -> None:
+        """Schedule ``task`` in ``delay`` seconds; a reconnection attempt, in at most the cap."""
+        if isinstance(task, AddConnection):
+            delay = min(delay, self.reconnect_max_delay * (1.0 - 0.1 * random.random()))
+        super().schedule_task(task, delay)
+
+
 class _Lease:
     """A pooled connection for one ``with`` block (a class: cheaper than a generator)."""
 
@@ -133,7 +159,10 @@ class Database(Repositories):
 
     Use as a context manager, or call ``open()`` and ``close()``. Any call
     that cannot get a working connection within ``settings.pool_timeout``
-    seconds raises ``Unavailable``.
+    seconds raises ``Unavailable``. While the server is unreachable the pool
+    retries at least every ``settings.pool_reconnect_max_delay`` seconds (for
+    ``pool_reconnect_timeout``), so calls succeed again within about that long
+    after it is back.
     """
 
     def __init__(self, settings: Settings | None = None, **overrides: Any):
@@ -151,7 +180,7 @@ class Database(Repositories):
         # Called with the seconds each successful checkout waited (measurement,
         # e.g. `datalayer bench --pool-sweep`); None costs nothing.
         self.on_acquire: Callable[[float], None] | None = None
-        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+        self._pool = _Pool(
             settings.database_url,
             kwargs=_connection_kwargs(settings),
             min_size=settings.pool_min_size,
@@ -162,6 +191,7 @@ class Database(Repositories):
             max_lifetime=settings.pool_max_lifetime,
             max_idle=settings.pool_max_idle,
             reconnect_timeout=settings.pool_reconnect_timeout,
+            reconnect_max_delay=settings.pool_reconnect_max_delay,
         )
         self.cache = Cache(settings.redis_url)
         super().__init__(_PoolSession(self))

@@ -24,6 +24,7 @@ _ENV = {
     "DATALAYER_POOL_MAX_LIFETIME": "pool_max_lifetime",
     "DATALAYER_POOL_MAX_IDLE": "pool_max_idle",
     "DATALAYER_POOL_RECONNECT_TIMEOUT": "pool_reconnect_timeout",
+    "DATALAYER_POOL_RECONNECT_MAX_DELAY": "pool_reconnect_max_delay",
     "DATALAYER_CONNECT_TIMEOUT": "connect_timeout",
     "DATALAYER_STATEMENT_TIMEOUT_MS": "statement_timeout_ms",
     "DATALAYER_LOCK_TIMEOUT_MS": "lock_timeout_ms",
@@ -58,6 +59,10 @@ class Settings(BaseModel):
     pool_max_lifetime: float = Field(default=3600.0, gt=0)
     pool_max_idle: float = Field(default=600.0, gt=0)
     pool_reconnect_timeout: float = Field(default=300.0, gt=0)
+    # The longest pause between two attempts to reconnect one pool slot, so that a
+    # server back after an outage is used within about this long (psycopg_pool
+    # alone doubles the pause up to minutes); see _database._Pool.
+    pool_reconnect_max_delay: float = Field(default=1.0, ge=0.1)
     connect_timeout: int = Field(default=5, ge=1)
     statement_timeout_ms: int = Field(default=30_000, ge=0)
     lock_timeout_ms: int = Field(default=10_000, ge=0)

@@ -225,3 +225,12 @@ def test_a_password_pasted_unencoded_is_read_by_libpq_and_fully_redacted(passwor
     assert Settings(database_url=url).safe_database_url == (
         "postgresql://app:***@db.internal:5432/prod?sslmode=require"
     )
+
+
+def test_the_reconnect_cap_is_read_from_the_environment_and_must_be_sane() -> None:
+    assert Settings().pool_reconnect_max_delay == 1.0
+    env = {"DATALAYER_POOL_RECONNECT_MAX_DELAY": "0.5"}
+    assert Settings.from_env(env).pool_reconnect_max_delay == 0.5
+    with pytest.raises(InvalidInput) as info:
+        Settings.from_env({"DATALAYER_POOL_RECONNECT_MAX_DELAY": "0"})
+    assert info.value.field == "DATALAYER_POOL_RECONNECT_MAX_DELAY"
