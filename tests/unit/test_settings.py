@@ -14,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
 from datalayer import Database, InvalidInput, Settings
-from datalayer._conninfo import redact
+from datalayer._conninfo import redact, secrets_in
 from datalayer._settings import DEFAULT_DATABASE_URL
 
 
@@ -225,6 +225,14 @@ def test_a_password_pasted_unencoded_is_read_by_libpq_and_fully_redacted(passwor
     assert Settings(database_url=url).safe_database_url == (
         "postgresql://app:***@db.internal:5432/prod?sslmode=require"
     )
+
+
+def test_the_cli_scrubs_a_password_as_written_and_as_libpq_decodes_it() -> None:
+    url = "postgresql://app:Zq%41Xw9@h/prod?sslpassword=Zq%2FXw8"
+    assert set(secrets_in(url)) == {"Zq%41Xw9", "ZqAXw9", "Zq%2FXw8", "Zq/Xw8"}
+    # A URL libpq would misread: the password as meant, and the part libpq would take.
+    assert set(secrets_in("postgresql://app:Zq@Xw9@h/prod")) == {"Zq@Xw9", "Zq"}
+    assert secrets_in("host=h password='Zq Xw9'") == ["Zq Xw9"]
 
 
 def test_the_reconnect_cap_is_read_from_the_environment_and_must_be_sane() -> None:
