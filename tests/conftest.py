@@ -52,6 +52,17 @@ postgresql_noproc = factories.postgresql_noproc(
 )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``first`` run first (stable order otherwise).
+
+    pytest-xdist hands each worker a run of consecutive tests and tops it up
+    as it drains: a minute-long test collected mid-suite keeps a hundred tests
+    queued behind it while the other worker runs out of work. Sent first, it
+    overlaps the rest of the suite instead.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("first") is None)
+
+
 @pytest.fixture(scope="session")
 def _server_reachable() -> None:
     """Fail (never skip) at once, with the reason, when the test server is unreachable."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+import pytest
 from conftest import PG_HOST, PG_PORT
 from psycopg.conninfo import make_conninfo
 
@@ -268,6 +269,7 @@ def _live_through(seconds: float, fresh_url: str) -> Outage:
     return outage
 
 
+@pytest.mark.first  # a minute long: overlapping the rest of the suite, not trailing it
 def test_after_outages_of_5_20_and_60_s_calls_succeed_within_2_s_of_the_server_accepting_again(
     fresh_url: str,
 ) -> None:
