@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
 
-from ._conninfo import redact, with_dbname
+from ._conninfo import check_conninfo, redact, secrets_in, with_dbname
 from ._ops import migrate as _migrate
 from ._ops.roles import admin_url, apply_roles
 from ._settings import Settings
-from .errors import DataLayerError
+from .errors import DataLayerError, InvalidInput
 
 log = logging.getLogger("datalayer")
 
@@ -296,11 +297,14 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from ._ops.backup import restore_backup
 
     settings = _settings(args)
-    into = (
-        args.into
-        if "=" in args.into or "://" in args.into
-        else with_dbname(admin_url(settings), args.into)
-    )
+    if "=" in args.into or "://" in args.into:
+        try:
+            check_conninfo(args.into)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), field="--into") from None
+        into = args.into
+    else:
+        into = with_dbname(admin_url(settings), args.into)
     restore_backup(Path(args.dump), into=into, overwrite=args.overwrite)
     print(f"restored {args.dump} into {redact(into)} and verified it against its manifest")
     with psycopg.connect(into, autocommit=True) as conn:
@@ -499,8 +503,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Scrub(logging.Filter):
+    """Replaces the given secrets in every record a handler emits with ``***``."""
+
+    def __init__(self, secrets: list[str]):
+        super().__init__()
+        self.secrets = secrets
+
+    def scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            record.msg, record.args = self.scrub(record.getMessage()), None
+            if record.exc_info:
+                record.exc_text = self.scrub(logging.Formatter().formatException(record.exc_info))
+                record.exc_info = None
+        return True
+
+
+def _secrets(args: argparse.Namespace) -> list[str]:
+    """The passwords of every connection string this command was given, longest first.
+
+    Shorter than 4 characters, a password would be replaced inside ordinary
+    words; those are left to the checks that keep libpq from quoting it.
+    """
+    given = [args.database_url, os.environ.get("DATABASE_URL"), getattr(args, "into", None)]
+    found = {secret for conninfo in given if conninfo for secret in secrets_in(conninfo)}
+    return sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``datalayer`` console script; returns the exit status."""
+    """Entry point of the ``datalayer`` console script; returns the exit status.
+
+    Connection strings are checked before anything connects, so libpq never
+    quotes a password it cannot parse; as a second line of defence, the
+    passwords given are scrubbed from the log lines and the error printed.
+    """
     args = build_parser().parse_args(argv)
     # Long-running operations show their steps; -v shows everything else too.
     long_running = args.command in {"backup", "restore", "archive"}
@@ -508,14 +549,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose or long_running else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    scrub = _Scrub(_secrets(args))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(scrub)
     try:
         code: int = args.func(args)
     except DataLayerError as exc:
-        print(f"datalayer {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        message = f"datalayer {args.command}: {type(exc).__name__}: {exc}"
+        print(scrub.scrub(message), file=sys.stderr)
         return 2
     except psycopg.Error as exc:
-        print(f"datalayer {args.command}: {exc}", file=sys.stderr)
+        print(scrub.scrub(f"datalayer {args.command}: {exc}"), file=sys.stderr)
         return 2
+    finally:
+        for handler in logging.getLogger().handlers:
+            handler.removeFilter(scrub)
     return code
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal, Self, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool
+from psycopg_pool.pool import AddConnection, MaintenanceTask
 
 from ._cache import Cache
 from ._cachecore import SigningKeys
@@ -85,6 +86,31 @@ def _alive(conn: psycopg.Connection[Any]) -> bool:
     return True
 
 
+class _Pool(ConnectionPool[psycopg.Connection[Any]]):
+    """psycopg's pool, retrying a lost server at least every ``reconnect_max_delay`` seconds.
+
+    psycopg_pool retries a failed connection after about 1 s and then doubles
+    the pause (2, 4, 8, … 64 s) until ``reconnect_timeout``: callers kept
+    getting ``Unavailable`` for up to half the outage after the server was
+    back. Here every pause is capped at ``reconnect_max_delay``, less up to
+    10 % so that pools that lost the server at the same moment do not retry in
+    step. The attempt rate stays bounded whatever the number of waiting
+    threads: each pool slot (at most ``max_size``) has at most one attempt
+    pending, so a pool makes at most ``max_size`` attempts every
+    ``0.9 * reconnect_max_delay`` seconds.
+    """
+
+    def __init__(self, conninfo: str, *, reconnect_max_delay: float, **kwargs: Any):
+        self.reconnect_max_delay = reconnect_max_delay
+        super().__init__(conninfo, **kwargs)
+
+    def schedule_task(self, task: MaintenanceTask, delay: float) -> None:
+        """Schedule ``task`` in ``delay`` seconds; a reconnection attempt, in at most the cap."""
+        if isinstance(task, AddConnection):
+            delay = min(delay, self.reconnect_max_delay * (1.0 - 0.1 * random.random()))
+        super().schedule_task(task, delay)
+
+
 class _Lease:
     """A pooled connection for one ``with`` block (a class: cheaper than a generator)."""
 
@@ -144,21 +170,28 @@ class Database(Repositories):
 
     Use as a context manager, or call ``open()`` and ``close()``. Any call
     that cannot get a working connection within ``settings.pool_timeout``
-    seconds raises ``Unavailable``.
+    seconds raises ``Unavailable``. While the server is unreachable the pool
+    retries at least every ``settings.pool_reconnect_max_delay`` seconds (for
+    ``pool_reconnect_timeout``), so calls succeed again within about that long
+    after it is back.
     """
 
     def __init__(self, settings: Settings | None = None, **overrides: Any):
-        """Build the pool, not yet open, from ``settings`` or ``Settings.from_env(**overrides)``."""
+        """Build the pool, not yet open, from ``settings`` or ``Settings.from_env(**overrides)``.
+
+        ``overrides`` given with ``settings`` replace its fields. Raises
+        ``InvalidInput`` naming the setting when one is malformed, before any I/O.
+        """
         if settings is None:
             settings = Settings.from_env(**overrides)
-        elif overrides:
-            settings = settings.model_copy(update=overrides)
+        elif overrides:  # validated like any Settings (model_copy would not check them)
+            settings = Settings.from_env({}, **{**settings.model_dump(), **overrides})
         self.settings = settings
         self._timeout = settings.pool_timeout
         # Called with the seconds each successful checkout waited (measurement,
         # e.g. `datalayer bench --pool-sweep`); None costs nothing.
         self.on_acquire: Callable[[float], None] | None = None
-        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+        self._pool = _Pool(
             settings.database_url,
             kwargs=_connection_kwargs(settings),
             min_size=settings.pool_min_size,
@@ -169,6 +202,7 @@ class Database(Repositories):
             max_lifetime=settings.pool_max_lifetime,
             max_idle=settings.pool_max_idle,
             reconnect_timeout=settings.pool_reconnect_timeout,
+            reconnect_max_delay=settings.pool_reconnect_max_delay,
         )
         keys = settings.cache_keys
         self.cache = Cache(

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from ._cachecore import SigningKeys
-from ._conninfo import redact
+from ._conninfo import check_conninfo, redact
 from .errors import InvalidInput
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/datalayer"
@@ -32,6 +32,7 @@ _ENV = {
     "DATALAYER_POOL_MAX_LIFETIME": "pool_max_lifetime",
     "DATALAYER_POOL_MAX_IDLE": "pool_max_idle",
     "DATALAYER_POOL_RECONNECT_TIMEOUT": "pool_reconnect_timeout",
+    "DATALAYER_POOL_RECONNECT_MAX_DELAY": "pool_reconnect_max_delay",
     "DATALAYER_CONNECT_TIMEOUT": "connect_timeout",
     "DATALAYER_STATEMENT_TIMEOUT_MS": "statement_timeout_ms",
     "DATALAYER_LOCK_TIMEOUT_MS": "lock_timeout_ms",
@@ -58,6 +59,7 @@ class Settings(BaseModel):
     only what the application needs (README: Security model).
     """
 
+    # hide_input_in_errors: a refused database_url would otherwise be echoed, password and all.
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     database_url: str = Field(default=DEFAULT_DATABASE_URL, repr=False, min_length=1)
@@ -77,12 +79,22 @@ class Settings(BaseModel):
     pool_max_lifetime: float = Field(default=3600.0, gt=0)
     pool_max_idle: float = Field(default=600.0, gt=0)
     pool_reconnect_timeout: float = Field(default=300.0, gt=0)
+    # The longest pause between two attempts to reconnect one pool slot, so that a
+    # server back after an outage is used within about this long (psycopg_pool
+    # alone doubles the pause up to minutes); see _database._Pool.
+    pool_reconnect_max_delay: float = Field(default=1.0, ge=0.1)
     connect_timeout: int = Field(default=5, ge=1)
     statement_timeout_ms: int = Field(default=30_000, ge=0)
     lock_timeout_ms: int = Field(default=10_000, ge=0)
     application_name: str = Field(default="datalayer", min_length=1, max_length=63)
     prepare_threshold: int | None = Field(default=5, ge=0)
     jit: bool = False
+
+    @field_validator("database_url")
+    @classmethod
+    def _usable_database_url(cls, value: str) -> str:
+        check_conninfo(value)  # its message never holds the password
+        return value
 
     @field_validator("pool_max_size")
     @classmethod
@@ -133,7 +145,8 @@ class Settings(BaseModel):
             err = exc.errors()[0]
             name = str(err["loc"][0]) if err["loc"] else ""
             var = next((v for v, f in _ENV.items() if f == name), name)
-            raise InvalidInput(str(err["msg"]), field=var or None) from None
+            message = str(err["msg"]).removeprefix("Value error, ")
+            raise InvalidInput(message, field=var or None) from None
 
     @property
     def safe_database_url(self) -> str:

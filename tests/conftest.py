@@ -74,6 +74,17 @@ postgresql_noproc = factories.postgresql_noproc(
 )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``first`` run first (stable order otherwise).
+
+    pytest-xdist hands each worker a run of consecutive tests and tops it up
+    as it drains: a minute-long test collected mid-suite keeps a hundred tests
+    queued behind it while the other worker runs out of work. Sent first, it
+    overlaps the rest of the suite instead.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("first") is None)
+
+
 @pytest.fixture(scope="session")
 def _server_reachable() -> None:
     """Fail (never skip) at once, with the reason, when the test server is unreachable."""
@@ -183,3 +194,44 @@ def db(fresh_url: str, fresh_admin_url: str) -> Iterator[Database]:
     )
     with Database(settings) as database:
         yield database
+
+
+# --- passwords that break naive redaction -------------------------------------------------
+
+# Every printable ASCII character between two distinctive halves, and combinations that
+# trip parsers: a bare '%' (libpq quotes the token it cannot decode), URL delimiters,
+# quotes and backslashes (key=value quoting), text that looks like a query argument.
+LEAKY_PASSWORDS = [f"Zq{chr(c)}Xw9" for c in range(0x20, 0x7F)] + [
+    f"Zq{mix}Xw9"
+    for mix in ("p%zz", "a?b#c", "@:/", "%%", "%00", "%4", "'\"\\", "&password=", "?x=y@z/")
+]
+
+
+def password_fragments(password: str) -> list[str]:
+    """Texts that must not appear wherever ``password`` was used: it, encoded, or its halves."""
+    from urllib.parse import quote
+
+    return sorted({password, quote(password, safe=""), "Zq", "Xw9"})
+
+
+def urls_with_password(password: str, *, host: str, port: int, dbname: str) -> dict[str, str]:
+    """``password`` in every place a connection string can hold it, as users write them.
+
+    ``userinfo`` and ``query`` paste it as it is (libpq takes ``?``, ``#``, ``&``… there;
+    ``@``, ``/`` and ``%`` are the user's mistake and must be refused without showing it);
+    the ``-encoded`` forms and ``keyword`` are what a correct user writes.
+    """
+    from urllib.parse import quote
+
+    encoded = quote(password, safe="")
+    netloc = f"{host}:{port}"
+    return {
+        "userinfo": f"postgresql://postgres:{password}@{netloc}/{dbname}",
+        "userinfo-encoded": f"postgresql://postgres:{encoded}@{netloc}/{dbname}",
+        "multi-host": f"postgresql://postgres:{encoded}@{netloc},{netloc}/{dbname}?connect_timeout=2",
+        "query": f"postgresql://postgres@{netloc}/{dbname}?password={password}&sslmode=disable",
+        "query-encoded": f"postgresql://postgres@{netloc}/{dbname}?password={encoded}&sslmode=disable",
+        "keyword": make_conninfo(
+            "", host=host, port=port, user="postgres", password=password, dbname=dbname
+        ),
+    }

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import traceback
+from urllib.parse import quote
+
 import pytest
+from conftest import LEAKY_PASSWORDS, password_fragments, urls_with_password
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import ValidationError
 
 from datalayer import Database, InvalidInput, Settings
-from datalayer._conninfo import redact
+from datalayer._conninfo import redact, secrets_in
 from datalayer._settings import DEFAULT_DATABASE_URL
 
 
@@ -219,3 +228,151 @@ def test_an_explicit_cli_url_wins_over_the_environment_for_admin_commands_too(
     settings = _settings(build_parser().parse_args([*argv, "status"]))
     assert settings.database_url == f"dbname={database}"
     assert admin_url(settings) == f"dbname={admin}"
+
+
+# Forms a careful user writes: they must be accepted whatever the password holds.
+ALWAYS_VALID = {"userinfo-encoded", "multi-host", "query-encoded", "keyword"}
+
+
+def _leaks(texts: list[str], password: str) -> list[str]:
+    return [t for t in texts for f in password_fragments(password) if f in t]
+
+
+@pytest.mark.parametrize("password", LEAKY_PASSWORDS)
+def test_no_password_shows_in_settings_the_safe_url_or_the_database_whatever_it_holds(
+    password: str,
+) -> None:
+    urls = urls_with_password(password, host="db.internal", port=5432, dbname="prod")
+    for form, url in urls.items():
+        refused: ValidationError | None = None
+        try:
+            settings = Settings(database_url=url)
+        except ValidationError as exc:
+            refused = exc
+        if refused is not None:
+            assert form not in ALWAYS_VALID, f"{form} refused: {refused}"
+            texts = [str(refused), repr(refused), redact(url)]
+            with pytest.raises(InvalidInput) as env_info:
+                Settings.from_env({"DATABASE_URL": url})
+            with pytest.raises(InvalidInput) as db_info:
+                Database(database_url=url)
+            for info in (env_info, db_info):
+                assert info.value.field == "DATABASE_URL"
+                texts += [str(info.value), "".join(traceback.format_exception(info.value))]
+            assert "db.internal" in str(env_info.value)  # says which URL, without the secret
+        else:
+            assert conninfo_to_dict(url)  # what Settings accepts, libpq parses
+            texts = [repr(settings), str(settings), settings.safe_database_url, redact(url)]
+            texts.append(repr(Database(settings)))
+            assert "***" in settings.safe_database_url
+            assert "db.internal" in settings.safe_database_url
+        assert _leaks(texts, password) == [], form
+
+
+def test_a_password_with_a_bare_percent_is_refused_naming_the_variable_and_the_fix() -> None:
+    url = "postgresql://app:Zqp%zzXw9@db.internal:5432/prod"
+    with pytest.raises(InvalidInput) as info:
+        Settings.from_env({"DATABASE_URL": url})
+    assert info.value.field == "DATABASE_URL"
+    message = str(info.value)
+    assert "postgresql://app:***@db.internal:5432/prod" in message
+    assert "% as %25" in message
+    assert "Zq" not in message
+    assert "Xw9" not in message
+
+
+@pytest.mark.parametrize(
+    ("password", "reason"),
+    [("Zq@Xw9", "'@' in a host name"), ("Zq/Xw9", "port that is not a number")],
+)
+def test_an_unencoded_at_or_slash_in_the_password_is_refused_rather_than_misread(
+    password: str, reason: str
+) -> None:
+    with pytest.raises(InvalidInput, match=reason) as info:
+        Settings.from_env({"DATABASE_URL": f"postgresql://app:{password}@db.internal/prod"})
+    assert "app:***@db.internal/prod" in str(info.value)
+    assert "Zq" not in str(info.value)
+    assert "Xw9" not in str(info.value)
+
+
+def test_database_overrides_are_validated_like_settings() -> None:
+    with pytest.raises(InvalidInput) as info:
+        Database(Settings(), database_url="postgresql://app:Zq%Xw9@db.internal/prod")
+    assert info.value.field == "DATABASE_URL"
+    assert "Zq" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql://app:Zq?Xw9@h1:5432,[::1]:5433/prod?sslmode=require",
+            "postgresql://app:***@h1:5432,[::1]:5433/prod?sslmode=require",
+        ),
+        (
+            "postgresql://app@h/prod?sslmode=require&password=Zq#Xw9&application_name=a",
+            "postgresql://app@h/prod?sslmode=require&password=***&application_name=a",
+        ),
+        ("postgresql://app@h/prod?%70assword=Zq%41Xw9", "postgresql://app@h/prod?%70assword=***"),
+        ("postgresql://h/prod?sslpassword=Zq1Xw9", "postgresql://h/prod?sslpassword=***"),
+        ("postgresql://app@h/prod?user=ops@corp", "postgresql://app@h/prod?user=ops@corp"),
+        ("postgres://app:@h/prod", "postgres://app:@h/prod"),
+        ("postgresql://app:1234/Zq@Xw9@h/prod", "postgresql://app:***@h/prod"),
+        ("redis://:Zq#Xw9@cache:6379/0", "redis://:***@cache:6379/0"),
+        (
+            "host=h user=app password='Zq \\' Xw9' dbname=prod",
+            "user=app password=*** dbname=prod host=h",
+        ),
+        ("host=h password='Zq Xw9", "<unparseable conninfo>"),
+    ],
+)
+def test_redact_hides_passwords_and_keeps_everything_else(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+
+
+@hypothesis_settings(derandomize=True, max_examples=300)
+@given(password=st.text(PRINTABLE, min_size=1), user=st.text(PRINTABLE, min_size=1))
+def test_redacting_a_well_formed_url_replaces_its_password_and_nothing_else(
+    password: str, user: str
+) -> None:
+    tail = "@h1:5432,[::1]:5433/prod?sslmode=require&application_name=a%40b"
+    url = f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}{tail}"
+    assert conninfo_to_dict(url)["password"] == password
+    assert redact(url) == f"postgresql://{quote(user, safe='')}:***{tail}"
+    query = f"postgresql://h/prod?application_name=x&password={quote(password, safe='')}"
+    assert redact(query) == "postgresql://h/prod?application_name=x&password=***"
+
+
+@hypothesis_settings(derandomize=True, max_examples=300)
+@given(
+    password=st.text(
+        st.characters(codec="ascii", exclude_categories=("Cc",)).filter(lambda c: c not in "@/% "),
+        min_size=1,
+    )
+)
+def test_a_password_pasted_unencoded_is_read_by_libpq_and_fully_redacted(password: str) -> None:
+    url = f"postgresql://app:{password}@db.internal:5432/prod?sslmode=require"
+    assert conninfo_to_dict(url)["password"] == password
+    assert Settings(database_url=url).safe_database_url == (
+        "postgresql://app:***@db.internal:5432/prod?sslmode=require"
+    )
+
+
+def test_the_cli_scrubs_a_password_as_written_and_as_libpq_decodes_it() -> None:
+    url = "postgresql://app:Zq%41Xw9@h/prod?sslpassword=Zq%2FXw8"
+    assert set(secrets_in(url)) == {"Zq%41Xw9", "ZqAXw9", "Zq%2FXw8", "Zq/Xw8"}
+    # A URL libpq would misread: the password as meant, and the part libpq would take.
+    assert set(secrets_in("postgresql://app:Zq@Xw9@h/prod")) == {"Zq@Xw9", "Zq"}
+    assert secrets_in("host=h password='Zq Xw9'") == ["Zq Xw9"]
+
+
+def test_the_reconnect_cap_is_read_from_the_environment_and_must_be_sane() -> None:
+    assert Settings().pool_reconnect_max_delay == 1.0
+    env = {"DATALAYER_POOL_RECONNECT_MAX_DELAY": "0.5"}
+    assert Settings.from_env(env).pool_reconnect_max_delay == 0.5
+    with pytest.raises(InvalidInput) as info:
+        Settings.from_env({"DATALAYER_POOL_RECONNECT_MAX_DELAY": "0"})
+    assert info.value.field == "DATALAYER_POOL_RECONNECT_MAX_DELAY"
