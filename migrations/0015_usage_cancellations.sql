@@ -18,6 +18,13 @@
 -- reference between tenant tables); users are only soft-deleted, so the
 -- reference never dangles.
 --
+-- Append-only, like usage_events: the application only inserts (cancel's
+-- INSERT ... ON CONFLICT DO NOTHING needs no UPDATE privilege), so the
+-- least-privilege application role needs SELECT and INSERT only. A deleted
+-- cancellation would un-cancel its event without queuing the hour for the
+-- rollups. No trigger enforces it: triggers do not distribute on Citus
+-- (DOMAIN.md); the role's grants do.
+--
 -- Archiving a month keeps its cancellations (see datalayer/_ops/archive.py):
 -- they are the audit record, the rollups they shaped are kept too, and a
 -- restored month's cancelled events stay cancelled.
