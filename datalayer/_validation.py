@@ -40,6 +40,7 @@ __all__ = [
     "MeterCode",
     "Name",
     "Properties",
+    "Reason",
     "Text",
     "gc_paused",
     "no_nul",
@@ -66,6 +67,8 @@ MeterCode = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 Limit = Annotated[int, Field(ge=1, le=1000)]
 Text = Annotated[str, Field(max_length=10_000), AfterValidator(no_nul)]
 Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(no_nul)]
+# Why something was done, for an audit record (a cancellation's reason).
+Reason = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(no_nul)]
 Email = Annotated[
     str,
     Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$"),

@@ -9,8 +9,10 @@ SELECT pg_advisory_xact_lock(hashtext('datalayer.rollups'));
 
 -- name: refresh_usage_hours :many
 -- Claim up to :batch_size queued hour buckets, recompute each from the raw
--- events of that hour (one partition), upsert non-empty buckets and delete
--- empty ones. Returns the distinct days touched, for refresh_usage_days.
+-- events of that hour (one partition) that are not cancelled (an anti-join on
+-- usage_cancellations_pkey; cancelling queues the event's hour), upsert
+-- non-empty buckets and delete empty ones. Returns the distinct days touched,
+-- for refresh_usage_days.
 WITH claimed AS (
     DELETE FROM usage_rollup_queue
     WHERE id IN (
@@ -30,6 +32,9 @@ WITH claimed AS (
      AND e.meter_code = b.meter_code
      AND e.occurred_at >= b.hour_start
      AND e.occurred_at < b.hour_start + interval '1 hour'
+     AND NOT EXISTS (
+         SELECT 1 FROM usage_cancellations c
+         WHERE c.account_id = e.account_id AND c.event_id = e.id)
     GROUP BY b.account_id, b.meter_code, b.hour_start
 ), emptied AS (
     DELETE FROM usage_rollups r

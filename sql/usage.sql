@@ -137,3 +137,48 @@ WITH new_keys AS (
     RETURNING 1
 )
 SELECT count(*) FROM stored;
+
+-- name: cancel_usage_event :one
+-- Cancel the event stored under an idempotency key, if it occurred at or after
+-- :oldest_accepted (the accepted window): store the cancellation (the audit
+-- record) and queue the event's hour bucket, in one statement, so the next
+-- rollup refresh recomputes that hour without the event and reports read the
+-- hour from raw events (which leave it out) until then. usage_events and the
+-- key are not touched: the key stays consumed. Cancelling twice stores once
+-- (ON CONFLICT on the primary key; a concurrent canceller waits for this one,
+-- then stores nothing). No row back: no such key or event, an event outside
+-- the window, or already cancelled.
+WITH target AS (
+    SELECT k.account_id, k.event_id, e.occurred_at, e.meter_code, e.quantity, k.idempotency_key
+    FROM usage_event_keys k
+    JOIN usage_events e
+      ON e.account_id = k.account_id AND e.occurred_at = k.occurred_at AND e.id = k.event_id
+    WHERE k.account_id = :account_id AND k.idempotency_key = :idempotency_key
+      AND k.occurred_at >= :oldest_accepted
+), cancelled AS (
+    INSERT INTO usage_cancellations
+        (account_id, event_id, occurred_at, meter_code, quantity, idempotency_key, reason,
+         cancelled_by)
+    SELECT account_id, event_id, occurred_at, meter_code, quantity, idempotency_key, :reason,
+           :cancelled_by
+    FROM target
+    ON CONFLICT (account_id, event_id) DO NOTHING
+    RETURNING account_id, event_id, occurred_at, meter_code, quantity, idempotency_key, reason,
+              cancelled_by, cancelled_at
+), queued AS (
+    INSERT INTO usage_rollup_queue (account_id, meter_code, hour_start)
+    SELECT account_id, meter_code, date_trunc('hour', occurred_at, 'UTC')
+    FROM cancelled
+)
+SELECT account_id, event_id, occurred_at, meter_code, quantity, idempotency_key, reason,
+       cancelled_by, cancelled_at
+FROM cancelled;
+
+-- name: get_usage_cancellation_by_key :one
+-- The cancellation of the event stored under an idempotency key, if it has one
+-- (found while the key is kept: until the event's month is archived).
+SELECT c.account_id, c.event_id, c.occurred_at, c.meter_code, c.quantity, c.idempotency_key,
+       c.reason, c.cancelled_by, c.cancelled_at
+FROM usage_event_keys k
+JOIN usage_cancellations c ON c.account_id = k.account_id AND c.event_id = k.event_id
+WHERE k.account_id = :account_id AND k.idempotency_key = :idempotency_key;

@@ -6,6 +6,13 @@
 -- the hour's queue rows in one transaction, so within one statement's
 -- snapshot: a clean hour's rollup equals its raw events, and a day whose hours
 -- of a meter are all clean has a day rollup equal to the sum of those hours.
+--
+-- Usage means accepted events that are not cancelled. A cancellation
+-- (usage_cancellations) queues its event's hour in the same statement, so the
+-- hour is dirty until the next refresh recomputes it without the event; every
+-- read of raw events below leaves cancelled ones out with an anti-join on
+-- usage_cancellations_pkey (account, event id).
+--
 -- The account-scoped queries below split a range accordingly:
 --
 --   [lo, h_lo)        partial first hour          raw events
@@ -30,7 +37,8 @@
 -- Per meter: event count, quantity sum and max of an account's usage in
 -- [:period_start, :period_end). Day rollups for whole days without a dirty hour
 -- of the meter, hour rollups for the other clean whole hours, raw events for
--- dirty or partial hours: always equal to a fresh aggregate of the raw events.
+-- dirty or partial hours: always equal to a fresh aggregate of the raw events
+-- that are not cancelled. Billing reads accepted usage here.
 WITH edges AS (
     SELECT :period_start::timestamptz AS lo, :period_end::timestamptz AS hi,
            date_trunc('hour', :period_start::timestamptz, 'UTC') AS lo_hour,
@@ -116,6 +124,9 @@ WITH edges AS (
           AND e.occurred_at >= s.lo AND e.occurred_at < s.hi
           AND e.occurred_at >= :period_start::timestamptz
           AND e.occurred_at < :period_end::timestamptz
+          AND NOT EXISTS (
+              SELECT 1 FROM usage_cancellations c
+              WHERE c.account_id = :account_id AND c.event_id = e.id)
     ) x
 )
 SELECT meter_code,
@@ -133,7 +144,8 @@ ORDER BY meter_code;
 -- (empty buckets are absent). The first and last buckets of an unaligned
 -- range hold only their part inside it. Day buckets come from day rollups
 -- when the day is whole and clean for the meter; everything else as in
--- get_period_totals, so every bucket equals a fresh aggregate of raw events.
+-- get_period_totals, so every bucket equals a fresh aggregate of the
+-- raw events that are not cancelled.
 WITH edges AS (
     SELECT :range_start::timestamptz AS lo, :range_end::timestamptz AS hi,
            date_trunc('hour', :range_start::timestamptz, 'UTC') AS lo_hour,
@@ -214,6 +226,9 @@ WITH edges AS (
           AND e.occurred_at >= s.lo AND e.occurred_at < s.hi
           AND e.occurred_at >= :range_start::timestamptz
           AND e.occurred_at < :range_end::timestamptz
+          AND NOT EXISTS (
+              SELECT 1 FROM usage_cancellations c
+              WHERE c.account_id = :account_id AND c.event_id = e.id)
     ) x
     WHERE x.event_count > 0
 )
@@ -230,7 +245,8 @@ ORDER BY 1;
 -- [:range_start, :range_end) (whole UTC hours), ties by account id: day
 -- rollups for whole days, hour rollups for the hours around them, read across
 -- accounts through usage_rollups_meter_bucket_idx. Rollups only: usage not yet
--- rolled up (hours queued since the last refresh) counts as of that refresh.
+-- rolled up (hours queued since the last refresh, new events and cancellations
+-- alike) counts as of that refresh.
 WITH b AS (
     SELECT lo, hi, d_lo, d_hi,
            CASE WHEN d_lo < d_hi THEN d_lo ELSE hi END AS head_hi,

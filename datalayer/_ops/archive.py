@@ -2,7 +2,12 @@
 
 Detach, COPY to ``<name>.copy.gz`` + ``<name>.manifest.json``, verify, and only then
 drop. Rerunnable: a detached, undropped partition is picked up again and a file
-that fails verification is rewritten. Rollups are never touched.
+that fails verification is rewritten. Rollups are never touched, and neither are
+usage cancellations (``usage_cancellations``): they are the audit record of
+what was not billed, small, and kept with the rollups they shaped, so the
+events of a restored month that were cancelled stay cancelled. (No event of an
+archivable month can still be cancelled: archiving stops short of the accepted
+window, and so does ``usage.cancel``.)
 """
 
 from __future__ import annotations
@@ -271,7 +276,8 @@ def archive_partitions(
     ``conn`` it is detached CONCURRENTLY (writers are not blocked). ``dry_run``
     lists what would be archived and changes nothing. The idempotency keys of
     archived usage events are deleted with them: a key is remembered as long
-    as its event is kept. Safe to rerun after a crash. Raises
+    as its event is kept. Their cancellations are kept, as rollups are. Safe
+    to rerun after a crash. Raises
     ``DataLayerError`` if a fresh archive fails verification (the table is then
     kept), ``InvalidInput`` when ``older_than_months`` would reach a month that
     still accepts events (1 can, early in a month: events up to 35 days old are
@@ -328,7 +334,8 @@ def restore_archive(conn: psycopg.Connection[Any], manifest_path: Path) -> int:
     ``AlreadyExists`` if the partition exists. The partition and its rows appear
     in one transaction, with the idempotency keys of restored usage events
     (unless a key was stored again since); rollup queues are not touched
-    (rollups were kept).
+    (rollups were kept), and restored events that were cancelled stay
+    cancelled (their cancellations were kept).
     """
     manifest_path = Path(manifest_path)
     manifest = _read_manifest(manifest_path)

@@ -50,6 +50,7 @@ APPEND_ONLY = frozenset(
         "usage_events",
         "usage_event_keys",
         "analytics_events",
+        "usage_cancellations",
     }
 )
 # Rows the application never removes: deletion is a status or a timestamp.

@@ -61,7 +61,8 @@ def rebuild_rollups(conn: psycopg.Connection[Any]) -> None:
     """Recompute every rollup from the raw events in one set-based pass (bulk loads).
 
     Empties the queues first, in the same transaction: what they held is
-    covered by the rebuild.
+    covered by the rebuild. Cancelled usage events are left out, as by the
+    refresh.
     """
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('datalayer.rollups'))")
@@ -73,7 +74,10 @@ def rebuild_rollups(conn: psycopg.Connection[Any]) -> None:
             "INSERT INTO usage_rollups (account_id, meter_code, granularity, bucket_start,"
             " event_count, quantity_sum, quantity_max)"
             " SELECT account_id, meter_code, 'hour', date_trunc('hour', occurred_at, 'UTC'),"
-            " count(*), sum(quantity), max(quantity) FROM usage_events GROUP BY 1, 2, 4"
+            " count(*), sum(quantity), max(quantity) FROM usage_events e"
+            " WHERE NOT EXISTS (SELECT 1 FROM usage_cancellations c"
+            " WHERE c.account_id = e.account_id AND c.event_id = e.id)"
+            " GROUP BY 1, 2, 4"
         )
         conn.execute(
             "INSERT INTO usage_rollups (account_id, meter_code, granularity, bucket_start,"

@@ -42,7 +42,15 @@ from .plans import (
 from .quotas import QuotaCounter, QuotaDecision, QuotaStatus, Reservation, ReservationStatus
 from .rollups import AnalyticsDayKey, UsageDayKey
 from .subscriptions import Proration, Subscription, SubscriptionStatus, Upgrade
-from .usage import BatchResult, RecordResult, Rejection, UsageEvent, UsageEventIn
+from .usage import (
+    BatchResult,
+    CancelResult,
+    RecordResult,
+    Rejection,
+    UsageCancellation,
+    UsageEvent,
+    UsageEventIn,
+)
 from .usage_reports import AccountUsage, MeterTotal, UsageBucket
 from .users import User, UserRole
 
@@ -64,6 +72,7 @@ __all__ = [
     "Balance",
     "BatchResult",
     "BillingInterval",
+    "CancelResult",
     "FeatureUsage",
     "File",
     "FileStatus",
@@ -104,6 +113,7 @@ __all__ = [
     "SubscriptionWithPlan",
     "Upgrade",
     "UsageBucket",
+    "UsageCancellation",
     "UsageDayKey",
     "UsageEvent",
     "UsageEventIn",

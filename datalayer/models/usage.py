@@ -40,6 +40,39 @@ class RecordResult(BaseModel):
     duplicate: bool
 
 
+class UsageCancellation(BaseModel):
+    """One row of ``usage_cancellations``: a cancelled event and who cancelled it, when, why.
+
+    The event's id, time, meter, quantity and idempotency key are copied from
+    the event, which itself is never changed.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: int
+    event_id: int
+    occurred_at: datetime
+    meter_code: str
+    quantity: Decimal
+    idempotency_key: str
+    reason: str
+    cancelled_by: int | None
+    cancelled_at: datetime
+
+
+class CancelResult(BaseModel):
+    """What ``cancel`` did: the cancellation, and whether an earlier call had made it.
+
+    For a duplicate, ``cancellation`` is the one stored the first time (its
+    reason and ``cancelled_by`` stand).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    cancellation: UsageCancellation
+    duplicate: bool
+
+
 class UsageEventIn(BaseModel):
     """One usage event to record (input of ``record_batch``)."""
 

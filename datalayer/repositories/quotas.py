@@ -137,8 +137,11 @@ class QuotaRepository(Repository):
     def status(self, *, account_id: Id) -> builtins.list[QuotaStatus]:
         """Per meter of the live plan: limit, used, reserved, remaining and metered usage.
 
-        ``metered`` is read from rollups plus the not-yet-rolled tail for the
-        current period. Raises ``InvalidInput`` for a bad argument; an account
+        ``metered`` is the period's usage events that are not cancelled, read
+        from rollups plus the not-yet-rolled tail (``usage_reports.period_totals``).
+        ``used`` is what ``consume`` and ``settle`` admitted, and cancelling a
+        usage event does not refund it: a quota decision made in the past
+        stands. Raises ``InvalidInput`` for a bad argument; an account
         without a live subscription has an empty status.
         """
         states = self._states(account_id=account_id, meter_code=None)

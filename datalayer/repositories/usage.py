@@ -1,4 +1,4 @@
-"""Usage repository (``sql/usage.sql``): exactly-once event recording."""
+"""Usage repository (``sql/usage.sql``): exactly-once event recording, and cancellation."""
 
 from __future__ import annotations
 
@@ -18,16 +18,19 @@ from .._validation import (
     Instant,
     MeterCode,
     Properties,
+    Reason,
     gc_paused,
     validate_batch,
     validated,
 )
-from .._window import check_window, window_refusal
-from ..errors import AlreadyExists, ReferenceViolation
+from .._window import check_window, oldest_accepted, window_refusal
+from ..errors import AlreadyExists, ConcurrencyConflict, InvalidInput, NotFound, ReferenceViolation
 from ..models.usage import (
     BatchResult,
+    CancelResult,
     RecordResult,
     Rejection,
+    UsageCancellation,
     UsageEvent,
     UsageEventIn,
 )
@@ -56,6 +59,8 @@ class UsageRepository(Repository):
     _batch_settings = execute("set_batch_settings")
     _insert_staged = scalar("insert_staged_usage", int)
     _drop_staging = execute("drop_usage_staging")
+    _cancel = one("cancel_usage_event", UsageCancellation)
+    _cancellation_by_key = one("get_usage_cancellation_by_key", UsageCancellation)
 
     @validated
     def record(
@@ -73,9 +78,9 @@ class UsageRepository(Repository):
         """Store one event exactly once per ``(account_id, idempotency_key)``.
 
         A key seen before (even with another timestamp, even sent by another
-        process at the same moment) stores nothing and returns
-        ``duplicate=True`` with the first event (``None`` if that event has
-        since been archived); that is not an error. Raises
+        process at the same moment, even when its event was cancelled) stores
+        nothing and returns ``duplicate=True`` with the first event (``None``
+        if that event has since been archived); that is not an error. Raises
         ``InvalidInput`` for a bad argument or a time outside the accepted
         window, ``PartitionMissing`` when the month has no partition,
         ``ReferenceViolation`` for an unknown account or meter.
@@ -108,6 +113,83 @@ class UsageRepository(Repository):
         Raises ``InvalidInput`` for a bad argument, before any SQL.
         """
         return self._by_key(account_id=account_id, idempotency_key=idempotency_key)
+
+    @validated
+    def cancel(
+        self,
+        *,
+        account_id: Id,
+        idempotency_key: IdempotencyKey,
+        reason: Reason,
+        cancelled_by: Id | None = None,
+    ) -> CancelResult:
+        """Cancel the event stored under ``idempotency_key``; idempotent.
+
+        Stores a cancellation (the audit record: ``reason``, ``cancelled_by``,
+        a user of the account, and ``cancelled_at``) and leaves the event
+        itself as it was: from then on usage reports, rollups and so
+        ``usage_reports.period_totals`` (what billing reads) leave the event
+        out; its idempotency key stays consumed, so re-sending it through
+        ``record`` or ``record_batch`` is still a duplicate. Cancelling an
+        event again stores nothing and returns the first cancellation with
+        ``duplicate=True`` (its reason and ``cancelled_by`` stand); two
+        concurrent calls store one. Quota counters are not refunded: a quota
+        decision made in the past stands (``quotas.status`` shows the
+        cancelled usage gone from ``metered``, not from ``used``). A
+        cancelled event of an already invoiced period is for billing to
+        credit on a later invoice.
+
+        Only events inside the accepted window can be cancelled: like
+        ``record``, which refuses events older than 35 days, ``cancel``
+        refuses an event that occurred more than 35 days ago. Raises
+        ``NotFound`` when the account has no event under this key (another
+        account's key included, or one whose month was archived),
+        ``InvalidInput`` for a bad argument or an event outside the window
+        (field ``idempotency_key``), ``ReferenceViolation`` when
+        ``cancelled_by`` is not a user of the account. Nothing is written
+        when it raises.
+        """
+        moment = datetime.now(UTC)
+        made = self._cancel(
+            account_id=account_id,
+            idempotency_key=idempotency_key,
+            reason=reason,
+            cancelled_by=cancelled_by,
+            oldest_accepted=oldest_accepted(moment),
+        )
+        if made is not None:
+            return CancelResult(cancellation=made, duplicate=False)
+        earlier = self._cancellation_by_key(account_id=account_id, idempotency_key=idempotency_key)
+        if earlier is not None:
+            return CancelResult(cancellation=earlier, duplicate=True)
+        event = self._by_key(account_id=account_id, idempotency_key=idempotency_key)
+        if event is None:
+            raise NotFound(
+                f"account {account_id} has no usage event with idempotency key {idempotency_key!r}"
+            )
+        refusal = window_refusal(event.occurred_at, moment)
+        if refusal is not None:
+            raise InvalidInput(
+                f"the event occurred at {event.occurred_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC,"
+                f" {refusal}, and can no longer be cancelled",
+                field="idempotency_key",
+            )
+        # In the window and not cancelled, yet the cancel statement did not see it:
+        # the event was stored by a transaction that committed in between.
+        raise ConcurrencyConflict(
+            f"the usage event {idempotency_key!r} changed under this call; retry",
+            table="usage_cancellations",
+        )
+
+    @validated
+    def get_cancellation(
+        self, *, account_id: Id, idempotency_key: IdempotencyKey
+    ) -> UsageCancellation | None:
+        """The cancellation of the event stored under this key, or ``None`` (not cancelled).
+
+        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        """
+        return self._cancellation_by_key(account_id=account_id, idempotency_key=idempotency_key)
 
     @validated
     def record_batch(

@@ -32,13 +32,15 @@ class UsageReportRepository(Repository):
     ) -> list[MeterTotal]:
         """Per meter, the account's usage in ``[period_start, period_end)``.
 
-        Reads day rollups for whole UTC days in which the meter has no hour
-        queued for refresh, hour rollups for the other whole hours, and raw
-        events only for hours not yet rolled up (queued since the last
-        refresh) and for the partial hours at the edges of the range. The
-        totals therefore always equal a fresh aggregate of the raw events,
-        whatever the refresh state, and a month costs about thirty day rows
-        per meter. Meters without usage are absent.
+        Usage is the accepted events that are not cancelled (``usage.cancel``):
+        what billing charges. Reads day rollups for whole UTC days in which the
+        meter has no hour queued for refresh, hour rollups for the other whole
+        hours, and raw events only for hours not yet rolled up (queued since
+        the last refresh; a cancellation queues its event's hour) and for the
+        partial hours at the edges of the range. The totals therefore always
+        equal a fresh aggregate of the raw events not cancelled, whatever the
+        refresh state, and a month costs about thirty day rows per meter.
+        Meters without usage are absent.
         Raises ``InvalidInput`` for naive datetimes or an empty range.
         """
         if period_end <= period_start:
@@ -64,7 +66,8 @@ class UsageReportRepository(Repository):
         unaligned range hold only the part inside the range. Computed like
         ``period_totals`` (day rollups for clean whole days, hour rollups for
         clean hours, raw events for dirty and partial hours), so each bucket
-        equals a fresh aggregate of the raw events whatever the refresh state.
+        equals a fresh aggregate of the raw events not cancelled, whatever the
+        refresh state.
         Raises ``InvalidInput`` for naive datetimes, an empty range, a bad
         ``bucket`` or meter code, or a range of more than 10,000 buckets.
         """
@@ -91,10 +94,10 @@ class UsageReportRepository(Repository):
         account id), from rollups only: day rollups for whole UTC days and
         hour rollups around them, through ``usage_rollups_meter_bucket_idx``.
         The not-yet-rolled tail is excluded: usage in hours queued since the
-        last ``rollups refresh`` counts as of that refresh (new events appear
-        after the next one, typically within a minute), so a leaderboard never
-        reads raw events across accounts. ``start`` and ``end`` must be whole
-        UTC hours. Raises ``InvalidInput`` for naive or unaligned datetimes,
+        last ``rollups refresh`` counts as of that refresh (new events and
+        cancellations show after the next one, typically within a minute), so
+        a leaderboard never reads raw events across accounts. ``start`` and
+        ``end`` must be whole UTC hours. Raises ``InvalidInput`` for naive or unaligned datetimes,
         an empty range, a bad meter code or a limit outside 1..1000.
         """
         for field, moment in (("start", start), ("end", end)):

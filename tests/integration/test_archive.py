@@ -17,6 +17,7 @@ from datalayer import DataLayerError, InvalidInput
 from datalayer._ops import archive as _archive
 from datalayer._ops.archive import archive_partitions, restore_archive
 from datalayer._ops.partitions import ensure_partitions, list_partitions
+from datalayer._ops.rollups import rebuild_rollups
 
 OLD = datetime(2020, 1, 1, tzinfo=UTC)  # partitions 2020_01 .. 2020_03 are created
 NOW = datetime(2021, 3, 15, tzinfo=UTC)  # 13 months back: only the 2020_01 ones are out
@@ -260,3 +261,33 @@ def test_archiving_forgets_the_keys_of_archived_usage_and_restoring_brings_them_
     assert after["2020-02"] == before["2020-02"]  # February is kept, and its keys
     restore_archive(aconn, tmp_path / "usage_events_2020_01.manifest.json")
     assert dict(aconn.execute(keys_by_month).fetchall()) == before
+
+
+def test_archiving_keeps_the_cancellations_of_a_month_and_restored_events_stay_cancelled(
+    aconn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    aconn.execute("INSERT INTO accounts (name) SELECT 'A' || g FROM generate_series(1, 7) g")
+    # Cancelled while they were inside the accepted window, as cancel() stores them.
+    aconn.execute(
+        "INSERT INTO usage_cancellations (account_id, event_id, occurred_at, meter_code,"
+        " quantity, idempotency_key, reason)"
+        " SELECT account_id, id, occurred_at, meter_code, quantity, idempotency_key, 'test'"
+        " FROM usage_events WHERE id % 10 = 0"
+    )
+    rebuild_rollups(aconn)
+    cancellations = "SELECT * FROM usage_cancellations ORDER BY account_id, event_id"
+    rollups = (
+        "SELECT account_id, meter_code, granularity, bucket_start, event_count, quantity_sum,"
+        " quantity_max FROM usage_rollups ORDER BY 1, 2, 3, 4"
+    )
+    kept = aconn.execute(cancellations).fetchall()
+    assert sum(1 for c in kept if c[2] < datetime(2020, 2, 1, tzinfo=UTC)) > 200
+    rolled = aconn.execute(rollups).fetchall()
+
+    archive_partitions(aconn, out_dir=tmp_path, now=NOW)
+    assert aconn.execute(cancellations).fetchall() == kept  # the audit records stay
+    assert aconn.execute(rollups).fetchall() == rolled  # rollups are never touched
+
+    restore_archive(aconn, tmp_path / "usage_events_2020_01.manifest.json")
+    rebuild_rollups(aconn)  # recomputed from the restored raw events
+    assert aconn.execute(rollups).fetchall() == rolled  # the cancelled ones stay out

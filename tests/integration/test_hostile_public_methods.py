@@ -257,6 +257,8 @@ GOOD: dict[str, Callable[[World, Database], Any]] = {
     "provider": lambda w, db: "stripe",
     "provider_payment_id": lambda w, db: f"pi_{unique()}",
     "amount_minor": lambda w, db: 100,
+    "reason": lambda w, db: "sent twice by a retrying client",
+    "cancelled_by": lambda w, db: w.user,
 }
 
 MINUS_5H = timezone(timedelta(hours=-5))

@@ -343,6 +343,45 @@ def test_get_usage_time_series_reads_rollups_and_only_the_partition_of_the_range
     assert usage_partitions(plan) == {partition}, f"partitions not pruned:\n{plan}"
 
 
+@pytest.mark.parametrize(
+    "ref",
+    [UsageReportRepository._period_totals, UsageReportRepository._time_series],
+    ids=lambda r: r.name,
+)
+def test_usage_reports_leave_cancelled_events_out_through_the_cancellations_primary_key(
+    seeded: psycopg.Connection[Any],
+    busy_account: int,
+    month: tuple[datetime, datetime, str],
+    ref: QueryRef[Any],
+) -> None:
+    start, _, partition = month
+    params: dict[str, Any] = {"account_id": busy_account}
+    lo, hi = start + timedelta(days=3, minutes=17), start + timedelta(days=9, minutes=41)
+    if ref is UsageReportRepository._period_totals:
+        params |= {"period_start": lo, "period_end": hi}
+    else:
+        params |= {"meter_code": "api_calls", "range_start": lo, "range_end": hi, "bucket": "hour"}
+    with seeded.transaction(force_rollback=True):
+        # One event in 100 cancelled, as usage.cancel stores them (each queues its hour).
+        seeded.execute(
+            "INSERT INTO usage_cancellations (account_id, event_id, occurred_at, meter_code,"
+            " quantity, idempotency_key, reason)"
+            " SELECT account_id, id, occurred_at, meter_code, quantity, idempotency_key, 'test'"
+            " FROM usage_events WHERE id % 100 = 0"
+        )
+        seeded.execute(
+            "INSERT INTO usage_rollup_queue (account_id, meter_code, hour_start)"
+            " SELECT account_id, meter_code, date_trunc('hour', occurred_at, 'UTC')"
+            " FROM usage_cancellations"
+        )
+        plan = explain(seeded, ref, params, small=False)
+    assert_uses(plan, "usage_rollups_pkey", "usage_cancellations_pkey")
+    scans = [n.type for n in plan.nodes if n.relation == "usage_cancellations"]
+    assert scans, f"cancelled events are not left out:\n{plan}"
+    assert "Seq Scan" not in scans, f"cancellations not read by their key:\n{plan}"
+    assert usage_partitions(plan) == {partition}, f"partitions not pruned:\n{plan}"
+
+
 def test_get_top_accounts_reads_rollups_across_accounts_by_meter(
     seeded: psycopg.Connection[Any], month: tuple[datetime, datetime, str]
 ) -> None:

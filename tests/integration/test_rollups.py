@@ -95,11 +95,14 @@ def copy_usage(conn: psycopg.Connection[Any], rows: Sequence[Row]) -> None:
 
 # -- fresh aggregates -----------------------------------------------------------------------
 
+# Usage is the accepted events that are not cancelled.
 FRESH_USAGE = """
 SELECT e.account_id, e.meter_code, g.granularity,
        date_trunc(g.granularity, e.occurred_at, 'UTC') AS bucket_start,
        count(*), sum(e.quantity), max(e.quantity)
 FROM usage_events e CROSS JOIN (VALUES ('hour'), ('day')) AS g (granularity)
+WHERE NOT EXISTS (
+    SELECT 1 FROM usage_cancellations c WHERE c.account_id = e.account_id AND c.event_id = e.id)
 GROUP BY 1, 2, 3, 4
 ORDER BY 1, 2, 3, 4
 """
@@ -150,6 +153,27 @@ def queued(db: Database) -> tuple[int, int]:
         " (SELECT count(*) FROM analytics_rollup_queue)",
     )[0]
     return int(row[0]), int(row[1])
+
+
+def cancel_usage(db: Database, modulus: int, remainder: int, limit: int = 4) -> list[int]:
+    """Cancel (through ``usage.cancel``) up to ``limit`` events whose id % modulus = remainder.
+
+    The helpers above write events without keys, so their keys are stored first.
+    """
+    with db.connection() as conn:
+        rows = conn.execute(
+            "WITH picked AS (SELECT account_id, idempotency_key, id, occurred_at FROM usage_events"
+            " WHERE id %% %s = %s AND NOT EXISTS (SELECT 1 FROM usage_cancellations c"
+            " WHERE c.account_id = usage_events.account_id AND c.event_id = usage_events.id)"
+            " ORDER BY id LIMIT %s)"
+            " INSERT INTO usage_event_keys (account_id, idempotency_key, event_id, occurred_at)"
+            " SELECT * FROM picked ON CONFLICT DO NOTHING RETURNING account_id, idempotency_key",
+            (modulus, remainder % modulus, limit),
+        ).fetchall()
+    for account_id, key in rows:
+        result = db.usage.cancel(account_id=account_id, idempotency_key=key, reason="test")
+        assert result.duplicate is False
+    return [account_id for account_id, _ in rows]
 
 
 def assert_usage_rollups_are_fresh(db: Database) -> None:
@@ -240,7 +264,45 @@ def test_a_bucket_whose_events_are_all_deleted_loses_its_rollup_rows_on_the_next
     assert queued(db) == (0, 0)
 
 
-# One step of the property: insert (INSERT or COPY), delete, or refresh.
+def test_a_cancelled_event_leaves_its_hour_and_day_rollups_on_the_next_refresh(
+    setup: Setup,
+) -> None:
+    db, (a, b, _) = setup.db, setup.accounts
+    t0 = base_time() + timedelta(hours=3)
+    with db.connection() as conn:
+        insert_usage(
+            conn, [(a, "api_calls", Decimal(q), t0 + timedelta(minutes=q)) for q in (1, 2)]
+        )
+        insert_usage(conn, [(a, "api_calls", Decimal(9), t0 + timedelta(hours=2))])
+        insert_usage(conn, [(b, "api_calls", Decimal(7), t0 + timedelta(minutes=5))])
+    refresh_rollups(db)
+    assert queued(db) == (0, 0)
+    with db.connection() as conn:
+        # The largest event of an hour (its max changes) and the only one of another.
+        conn.execute(
+            "INSERT INTO usage_event_keys (account_id, idempotency_key, event_id, occurred_at)"
+            " SELECT account_id, idempotency_key, id, occurred_at FROM usage_events"
+            " WHERE account_id = %s AND quantity IN (2, 9)",
+            (a,),
+        )
+        keys = [k for (k,) in conn.execute(
+            "SELECT idempotency_key FROM usage_event_keys WHERE account_id = %s", (a,)
+        )]  # fmt: skip
+    for key in keys:
+        db.usage.cancel(account_id=a, idempotency_key=key, reason="test")
+    assert queued(db)[0] == 2  # each cancellation queued its hour
+    assert fetch(db, STORED_USAGE) != fetch(db, FRESH_USAGE)  # stale until the refresh
+    refresh_rollups(db)
+    assert_usage_rollups_are_fresh(db)
+    day = t0.replace(hour=0)
+    assert [r for r in fetch(db, STORED_USAGE) if r[0] == a] == [
+        (a, "api_calls", "day", day, 1, Decimal(1), Decimal(1)),
+        (a, "api_calls", "hour", t0, 1, Decimal(1), Decimal(1)),
+    ]
+    assert [r[4:] for r in fetch(db, STORED_USAGE) if r[0] == b] == [(1, 7, 7), (1, 7, 7)]
+
+
+# One step of the property: insert (INSERT or COPY), delete, cancel, or refresh.
 HOURS = st.integers(min_value=-30, max_value=30)  # around this month's first midnight
 SECONDS = st.sampled_from([0, 1, 1799, 3599]) | st.integers(min_value=0, max_value=3599)
 QUANTITIES = st.decimals(
@@ -257,6 +319,7 @@ STEPS = st.lists(
         st.tuples(st.just("copy"), EVENTS),
         st.tuples(st.just("delete_bucket"), st.tuples(st.integers(0, 2), HOURS)),
         st.tuples(st.just("delete_some"), st.tuples(st.integers(2, 4), st.integers(0, 3))),
+        st.tuples(st.just("cancel_some"), st.tuples(st.integers(2, 5), st.integers(0, 4))),
         st.tuples(st.just("refresh"), st.integers(min_value=1, max_value=12)),
     ),
     min_size=1,
@@ -270,9 +333,10 @@ STEPS = st.lists(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(steps=STEPS)
-def test_after_every_refresh_rollups_equal_a_fresh_aggregate_whatever_inserts_and_deletes_preceded(
+def test_after_every_refresh_rollups_equal_a_fresh_aggregate_whatever_writes_preceded(
     setup: Setup, steps: list[tuple[str, Any]]
 ) -> None:
+    """Inserts, COPYs, deletes and cancellations, in any order, refreshed in batches."""
     # The database is shared by all examples: events accumulate, so later examples
     # add late events to hours that earlier refreshes rolled up already.
     db, accounts = setup.db, setup.accounts
@@ -298,6 +362,8 @@ def test_after_every_refresh_rollups_equal_a_fresh_aggregate_whatever_inserts_an
             setup.delete(
                 "DELETE FROM usage_events WHERE id %% %s = %s", (modulus, remainder % modulus)
             )
+        elif kind == "cancel_some":
+            cancel_usage(db, *arg)
         else:
             refresh_rollups(db, batch_size=arg)
             assert queued(db) == (0, 0)
@@ -432,6 +498,8 @@ def test_two_concurrent_refreshers_and_a_concurrent_writer_end_with_rollups_equa
                 if i % 10 == 9:  # an admin's correction, while the refreshers run
                     setup.delete("DELETE FROM usage_events WHERE id %% 5 = %s", (i % 5,))
                     setup.delete("DELETE FROM analytics_events WHERE id %% 5 = %s", (i % 5,))
+                if i % 10 == 4:
+                    cancel_usage(db, 7, i % 7, limit=3)
                 time.sleep(rng.uniform(0, 0.01))
         except BaseException as exc:
             errors.append(exc)

@@ -28,6 +28,7 @@ TABLES = (
     "usage_event_keys",
     "usage_rollups",
     "usage_rollup_queue",
+    "usage_cancellations",
     "quota_counters",
     "quota_reservations",
     "analytics_events",

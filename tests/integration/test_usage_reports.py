@@ -1,4 +1,4 @@
-"""Usage reports equal a fresh aggregate of the raw events, rolled up or not."""
+"""Usage reports equal a fresh aggregate of the raw events not cancelled, rolled up or not."""
 
 from __future__ import annotations
 
@@ -27,12 +27,20 @@ def _rows(db: Database | UnitOfWork, sql: str, params: tuple[Any, ...]) -> list[
         return [tuple(r) for r in conn.execute(sql, params)]  # type: ignore[arg-type]
 
 
+# Usage is the accepted events that are not cancelled.
+NOT_CANCELLED = (
+    " AND NOT EXISTS (SELECT 1 FROM usage_cancellations c"
+    " WHERE c.account_id = usage_events.account_id AND c.event_id = usage_events.id)"
+)
+
+
 def _raw(db: Database | UnitOfWork, account_id: int, lo: datetime, hi: datetime) -> list[Row]:
     return _rows(
         db,
         "SELECT meter_code, count(*), sum(quantity), max(quantity) FROM usage_events"
         " WHERE account_id = %s AND occurred_at >= %s AND occurred_at < %s"
-        " GROUP BY 1 ORDER BY 1",
+        + NOT_CANCELLED
+        + " GROUP BY 1 ORDER BY 1",
         (account_id, lo, hi),
     )
 
@@ -44,7 +52,7 @@ def _raw_series(
         db,
         "SELECT date_trunc(%s, occurred_at, 'UTC'), count(*), sum(quantity), max(quantity)"
         " FROM usage_events WHERE account_id = %s AND meter_code = %s"
-        " AND occurred_at >= %s AND occurred_at < %s GROUP BY 1 ORDER BY 1",
+        " AND occurred_at >= %s AND occurred_at < %s" + NOT_CANCELLED + " GROUP BY 1 ORDER BY 1",
         (bucket, account_id, meter, lo, hi),
     )
 
@@ -54,7 +62,8 @@ def _raw_top(db: Database, meter: str, lo: datetime, hi: datetime, limit: int) -
         db,
         "SELECT account_id, count(*), sum(quantity), max(quantity) FROM usage_events"
         " WHERE meter_code = %s AND occurred_at >= %s AND occurred_at < %s"
-        " GROUP BY 1 ORDER BY 3 DESC, 1 LIMIT %s",
+        + NOT_CANCELLED
+        + " GROUP BY 1 ORDER BY 3 DESC, 1 LIMIT %s",
         (meter, lo, hi, limit),
     )
 
@@ -167,6 +176,17 @@ def test_period_totals_equal_the_raw_aggregate_before_and_after_refresh(db: Data
         ]
 
     assert totals() == expected  # nothing rolled up yet: all from raw hours
+
+    def cancel(key: str) -> list[tuple[Any, ...]]:
+        """Cancel an event; return the fresh aggregate, which must have changed."""
+        before = _raw(db, account, lo, hi)
+        db.usage.cancel(account_id=account, idempotency_key=key, reason="test")
+        after = _raw(db, account, lo, hi)
+        assert after != before, key  # the event was inside the range
+        return after
+
+    expected = cancel(f"{account}-20")  # before any refresh
+    assert totals() == expected
     refresh_rollups(db)
     assert totals() == expected  # all from rollups but the edge hours
     late = now - timedelta(hours=20, minutes=5)  # a late event for a rolled-up hour
@@ -178,6 +198,13 @@ def test_period_totals_equal_the_raw_aggregate_before_and_after_refresh(db: Data
     assert totals() == expected  # the dirty hour is read raw, not double counted
     refresh_rollups(db)
     assert totals() == expected
+    # Cancellations in rolled-up hours (of both meters, one 17 minutes before the
+    # range's end), and of the late event.
+    for key in (f"{account}-100", f"{account}-99", f"{account}-14", "late"):
+        expected = cancel(key)
+        assert totals() == expected, key  # each cancellation's hour is read raw at once
+    refresh_rollups(db)
+    assert totals() == expected  # and the refresh rolls the hours up without them
 
 
 def test_totals_and_time_series_equal_raw_aggregates_in_every_refresh_state(
@@ -224,6 +251,27 @@ def test_totals_and_time_series_equal_raw_aggregates_in_every_refresh_state(
     check("late events in rolled-up hours")
     refresh_rollups(db)
     check("late events rolled up")
+    # Cancellations: every api_calls event of one hour, single events of both
+    # meters, a late one; then a partial refresh, then a full one.
+    hour = day0 + timedelta(days=2, hours=5)
+    whole_hour = [
+        key
+        for (key,) in _rows(
+            db,
+            "SELECT idempotency_key FROM usage_events WHERE account_id = %s"
+            " AND meter_code = 'api_calls' AND occurred_at >= %s AND occurred_at < %s",
+            (acme, hour, hour + HOUR),
+        )
+    ]
+    assert whole_hour
+    for key in [*whole_hour, "a5", "a300", "a301", "late1", "late2"]:
+        db.usage.cancel(account_id=acme, idempotency_key=key, reason="test")
+    assert _series(db, acme, "api_calls", hour, hour + HOUR, "hour") == []
+    check("cancellations in rolled-up hours")
+    _refresh_partly(db, batch_size=3)
+    check("cancellations partly rolled up")
+    refresh_rollups(db)
+    check("cancellations rolled up")
 
 
 def test_a_clean_whole_day_is_read_from_its_day_rollup(
@@ -269,6 +317,11 @@ def test_top_accounts_rank_rolled_up_usage_and_count_the_tail_after_the_next_ref
     fresh = _raw_top(db, "api_calls", lo, hi, 10)
     assert fresh[0][0] == third
     assert _top(db, "api_calls", lo, hi, 10) == fresh
+    # A cancellation counts, like new usage, from the next refresh on.
+    db.usage.cancel(account_id=third, idempotency_key="big", reason="a test call")
+    assert _top(db, "api_calls", lo, hi, 10) == fresh  # as of the last refresh
+    refresh_rollups(db)
+    assert _top(db, "api_calls", lo, hi, 10) == expected == _raw_top(db, "api_calls", lo, hi, 10)
 
 
 def test_top_accounts_refuse_unaligned_or_empty_ranges(uow: UnitOfWork, now: datetime) -> None:
@@ -339,6 +392,21 @@ def test_month_totals_read_rollups_and_only_dirty_hours_by_index(
         _event(accounts[0], "storage", "5", hour - timedelta(days=20, minutes=-31), "late2"),
     ]
     assert uow.usage.record_batch(events=late).inserted == 2
+    uow.usage.cancel(account_id=accounts[0], idempotency_key="late1", reason="test")
+    # A few more cancellations (as cancel() stores them) in rolled-up hours.
+    conn.execute(
+        "INSERT INTO usage_cancellations (account_id, event_id, occurred_at, meter_code,"
+        " quantity, idempotency_key, reason)"
+        " SELECT account_id, id, occurred_at, meter_code, quantity, idempotency_key, 'test'"
+        " FROM usage_events WHERE id % 500 = 0 ON CONFLICT DO NOTHING"
+    )
+    conn.execute(
+        "INSERT INTO usage_rollup_queue (account_id, meter_code, hour_start)"
+        " SELECT account_id, meter_code, date_trunc('hour', occurred_at, 'UTC')"
+        " FROM usage_cancellations WHERE idempotency_key <> 'late1'"
+    )
+    conn.execute("ANALYZE usage_cancellations")
+    conn.execute("ANALYZE usage_rollup_queue")
     conn.execute("ANALYZE usage_events")
     conn.execute("ANALYZE usage_rollups")
     (rollups,) = conn.execute("SELECT count(*) FROM usage_rollups").fetchone()  # type: ignore[misc]
@@ -354,6 +422,7 @@ def test_month_totals_read_rollups_and_only_dirty_hours_by_index(
         r[0] for r in conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + query.sql, params)
     )
     assert "usage_events" in plan  # dirty and partial hours are read raw...
+    assert "usage_cancellations" in plan  # ...without the cancelled events
     for text in (plan, analyzed):
         assert "Seq Scan on usage_events" not in text, text  # ...through the index only
         assert "Seq Scan on usage_rollups" not in text, text
