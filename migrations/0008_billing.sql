@@ -23,8 +23,6 @@ CREATE TABLE invoice_number_counters (
 -- indexes:
 --   invoices_pkey used by get_invoice, lock_invoice, list_invoices, finalize_invoice,
 --     void_invoice, mark_invoice_uncollectible, apply_payment
---   invoices_subscription_period_key used by get_invoice_by_period,
---     insert_invoice (ON CONFLICT arbiter), FK invoices_subscription_fkey
 --   invoices_number_key used by finalize_invoice (uniqueness of the number it assigns)
 CREATE TABLE invoices (
     account_id         bigint NOT NULL REFERENCES accounts (id),
@@ -54,6 +52,7 @@ CREATE TABLE invoices (
     CONSTRAINT invoices_subscription_fkey FOREIGN KEY (account_id, subscription_id)
         REFERENCES subscriptions (account_id, id),
     -- Generating the invoice of a subscription period twice yields one invoice.
+    -- (Dropped by 0016_billing_cycle: a billing period has one invoice instead.)
     CONSTRAINT invoices_subscription_period_key UNIQUE (account_id, subscription_id, period_start),
     CONSTRAINT invoices_number_key UNIQUE (account_id, number),
     CONSTRAINT invoices_period_check CHECK (period_end > period_start),

@@ -1,4 +1,11 @@
--- Billing: invoices and their lines, payments, and the double-entry ledger.
+-- Billing: billing periods and their invoices, pending items, payments, credit
+-- notes, refunds, customer credit and the double-entry ledger.
+--
+-- A subscription chain is billed period by period: each billing_periods row
+-- gets one invoice, made (and, while a draft, remade) from the period's base
+-- fee, its accepted usage, the chain's pending items due by its end, and
+-- adjustments of earlier periods whose accepted usage changed after they were
+-- billed. What a period was billed per meter is the sum of its lines.
 --
 -- Invoices go draft -> open -> paid | void | uncollectible; every status
 -- change is a guarded UPDATE naming the status it expects, so a change that
@@ -8,58 +15,69 @@
 -- (debits positive, credits negative) sum to zero at commit.
 
 -- name: insert_invoice :one
--- A draft invoice for one subscription period with its totals; no row when
--- the subscription already has an invoice starting at :period_start
--- (invoices_subscription_period_key). A concurrent generator of the same
--- invoice waits here until the first one commits or rolls back.
-INSERT INTO invoices (account_id, subscription_id, currency, period_start, period_end,
-                      subtotal_minor, tax_minor, total_minor)
-VALUES (:account_id, :subscription_id, :currency, :period_start, :period_end,
-        :subtotal_minor, 0, :total_minor)
-ON CONFLICT ON CONSTRAINT invoices_subscription_period_key DO NOTHING
-RETURNING account_id, id, subscription_id, number, status, currency, period_start, period_end,
-          subtotal_minor, tax_minor, total_minor, amount_paid_minor, finalized_at, due_at,
-          paid_at, voided_at, created_at, updated_at;
+-- A draft invoice of a chain, for one billing period (:billing_period_id) or,
+-- standalone (NULL), for late adjustments of an ended chain; totals are set
+-- when its lines are written. No row when the period already has an invoice
+-- (invoices_billing_period_key) or the chain already has a draft
+-- (invoices_one_draft_per_chain); a concurrent generator waits here until the
+-- first commits or rolls back.
+INSERT INTO invoices (account_id, subscription_id, chain_id, billing_period_id, currency,
+                      period_start, period_end, subtotal_minor, tax_minor, total_minor)
+VALUES (:account_id, :subscription_id, :chain_id, :billing_period_id::bigint, :currency,
+        :period_start, :period_end, 0, 0, 0)
+ON CONFLICT DO NOTHING
+RETURNING account_id, id, subscription_id, chain_id, billing_period_id, number, status,
+          currency, period_start, period_end, subtotal_minor, tax_minor, total_minor,
+          credit_applied_minor, credited_pre_minor + credited_post_minor AS credited_minor,
+          amount_paid_minor, amount_due_minor, finalized_at, due_at, paid_at, voided_at,
+          created_at, updated_at;
 
 -- name: get_invoice_by_period :one
--- The invoice of a subscription period, by the period's start.
-SELECT account_id, id, subscription_id, number, status, currency, period_start, period_end,
-       subtotal_minor, tax_minor, total_minor, amount_paid_minor, finalized_at, due_at,
-       paid_at, voided_at, created_at, updated_at
+-- The invoice of a billing period, if it has one.
+SELECT account_id, id, subscription_id, chain_id, billing_period_id, number, status, currency,
+       period_start, period_end, subtotal_minor, tax_minor, total_minor, credit_applied_minor,
+       credited_pre_minor + credited_post_minor AS credited_minor, amount_paid_minor,
+       amount_due_minor, finalized_at, due_at, paid_at, voided_at, created_at, updated_at
 FROM invoices
-WHERE account_id = :account_id AND subscription_id = :subscription_id
-  AND period_start = :period_start;
+WHERE account_id = :account_id AND billing_period_id = :billing_period_id;
 
 -- name: insert_invoice_lines :many
--- The lines of a new invoice, one per element of the parallel arrays, in
--- array order.
+-- Lines of a draft invoice, one per element of the parallel arrays, in array
+-- order.
 INSERT INTO invoice_lines (account_id, invoice_id, kind, description, meter_code, quantity,
-                           unit_amount_minor, amount_minor, period_start, period_end)
+                           unit_amount_minor, amount_minor, period_start, period_end,
+                           billing_period_id, metered_quantity, pending_item_id)
 SELECT :account_id, :invoice_id, l.kind, l.description, l.meter_code, l.quantity,
-       l.unit_amount_minor, l.amount_minor, l.period_start, l.period_end
+       l.unit_amount_minor, l.amount_minor, l.period_start, l.period_end, l.billing_period_id,
+       l.metered_quantity, l.pending_item_id
 FROM unnest(:kinds::text[], :descriptions::text[], :meter_codes::text[],
             :quantities::numeric[], :unit_amounts_minor::numeric[], :amounts_minor::bigint[],
-            :period_starts::timestamptz[], :period_ends::timestamptz[])
+            :period_starts::timestamptz[], :period_ends::timestamptz[],
+            :billing_period_ids::bigint[], :metered_quantities::numeric[],
+            :pending_item_ids::bigint[])
      WITH ORDINALITY AS l (kind, description, meter_code, quantity, unit_amount_minor,
-                           amount_minor, period_start, period_end, n)
+                           amount_minor, period_start, period_end, billing_period_id,
+                           metered_quantity, pending_item_id, n)
 ORDER BY l.n
-RETURNING account_id, id, invoice_id, kind, description, meter_code, quantity,
-          unit_amount_minor, amount_minor, period_start, period_end;
+RETURNING account_id, id, invoice_id, kind, description, meter_code, quantity, unit_amount_minor,
+          amount_minor, period_start, period_end, billing_period_id, metered_quantity, pending_item_id;
 
 -- name: get_invoice :one
 -- One invoice of an account by id, in any status.
-SELECT account_id, id, subscription_id, number, status, currency, period_start, period_end,
-       subtotal_minor, tax_minor, total_minor, amount_paid_minor, finalized_at, due_at,
-       paid_at, voided_at, created_at, updated_at
+SELECT account_id, id, subscription_id, chain_id, billing_period_id, number, status, currency,
+       period_start, period_end, subtotal_minor, tax_minor, total_minor, credit_applied_minor,
+       credited_pre_minor + credited_post_minor AS credited_minor, amount_paid_minor,
+       amount_due_minor, finalized_at, due_at, paid_at, voided_at, created_at, updated_at
 FROM invoices
 WHERE account_id = :account_id AND id = :id;
 
 -- name: lock_invoice :one
 -- One invoice of an account by id, locked until the transaction ends: a
 -- payment reads the amount due and changes it without a concurrent writer.
-SELECT account_id, id, subscription_id, number, status, currency, period_start, period_end,
-       subtotal_minor, tax_minor, total_minor, amount_paid_minor, finalized_at, due_at,
-       paid_at, voided_at, created_at, updated_at
+SELECT account_id, id, subscription_id, chain_id, billing_period_id, number, status, currency,
+       period_start, period_end, subtotal_minor, tax_minor, total_minor, credit_applied_minor,
+       credited_pre_minor + credited_post_minor AS credited_minor, amount_paid_minor,
+       amount_due_minor, finalized_at, due_at, paid_at, voided_at, created_at, updated_at
 FROM invoices
 WHERE account_id = :account_id AND id = :id
 FOR UPDATE;
@@ -67,16 +85,38 @@ FOR UPDATE;
 -- name: list_invoice_lines :many
 -- An invoice's lines in the order they were written.
 SELECT account_id, id, invoice_id, kind, description, meter_code, quantity, unit_amount_minor,
-       amount_minor, period_start, period_end
+       amount_minor, period_start, period_end, billing_period_id, metered_quantity, pending_item_id
 FROM invoice_lines
 WHERE account_id = :account_id AND invoice_id = :invoice_id
 ORDER BY id;
 
+-- name: delete_draft_lines :execrows
+-- Every line of a draft invoice, so that it can be made again from what is
+-- accepted now. Lines of an issued invoice are never deleted.
+DELETE FROM invoice_lines l
+USING invoices i
+WHERE l.account_id = :account_id AND l.invoice_id = :invoice_id
+  AND i.account_id = l.account_id AND i.id = l.invoice_id AND i.status = 'draft';
+
+-- name: set_invoice_totals :one
+-- A draft's totals, the sum of its lines (tax 0), and the subscription it
+-- bills now. No row unless it is a draft.
+UPDATE invoices
+SET subtotal_minor = :total_minor, total_minor = :total_minor,
+    subscription_id = :subscription_id, updated_at = now()
+WHERE account_id = :account_id AND id = :id AND status = 'draft'
+RETURNING account_id, id, subscription_id, chain_id, billing_period_id, number, status,
+          currency, period_start, period_end, subtotal_minor, tax_minor, total_minor,
+          credit_applied_minor, credited_pre_minor + credited_post_minor AS credited_minor,
+          amount_paid_minor, amount_due_minor, finalized_at, due_at, paid_at, voided_at,
+          created_at, updated_at;
+
 -- name: list_invoices :many
 -- A page of an account's invoices, newest first, before the keyset cursor :after_id.
-SELECT account_id, id, subscription_id, number, status, currency, period_start, period_end,
-       subtotal_minor, tax_minor, total_minor, amount_paid_minor, finalized_at, due_at,
-       paid_at, voided_at, created_at, updated_at
+SELECT account_id, id, subscription_id, chain_id, billing_period_id, number, status, currency,
+       period_start, period_end, subtotal_minor, tax_minor, total_minor, credit_applied_minor,
+       credited_pre_minor + credited_post_minor AS credited_minor, amount_paid_minor,
+       amount_due_minor, finalized_at, due_at, paid_at, voided_at, created_at, updated_at
 FROM invoices
 WHERE account_id = :account_id AND id < :after_id
 ORDER BY id DESC
@@ -84,11 +124,12 @@ LIMIT :limit;
 
 -- name: finalize_invoice :one
 -- draft -> open at :now, numbered from the counter of :now's year (UTC) and
--- due :due_in later; a zero-total invoice is paid at once. The draft is
--- locked before the counter row, and the counter is bumped only for a draft,
--- in this transaction: a rollback takes the number back (gap-free) and
--- concurrent finalisations wait for each other on the counter row. No row
--- unless the invoice is a draft.
+-- due :due_in later, with :credit_applied of the customer's credit; an
+-- invoice with nothing left to pay is paid at once. The draft is locked
+-- before the counter row, and the counter is bumped only for a draft, in this
+-- transaction: a rollback takes the number back (gap-free) and concurrent
+-- finalisations wait for each other on the counter row. No row unless the
+-- invoice is a draft.
 WITH draft AS (
     SELECT i.account_id, i.id, c.at
     FROM invoices i
@@ -103,75 +144,85 @@ WITH draft AS (
     RETURNING n.year, n.last_number
 )
 UPDATE invoices i
-SET status = CASE WHEN i.total_minor = 0 THEN 'paid' ELSE 'open' END,
+SET status = CASE WHEN i.total_minor = :credit_applied THEN 'paid' ELSE 'open' END,
     number = k.year::text || '-'
              || lpad(k.last_number::text, greatest(6, length(k.last_number::text)), '0'),
+    credit_applied_minor = :credit_applied,
     finalized_at = d.at,
     due_at = d.at + :due_in::interval,
-    paid_at = CASE WHEN i.total_minor = 0 THEN d.at END,
+    paid_at = CASE WHEN i.total_minor = :credit_applied THEN d.at END,
     updated_at = now()
 FROM draft d, counter k
 WHERE i.account_id = d.account_id AND i.id = d.id
-RETURNING i.account_id, i.id, i.subscription_id, i.number, i.status, i.currency, i.period_start,
-          i.period_end, i.subtotal_minor, i.tax_minor, i.total_minor, i.amount_paid_minor,
-          i.finalized_at, i.due_at, i.paid_at, i.voided_at, i.created_at, i.updated_at;
+RETURNING i.account_id, i.id, i.subscription_id, i.chain_id, i.billing_period_id, i.number,
+          i.status, i.currency, i.period_start, i.period_end, i.subtotal_minor, i.tax_minor,
+          i.total_minor, i.credit_applied_minor,
+          i.credited_pre_minor + i.credited_post_minor AS credited_minor, i.amount_paid_minor,
+          i.amount_due_minor, i.finalized_at, i.due_at, i.paid_at, i.voided_at, i.created_at,
+          i.updated_at;
 
 -- name: void_invoice :one
 -- open -> void at :now; no row unless the invoice is open.
 UPDATE invoices
 SET status = 'void', voided_at = coalesce(:now::timestamptz, now()), updated_at = now()
 WHERE account_id = :account_id AND id = :id AND status = 'open'
-RETURNING account_id, id, subscription_id, number, status, currency, period_start, period_end,
-          subtotal_minor, tax_minor, total_minor, amount_paid_minor, finalized_at, due_at,
-          paid_at, voided_at, created_at, updated_at;
+RETURNING account_id, id, subscription_id, chain_id, billing_period_id, number, status,
+          currency, period_start, period_end, subtotal_minor, tax_minor, total_minor,
+          credit_applied_minor, credited_pre_minor + credited_post_minor AS credited_minor,
+          amount_paid_minor, amount_due_minor, finalized_at, due_at, paid_at, voided_at,
+          created_at, updated_at;
 
 -- name: mark_invoice_uncollectible :one
 -- open -> uncollectible; no row unless the invoice is open.
 UPDATE invoices
 SET status = 'uncollectible', updated_at = now()
 WHERE account_id = :account_id AND id = :id AND status = 'open'
-RETURNING account_id, id, subscription_id, number, status, currency, period_start, period_end,
-          subtotal_minor, tax_minor, total_minor, amount_paid_minor, finalized_at, due_at,
-          paid_at, voided_at, created_at, updated_at;
+RETURNING account_id, id, subscription_id, chain_id, billing_period_id, number, status,
+          currency, period_start, period_end, subtotal_minor, tax_minor, total_minor,
+          credit_applied_minor, credited_pre_minor + credited_post_minor AS credited_minor,
+          amount_paid_minor, amount_due_minor, finalized_at, due_at, paid_at, voided_at,
+          created_at, updated_at;
 
 -- name: get_payment_by_provider_id :one
 -- The payment recorded for a provider's payment id, if any.
 SELECT account_id, id, invoice_id, provider, provider_payment_id, amount_minor, currency, status,
-       created_at, succeeded_at
+       applied_minor, refunded_minor, created_at, succeeded_at
 FROM payments
 WHERE account_id = :account_id AND provider = :provider
   AND provider_payment_id = :provider_payment_id;
 
 -- name: insert_payment :one
--- A succeeded payment against an invoice, at :now; no row when the provider's
--- payment id is already recorded (payments_provider_payment_key).
+-- A succeeded payment against an invoice, at :now, of which :applied_minor
+-- settles the invoice (the rest is customer credit); no row when the
+-- provider's payment id is already recorded (payments_provider_payment_key).
 INSERT INTO payments (account_id, invoice_id, provider, provider_payment_id, amount_minor,
-                      currency, status, succeeded_at)
+                      currency, status, succeeded_at, applied_minor)
 VALUES (:account_id, :invoice_id, :provider, :provider_payment_id, :amount_minor, :currency,
-        'succeeded', coalesce(:now::timestamptz, now()))
+        'succeeded', coalesce(:now::timestamptz, now()), :applied_minor)
 ON CONFLICT ON CONSTRAINT payments_provider_payment_key DO NOTHING
-RETURNING account_id, id, invoice_id, provider, provider_payment_id, amount_minor, currency,
-          status, created_at, succeeded_at;
+RETURNING account_id, id, invoice_id, provider, provider_payment_id, amount_minor, currency, status,
+          applied_minor, refunded_minor, created_at, succeeded_at;
 
 -- name: apply_payment :one
--- Add a payment to an open invoice; it becomes paid at :paid_at when the
--- payments cover its total. No row unless the invoice is open.
+-- Settle :applied_minor of an open invoice; it becomes paid at :paid_at when
+-- nothing is left to pay. No row unless the invoice is open.
 UPDATE invoices
-SET amount_paid_minor = amount_paid_minor + :amount_minor,
-    status = CASE WHEN amount_paid_minor + :amount_minor >= total_minor THEN 'paid'
-                  ELSE status END,
-    paid_at = CASE WHEN amount_paid_minor + :amount_minor >= total_minor
-                   THEN :paid_at::timestamptz ELSE paid_at END,
+SET amount_paid_minor = amount_paid_minor + :applied_minor,
+    status = CASE WHEN amount_due_minor = :applied_minor THEN 'paid' ELSE status END,
+    paid_at = CASE WHEN amount_due_minor = :applied_minor THEN :paid_at::timestamptz
+                   ELSE paid_at END,
     updated_at = now()
 WHERE account_id = :account_id AND id = :id AND status = 'open'
-RETURNING account_id, id, subscription_id, number, status, currency, period_start, period_end,
-          subtotal_minor, tax_minor, total_minor, amount_paid_minor, finalized_at, due_at,
-          paid_at, voided_at, created_at, updated_at;
+RETURNING account_id, id, subscription_id, chain_id, billing_period_id, number, status,
+          currency, period_start, period_end, subtotal_minor, tax_minor, total_minor,
+          credit_applied_minor, credited_pre_minor + credited_post_minor AS credited_minor,
+          amount_paid_minor, amount_due_minor, finalized_at, due_at, paid_at, voided_at,
+          created_at, updated_at;
 
 -- name: list_invoice_payments :many
 -- The payments recorded against an invoice, oldest first.
 SELECT account_id, id, invoice_id, provider, provider_payment_id, amount_minor, currency, status,
-       created_at, succeeded_at
+       applied_minor, refunded_minor, created_at, succeeded_at
 FROM payments
 WHERE account_id = :account_id AND invoice_id = :invoice_id
 ORDER BY id;
@@ -229,7 +280,8 @@ LIMIT :limit;
 -- name: get_balances :many
 -- An account's ledger per currency (served by ledger_entries_balance_idx):
 -- receivable (positive: the customer owes), customer credit (positive: owed
--- to the customer), cash collected, revenue recognised, written off.
+-- to the customer), cash collected, revenue recognised, written off, refunds
+-- given but not yet reported paid out.
 SELECT currency,
        coalesce(sum(amount_minor) FILTER (WHERE ledger_account = 'receivable'), 0)::bigint
            AS receivable_minor,
@@ -240,11 +292,328 @@ SELECT currency,
        (-coalesce(sum(amount_minor) FILTER (WHERE ledger_account = 'revenue'), 0))::bigint
            AS revenue_minor,
        coalesce(sum(amount_minor) FILTER (WHERE ledger_account = 'bad_debt'), 0)::bigint
-           AS written_off_minor
+           AS written_off_minor,
+       (-coalesce(sum(amount_minor) FILTER (WHERE ledger_account = 'refunds_payable'), 0))::bigint
+           AS refunds_pending_minor
 FROM ledger_entries
 WHERE account_id = :account_id
 GROUP BY currency
 ORDER BY currency;
+
+-- == billing periods ===================================================================
+
+-- name: find_billing_period :one
+-- The billing period of a chain that starts at :period_start, with the plan
+-- that prices its usage (the plan of the subscription in force at its close).
+SELECT p.account_id, p.id, p.chain_id, p.subscription_id, p.base_plan_id,
+       s.plan_id AS pricing_plan_id, p.period_start, p.period_end, p.closes_at, p.trial_end,
+       p.invoice_id, p.legacy
+FROM billing_periods p
+JOIN subscriptions s ON s.account_id = p.account_id AND s.id = p.subscription_id
+WHERE p.account_id = :account_id AND p.chain_id = :chain_id AND p.period_start = :period_start;
+
+-- name: lock_billing_period :one
+-- One billing period, locked until the transaction ends: its invoice is made
+-- by one transaction at a time.
+SELECT p.account_id, p.id, p.chain_id, p.subscription_id, p.base_plan_id,
+       s.plan_id AS pricing_plan_id, p.period_start, p.period_end, p.closes_at, p.trial_end,
+       p.invoice_id, p.legacy
+FROM billing_periods p
+JOIN subscriptions s ON s.account_id = p.account_id AND s.id = p.subscription_id
+WHERE p.account_id = :account_id AND p.id = :id
+FOR UPDATE OF p;
+
+-- name: set_period_invoice :exec
+-- Record a period's invoice.
+UPDATE billing_periods
+SET invoice_id = :invoice_id
+WHERE account_id = :account_id AND id = :id;
+
+-- name: list_adjustable_periods :many
+-- The chain's periods before :before whose own invoice is issued or made,
+-- whose usage may still change (they closed after :since), and that were
+-- billed by this library's lines (not legacy): their late usage is billed as
+-- adjustments. Oldest first.
+SELECT p.account_id, p.id, p.chain_id, p.subscription_id, p.base_plan_id,
+       s.plan_id AS pricing_plan_id, p.period_start, p.period_end, p.closes_at, p.trial_end,
+       p.invoice_id, p.legacy
+FROM billing_periods p
+JOIN subscriptions s ON s.account_id = p.account_id AND s.id = p.subscription_id
+WHERE p.account_id = :account_id AND p.chain_id = :chain_id
+  AND p.period_start < :before::timestamptz AND p.closes_at > :since::timestamptz
+  AND p.invoice_id IS NOT NULL AND NOT p.legacy
+ORDER BY p.period_start;
+
+-- name: list_billed_usage :many
+-- What the given periods were billed per meter, on every invoice but
+-- :invoice_id (the one being made): the accepted quantity the lines counted
+-- and their amount.
+-- (Both keys are never NULL here: the WHERE clause says so, coalesce tells check-sql.)
+SELECT coalesce(l.billing_period_id, 0) AS billing_period_id,
+       coalesce(l.meter_code, '') AS meter_code,
+       coalesce(sum(l.metered_quantity), 0)::numeric(20, 6) AS quantity,
+       coalesce(sum(l.amount_minor), 0)::bigint AS amount_minor
+FROM invoice_lines l
+WHERE l.account_id = :account_id AND l.billing_period_id = ANY(:period_ids::bigint[])
+  AND l.meter_code IS NOT NULL AND l.invoice_id <> :invoice_id
+GROUP BY l.billing_period_id, l.meter_code;
+
+-- == pending invoice items =============================================================
+
+-- name: attach_pending_items :many
+-- The chain's pending items due by :period_end and not yet billed, now billed
+-- by :invoice_id; oldest first. Each item is billed once: the rows are
+-- locked by this update, and only one draft per chain exists.
+UPDATE pending_invoice_items
+SET invoice_id = :invoice_id
+WHERE account_id = :account_id AND chain_id = :chain_id AND invoice_id IS NULL
+  AND service_end <= :period_end::timestamptz
+RETURNING account_id, id, chain_id, subscription_id, kind, description, amount_minor, currency,
+          service_start, service_end, invoice_id, created_at;
+
+-- name: detach_pending_items :execrows
+-- Release the pending items of a draft that is being made again.
+UPDATE pending_invoice_items i
+SET invoice_id = NULL
+FROM invoices v
+WHERE i.account_id = :account_id AND i.invoice_id = :invoice_id
+  AND v.account_id = i.account_id AND v.id = i.invoice_id AND v.status = 'draft';
+
+-- name: list_pending_items :many
+-- The pending items of a chain, oldest first: billed (invoice_id set) or not.
+SELECT account_id, id, chain_id, subscription_id, kind, description, amount_minor, currency,
+       service_start, service_end, invoice_id, created_at
+FROM pending_invoice_items
+WHERE account_id = :account_id AND chain_id = :chain_id
+ORDER BY id;
+
+-- == the billing run ====================================================================
+
+-- name: claim_closed_periods :many
+-- Up to :batch closed billing periods without an invoice (closed by :now),
+-- oldest first, locked for the claiming transaction and skipped by others:
+-- only a chain's oldest uninvoiced period, and only when the chain has no
+-- draft, so a chain's invoices are made in order; not the periods of
+-- :skip_ids (items that failed earlier in this run).
+SELECT p.account_id, p.id, p.chain_id, p.subscription_id, p.base_plan_id,
+       s.plan_id AS pricing_plan_id, p.period_start, p.period_end, p.closes_at, p.trial_end,
+       p.invoice_id, p.legacy
+FROM billing_periods p
+JOIN subscriptions s ON s.account_id = p.account_id AND s.id = p.subscription_id
+WHERE p.invoice_id IS NULL AND p.closes_at <= :now::timestamptz
+  AND p.id <> ALL(:skip_ids::bigint[])
+  AND NOT EXISTS (
+      SELECT 1 FROM billing_periods e
+      WHERE e.account_id = p.account_id AND e.chain_id = p.chain_id
+        AND e.period_start < p.period_start AND e.invoice_id IS NULL)
+  AND NOT EXISTS (
+      SELECT 1 FROM invoices d
+      WHERE d.account_id = p.account_id AND d.chain_id = p.chain_id AND d.status = 'draft')
+ORDER BY p.closes_at, p.account_id, p.id
+LIMIT :batch
+FOR UPDATE OF p SKIP LOCKED;
+
+-- name: claim_drafts :many
+-- Up to :batch draft invoices, locked for the claiming transaction and
+-- skipped by others, with the instant their grace period ends: the close of
+-- their period plus :grace, or (a standalone adjustment invoice) their
+-- creation plus :grace. Oldest first.
+SELECT i.account_id, i.id, coalesce(p.closes_at, i.created_at) + :grace::interval AS due_at
+FROM invoices i
+LEFT JOIN billing_periods p ON p.account_id = i.account_id AND p.id = i.billing_period_id
+WHERE i.status = 'draft' AND i.id > :after_id
+ORDER BY i.id
+LIMIT :batch
+FOR UPDATE OF i SKIP LOCKED;
+
+-- name: list_ended_chain_periods :many
+-- Periods of ended chains (no live subscription, every period invoiced, no
+-- draft) that closed after :since and were billed by this library's lines:
+-- a late change of their usage needs a standalone adjustment invoice.
+SELECT p.account_id, p.id, p.chain_id, p.subscription_id, p.base_plan_id,
+       s.plan_id AS pricing_plan_id, p.period_start, p.period_end, p.closes_at, p.trial_end,
+       p.invoice_id, p.legacy
+FROM billing_periods p
+JOIN subscriptions s ON s.account_id = p.account_id AND s.id = p.subscription_id
+WHERE p.closes_at > :since::timestamptz AND p.invoice_id IS NOT NULL AND NOT p.legacy
+  AND p.id > :after_id
+  AND NOT EXISTS (
+      SELECT 1 FROM subscriptions l
+      WHERE l.account_id = p.account_id AND l.chain_id = p.chain_id
+        AND l.status IN ('trialing', 'active', 'past_due'))
+  AND NOT EXISTS (
+      SELECT 1 FROM billing_periods o
+      WHERE o.account_id = p.account_id AND o.chain_id = p.chain_id AND o.invoice_id IS NULL)
+  AND NOT EXISTS (
+      SELECT 1 FROM invoices d
+      WHERE d.account_id = p.account_id AND d.chain_id = p.chain_id AND d.status = 'draft')
+ORDER BY p.id
+LIMIT :batch;
+
+-- name: get_chain_draft :one
+-- The draft invoice of a chain, if any (at most one).
+SELECT i.account_id, i.id, i.subscription_id, i.chain_id, i.billing_period_id, i.number,
+       i.status, i.currency, i.period_start, i.period_end, i.subtotal_minor, i.tax_minor,
+       i.total_minor, i.credit_applied_minor,
+       i.credited_pre_minor + i.credited_post_minor AS credited_minor, i.amount_paid_minor,
+       i.amount_due_minor, i.finalized_at, i.due_at, i.paid_at, i.voided_at, i.created_at,
+       i.updated_at
+FROM invoices i
+WHERE i.account_id = :account_id AND i.chain_id = :chain_id AND i.status = 'draft';
+
+-- == customer credit ===================================================================
+
+-- name: insert_credit_grant :one
+-- Credit owed to the customer, in :currency, from an overpayment, a credit
+-- note, credit beyond an invoice's charges, or a voided invoice.
+INSERT INTO credit_grants (account_id, currency, amount_minor, remaining_minor, source,
+                           invoice_id, payment_id, credit_note_id)
+VALUES (:account_id, :currency, :amount_minor, :amount_minor, :source, :invoice_id::bigint,
+        :payment_id::bigint, :credit_note_id::bigint)
+RETURNING account_id, id, currency, amount_minor, remaining_minor, source, invoice_id, payment_id,
+          credit_note_id, created_at;
+
+-- name: lock_open_credit_grants :many
+-- The account's credit in :currency that is not used up, oldest first,
+-- locked: applying it never races another application.
+SELECT account_id, id, currency, amount_minor, remaining_minor, source, invoice_id, payment_id,
+       credit_note_id, created_at
+FROM credit_grants
+WHERE account_id = :account_id AND currency = :currency AND remaining_minor > 0
+ORDER BY id
+FOR UPDATE;
+
+-- name: apply_credit :execrows
+-- Use :amounts_minor of the grants :grant_ids for :invoice_id: one
+-- application each, and the grants' remaining amounts reduced.
+WITH used AS (
+    SELECT u.grant_id, u.amount_minor
+    FROM unnest(:grant_ids::bigint[], :amounts_minor::bigint[]) AS u (grant_id, amount_minor)
+), applied AS (
+    INSERT INTO credit_applications (account_id, grant_id, invoice_id, amount_minor)
+    SELECT :account_id, grant_id, :invoice_id, amount_minor FROM used
+)
+UPDATE credit_grants g
+SET remaining_minor = g.remaining_minor - used.amount_minor
+FROM used
+WHERE g.account_id = :account_id AND g.id = used.grant_id;
+
+-- name: list_credit_grants :many
+-- The account's credit grants, newest first.
+SELECT account_id, id, currency, amount_minor, remaining_minor, source, invoice_id, payment_id,
+       credit_note_id, created_at
+FROM credit_grants
+WHERE account_id = :account_id
+ORDER BY id DESC;
+
+-- == credit notes and refunds ==========================================================
+
+-- name: get_credit_note_by_key :one
+-- The credit note issued under an idempotency key, if any.
+SELECT account_id, id, invoice_id, amount_minor, pre_minor, post_minor, refund, reason,
+       idempotency_key, created_at
+FROM credit_notes
+WHERE account_id = :account_id AND idempotency_key = :idempotency_key;
+
+-- name: insert_credit_note :one
+-- A credit note of :invoice_id; no row when its idempotency key was used
+-- before (credit_notes_idempotency_key).
+INSERT INTO credit_notes (account_id, invoice_id, amount_minor, pre_minor, post_minor, refund,
+                          reason, idempotency_key)
+VALUES (:account_id, :invoice_id, :pre_minor::bigint + :post_minor::bigint, :pre_minor, :post_minor, :refund,
+        :reason, :idempotency_key)
+ON CONFLICT ON CONSTRAINT credit_notes_idempotency_key DO NOTHING
+RETURNING account_id, id, invoice_id, amount_minor, pre_minor, post_minor, refund, reason,
+          idempotency_key, created_at;
+
+-- name: apply_credit_note :one
+-- A credit note on an open or paid invoice: :pre_minor less to pay, :post_minor
+-- given back of what was paid; an open invoice with nothing left to pay is
+-- paid at :now. The database refuses credit notes above the total
+-- (invoices_credited_check). No row unless the invoice is open or paid.
+UPDATE invoices
+SET credited_pre_minor = credited_pre_minor + :pre_minor,
+    credited_post_minor = credited_post_minor + :post_minor,
+    status = CASE WHEN status = 'open' AND amount_due_minor = :pre_minor THEN 'paid'
+                  ELSE status END,
+    paid_at = CASE WHEN status = 'open' AND amount_due_minor = :pre_minor
+                   THEN coalesce(:now::timestamptz, now()) ELSE paid_at END,
+    updated_at = now()
+WHERE account_id = :account_id AND id = :id AND status IN ('open', 'paid')
+RETURNING account_id, id, subscription_id, chain_id, billing_period_id, number, status,
+          currency, period_start, period_end, subtotal_minor, tax_minor, total_minor,
+          credit_applied_minor, credited_pre_minor + credited_post_minor AS credited_minor,
+          amount_paid_minor, amount_due_minor, finalized_at, due_at, paid_at, voided_at,
+          created_at, updated_at;
+
+-- name: lock_refundable_payments :many
+-- The invoice's payments with something left to refund (what they settled of
+-- it, less refunds), newest first, locked.
+SELECT account_id, id, invoice_id, provider, provider_payment_id, amount_minor, currency, status,
+       applied_minor, refunded_minor, created_at, succeeded_at
+FROM payments
+WHERE account_id = :account_id AND invoice_id = :invoice_id
+  AND status IN ('succeeded', 'refunded') AND applied_minor > refunded_minor
+ORDER BY id DESC
+FOR UPDATE;
+
+-- name: insert_refunds :many
+-- Refunds of a credit note, one per payment it gives money back on, pending
+-- until the provider reports them paid out; each payment's refunded amount
+-- grows with them, and a payment refunded in full is 'refunded'.
+WITH parts AS (
+    SELECT r.payment_id, r.amount_minor
+    FROM unnest(:payment_ids::bigint[], :amounts_minor::bigint[]) AS r (payment_id, amount_minor)
+), paid_back AS (
+    UPDATE payments p
+    SET refunded_minor = p.refunded_minor + parts.amount_minor,
+        status = CASE WHEN p.refunded_minor + parts.amount_minor = p.applied_minor
+                      THEN 'refunded' ELSE p.status END
+    FROM parts
+    WHERE p.account_id = :account_id AND p.id = parts.payment_id
+    RETURNING p.id, p.provider, p.currency
+)
+INSERT INTO refunds (account_id, invoice_id, credit_note_id, payment_id, amount_minor, currency,
+                     provider)
+SELECT :account_id, :invoice_id, :credit_note_id, parts.payment_id, parts.amount_minor, b.currency,
+       b.provider
+FROM parts
+JOIN paid_back b ON b.id = parts.payment_id
+RETURNING account_id, id, invoice_id, credit_note_id, payment_id, amount_minor, currency, status,
+          provider, provider_refund_id, created_at, succeeded_at;
+
+-- name: list_credit_note_refunds :many
+-- The refunds of a credit note, in the order they were made.
+SELECT account_id, id, invoice_id, credit_note_id, payment_id, amount_minor, currency, status,
+       provider, provider_refund_id, created_at, succeeded_at
+FROM refunds
+WHERE account_id = :account_id AND credit_note_id = :credit_note_id
+ORDER BY id;
+
+-- name: list_credit_notes :many
+-- The credit notes of an invoice, oldest first.
+SELECT account_id, id, invoice_id, amount_minor, pre_minor, post_minor, refund, reason,
+       idempotency_key, created_at
+FROM credit_notes
+WHERE account_id = :account_id AND invoice_id = :invoice_id
+ORDER BY id;
+
+-- name: get_refund :one
+-- One refund of an account by id.
+SELECT account_id, id, invoice_id, credit_note_id, payment_id, amount_minor, currency, status,
+       provider, provider_refund_id, created_at, succeeded_at
+FROM refunds
+WHERE account_id = :account_id AND id = :id;
+
+-- name: mark_refund_succeeded :one
+-- A pending refund, paid out by the provider under :provider_refund_id at
+-- :now. No row unless it is pending.
+UPDATE refunds
+SET status = 'succeeded', provider_refund_id = :provider_refund_id,
+    succeeded_at = coalesce(:now::timestamptz, now())
+WHERE account_id = :account_id AND id = :id AND status = 'pending'
+RETURNING account_id, id, invoice_id, credit_note_id, payment_id, amount_minor, currency, status,
+          provider, provider_refund_id, created_at, succeeded_at;
 
 -- name: get_monthly_revenue :many
 -- Per UTC month in [:lo, :hi) and currency, across every account: invoices

@@ -10,30 +10,48 @@
 -- Subscribe an account to a published plan: trialing for trial_days when a
 -- trial is requested and the plan has one, else active; the first period is
 -- [now, now + interval_count * billing_interval) and the billing anchor is
--- its start. No row when the plan is missing or not published.
-INSERT INTO subscriptions (account_id, plan_id, status, current_period_start, current_period_end,
-                           billing_anchor, trial_end)
-SELECT :account_id, p.id,
-       CASE WHEN t.trial THEN 'trialing' ELSE 'active' END,
-       c.at,
-       c.at + make_interval(
-           months => (CASE p.billing_interval WHEN 'month' THEN 1 WHEN 'year' THEN 12 ELSE 0 END
-                      * p.interval_count)::int,
-           days => (CASE p.billing_interval WHEN 'day' THEN 1 WHEN 'week' THEN 7 ELSE 0 END
-                    * p.interval_count)::int),
-       c.at,
-       CASE WHEN t.trial THEN c.at + make_interval(days => p.trial_days::int) END
-FROM plans p
-CROSS JOIN LATERAL (SELECT coalesce(:now::timestamptz, now()) AS at) c
-CROSS JOIN LATERAL (SELECT :trial::boolean AND p.trial_days > 0 AS trial) t
-WHERE p.id = :plan_id AND p.status = 'published'
-RETURNING account_id, id, plan_id, status, current_period_start, current_period_end,
-          billing_anchor, trial_end, cancel_at_period_end, pending_plan_id, replaces_id,
-          canceled_at, ended_at, created_at, updated_at;
+-- its start. The subscription starts its own chain (chain_id = id) and the
+-- period's billing_periods row is written with it. No row when the plan is
+-- missing or not published.
+WITH new AS (
+    SELECT nextval(pg_get_serial_sequence('subscriptions', 'id')) AS id
+), sub AS (
+    INSERT INTO subscriptions (id, chain_id, account_id, plan_id, status, current_period_start,
+                               current_period_end, billing_anchor, trial_end)
+    OVERRIDING SYSTEM VALUE
+    SELECT new.id, new.id, :account_id, p.id,
+           CASE WHEN t.trial THEN 'trialing' ELSE 'active' END,
+           c.at,
+           c.at + make_interval(
+               months => (CASE p.billing_interval WHEN 'month' THEN 1 WHEN 'year' THEN 12 ELSE 0 END
+                          * p.interval_count)::int,
+               days => (CASE p.billing_interval WHEN 'day' THEN 1 WHEN 'week' THEN 7 ELSE 0 END
+                        * p.interval_count)::int),
+           c.at,
+           CASE WHEN t.trial THEN c.at + make_interval(days => p.trial_days::int) END
+    FROM plans p
+    CROSS JOIN new
+    CROSS JOIN LATERAL (SELECT coalesce(:now::timestamptz, now()) AS at) c
+    CROSS JOIN LATERAL (SELECT :trial::boolean AND p.trial_days > 0 AS trial) t
+    WHERE p.id = :plan_id AND p.status = 'published'
+    RETURNING account_id, id, chain_id, plan_id, status, current_period_start, current_period_end,
+              billing_anchor, trial_end, cancel_at_period_end, pending_plan_id, replaces_id,
+              canceled_at, ended_at, created_at, updated_at
+), period AS (
+    INSERT INTO billing_periods (account_id, chain_id, subscription_id, base_plan_id,
+                                 period_start, period_end, closes_at, trial_end)
+    SELECT account_id, chain_id, id, plan_id, current_period_start, current_period_end,
+           current_period_end, trial_end
+    FROM sub
+)
+SELECT account_id, id, chain_id, plan_id, status, current_period_start, current_period_end,
+       billing_anchor, trial_end, cancel_at_period_end, pending_plan_id, replaces_id,
+       canceled_at, ended_at, created_at, updated_at
+FROM sub;
 
 -- name: get_subscription :one
 -- One subscription of an account by id, in any status.
-SELECT account_id, id, plan_id, status, current_period_start, current_period_end,
+SELECT account_id, id, chain_id, plan_id, status, current_period_start, current_period_end,
        billing_anchor, trial_end, cancel_at_period_end, pending_plan_id, replaces_id,
        canceled_at, ended_at, created_at, updated_at
 FROM subscriptions
@@ -41,7 +59,7 @@ WHERE account_id = :account_id AND id = :id;
 
 -- name: get_live_subscription :one
 -- The account's live subscription, if any (at most one, by the partial unique index).
-SELECT account_id, id, plan_id, status, current_period_start, current_period_end,
+SELECT account_id, id, chain_id, plan_id, status, current_period_start, current_period_end,
        billing_anchor, trial_end, cancel_at_period_end, pending_plan_id, replaces_id,
        canceled_at, ended_at, created_at, updated_at
 FROM subscriptions
@@ -49,7 +67,7 @@ WHERE account_id = :account_id AND status IN ('trialing', 'active', 'past_due');
 
 -- name: list_subscriptions :many
 -- A page of an account's subscriptions, newest first, before the keyset cursor :after_id.
-SELECT account_id, id, plan_id, status, current_period_start, current_period_end,
+SELECT account_id, id, chain_id, plan_id, status, current_period_start, current_period_end,
        billing_anchor, trial_end, cancel_at_period_end, pending_plan_id, replaces_id,
        canceled_at, ended_at, created_at, updated_at
 FROM subscriptions
@@ -66,42 +84,59 @@ FROM (SELECT coalesce(:now::timestamptz, now()) AS at) c
 WHERE s.account_id = :account_id AND s.id = :id
   AND s.status IN ('trialing', 'active')
   AND s.current_period_start <= c.at AND c.at < s.current_period_end
-RETURNING s.account_id, s.id, s.plan_id, s.status, s.current_period_start, s.current_period_end,
+RETURNING s.account_id, s.id, s.chain_id, s.plan_id, s.status, s.current_period_start,
+          s.current_period_end,
           s.billing_anchor, s.trial_end, s.cancel_at_period_end, s.pending_plan_id,
           s.replaces_id, s.canceled_at, s.ended_at, s.created_at, s.updated_at;
 
 -- name: insert_upgrade :one
 -- Second step of an upgrade: an active subscription on :plan_id replacing
--- :replaces_id, in the same billing cycle (period and anchor). No row unless
--- the new plan is published, differs from the old one, and has its currency
--- and interval.
-INSERT INTO subscriptions (account_id, plan_id, status, current_period_start, current_period_end,
-                           billing_anchor, replaces_id)
-SELECT o.account_id, np.id, 'active', o.current_period_start, o.current_period_end,
-       o.billing_anchor, o.id
-FROM subscriptions o
-JOIN plans op ON op.id = o.plan_id
-JOIN plans np ON np.id = :plan_id
-WHERE o.account_id = :account_id AND o.id = :replaces_id AND o.status = 'replaced'
-  AND np.status = 'published' AND np.id <> op.id AND np.currency = op.currency
-  AND np.billing_interval = op.billing_interval AND np.interval_count = op.interval_count
-RETURNING account_id, id, plan_id, status, current_period_start, current_period_end,
-          billing_anchor, trial_end, cancel_at_period_end, pending_plan_id, replaces_id,
-          canceled_at, ended_at, created_at, updated_at;
+-- :replaces_id, in the same chain and billing cycle (period and anchor); the
+-- chain's billing period now closes under it (its plan prices the period's
+-- usage). No row unless the new plan is published, differs from the old one,
+-- and has its currency and interval.
+WITH sub AS (
+    INSERT INTO subscriptions (account_id, chain_id, plan_id, status, current_period_start,
+                               current_period_end, billing_anchor, replaces_id)
+    SELECT o.account_id, o.chain_id, np.id, 'active', o.current_period_start,
+           o.current_period_end, o.billing_anchor, o.id
+    FROM subscriptions o
+    JOIN plans op ON op.id = o.plan_id
+    JOIN plans np ON np.id = :plan_id
+    WHERE o.account_id = :account_id AND o.id = :replaces_id AND o.status = 'replaced'
+      AND np.status = 'published' AND np.id <> op.id AND np.currency = op.currency
+      AND np.billing_interval = op.billing_interval AND np.interval_count = op.interval_count
+    RETURNING account_id, id, chain_id, plan_id, status, current_period_start, current_period_end,
+              billing_anchor, trial_end, cancel_at_period_end, pending_plan_id, replaces_id,
+              canceled_at, ended_at, created_at, updated_at
+), period AS (
+    UPDATE billing_periods b
+    SET subscription_id = sub.id
+    FROM sub
+    WHERE b.account_id = sub.account_id AND b.chain_id = sub.chain_id
+      AND b.period_start = sub.current_period_start
+)
+SELECT account_id, id, chain_id, plan_id, status, current_period_start, current_period_end,
+       billing_anchor, trial_end, cancel_at_period_end, pending_plan_id, replaces_id,
+       canceled_at, ended_at, created_at, updated_at
+FROM sub;
 
 -- name: compute_proration :one
 -- What the switch from the replaced subscription's plan to :subscription_id's
--- plan at :now is worth for the rest of the period: the unused fraction of
--- each base price, rounded half-up exactly (integer division of
--- 2 * price * unused + total by 2 * total, in microseconds).
+-- plan at :now is worth for the rest of the period, from the stored prices:
+-- the new plan is charged for [now, period end); the old one is credited for
+-- the part of that time it would have charged, [max(now, its trial end),
+-- period end) (a trial's time is free, so not credited). Each amount is its
+-- price times the exact fraction of the period, rounded half-up once (integer
+-- division of 2 * price * part + total by 2 * total, in microseconds).
 SELECT n.account_id, n.id AS subscription_id, o.id AS replaced_id, op.id AS old_plan_id,
        np.id AS new_plan_id, np.currency, c.at AS effective_at,
        n.current_period_start AS period_start, n.current_period_end AS period_end,
        round(f.unused / f.total, 10) AS fraction,
-       div(2 * op.base_price_minor * f.unused + f.total, 2 * f.total)::bigint AS credit_minor,
+       div(2 * op.base_price_minor * f.paid_unused + f.total, 2 * f.total)::bigint AS credit_minor,
        div(2 * np.base_price_minor * f.unused + f.total, 2 * f.total)::bigint AS charge_minor,
        (div(2 * np.base_price_minor * f.unused + f.total, 2 * f.total)
-        - div(2 * op.base_price_minor * f.unused + f.total, 2 * f.total))::bigint AS net_minor
+        - div(2 * op.base_price_minor * f.paid_unused + f.total, 2 * f.total))::bigint AS net_minor
 FROM subscriptions n
 JOIN subscriptions o ON o.account_id = n.account_id AND o.id = n.replaces_id
 JOIN plans op ON op.id = o.plan_id
@@ -110,9 +145,27 @@ CROSS JOIN LATERAL (SELECT coalesce(:now::timestamptz, now()) AS at) c
 CROSS JOIN LATERAL (
     SELECT (extract(epoch FROM n.current_period_end) - extract(epoch FROM c.at)) * 1000000
                AS unused,
+           greatest(0, extract(epoch FROM n.current_period_end)
+                       - extract(epoch FROM greatest(c.at, coalesce(o.trial_end, c.at))))
+               * 1000000 AS paid_unused,
            (extract(epoch FROM n.current_period_end)
             - extract(epoch FROM n.current_period_start)) * 1000000 AS total) f
 WHERE n.account_id = :account_id AND n.id = :subscription_id;
+
+-- name: insert_proration_items :many
+-- The proration of an upgrade as pending invoice items of the chain, written
+-- in the upgrade's transaction from compute_proration's amounts: a credit of
+-- the old plan's unused time and a charge of the new plan's, for the service
+-- period [effective_at, period_end). The chain's next invoice bills them.
+INSERT INTO pending_invoice_items (account_id, chain_id, subscription_id, kind, description,
+                                   amount_minor, currency, service_start, service_end)
+SELECT :account_id, :chain_id, :subscription_id, 'proration', i.description, i.amount_minor,
+       :currency, :effective_at, :period_end
+FROM unnest(:descriptions::text[], :amounts_minor::bigint[]) WITH ORDINALITY
+     AS i (description, amount_minor, n)
+ORDER BY i.n
+RETURNING account_id, id, chain_id, subscription_id, kind, description, amount_minor, currency,
+          service_start, service_end, invoice_id, created_at;
 
 -- name: schedule_downgrade :one
 -- Set the plan a live subscription moves to at the end of its period
@@ -126,22 +179,38 @@ WHERE s.account_id = :account_id AND s.id = :id
   AND s.status IN ('trialing', 'active', 'past_due')
   AND op.id = s.plan_id AND np.id = :plan_id
   AND np.status = 'published' AND np.id <> op.id AND np.currency = op.currency
-RETURNING s.account_id, s.id, s.plan_id, s.status, s.current_period_start, s.current_period_end,
+RETURNING s.account_id, s.id, s.chain_id, s.plan_id, s.status, s.current_period_start,
+          s.current_period_end,
           s.billing_anchor, s.trial_end, s.cancel_at_period_end, s.pending_plan_id,
           s.replaces_id, s.canceled_at, s.ended_at, s.created_at, s.updated_at;
 
 -- name: cancel_subscription_now :one
 -- A live subscription -> canceled at :now (canceled_at = ended_at = :now;
--- a pending downgrade is dropped). No row unless it is live.
-UPDATE subscriptions s
-SET status = 'canceled', canceled_at = c.at, ended_at = c.at, pending_plan_id = NULL,
-    updated_at = now()
-FROM (SELECT coalesce(:now::timestamptz, now()) AS at) c
-WHERE s.account_id = :account_id AND s.id = :id
-  AND s.status IN ('trialing', 'active', 'past_due')
-RETURNING s.account_id, s.id, s.plan_id, s.status, s.current_period_start, s.current_period_end,
-          s.billing_anchor, s.trial_end, s.cancel_at_period_end, s.pending_plan_id,
-          s.replaces_id, s.canceled_at, s.ended_at, s.created_at, s.updated_at;
+-- a pending downgrade is dropped), and its chain's open billing period closes
+-- at :now (its usage window ends there; the base fee is billed in full). No
+-- row unless it is live.
+WITH sub AS (
+    UPDATE subscriptions s
+    SET status = 'canceled', canceled_at = c.at, ended_at = c.at, pending_plan_id = NULL,
+        updated_at = now()
+    FROM (SELECT coalesce(:now::timestamptz, now()) AS at) c
+    WHERE s.account_id = :account_id AND s.id = :id
+      AND s.status IN ('trialing', 'active', 'past_due')
+    RETURNING s.account_id, s.id, s.chain_id, s.plan_id, s.status, s.current_period_start,
+              s.current_period_end, s.billing_anchor, s.trial_end, s.cancel_at_period_end,
+              s.pending_plan_id, s.replaces_id, s.canceled_at, s.ended_at, s.created_at,
+              s.updated_at
+), period AS (
+    UPDATE billing_periods b
+    SET closes_at = greatest(b.period_start, least(b.closes_at, sub.ended_at))
+    FROM sub
+    WHERE b.account_id = sub.account_id AND b.chain_id = sub.chain_id
+      AND b.period_start = sub.current_period_start
+)
+SELECT account_id, id, chain_id, plan_id, status, current_period_start, current_period_end,
+       billing_anchor, trial_end, cancel_at_period_end, pending_plan_id, replaces_id,
+       canceled_at, ended_at, created_at, updated_at
+FROM sub;
 
 -- name: cancel_subscription_at_period_end :one
 -- Flag a live subscription to end with its period (canceled_at records the
@@ -151,7 +220,8 @@ SET cancel_at_period_end = true, canceled_at = c.at, updated_at = now()
 FROM (SELECT coalesce(:now::timestamptz, now()) AS at) c
 WHERE s.account_id = :account_id AND s.id = :id
   AND s.status IN ('trialing', 'active', 'past_due')
-RETURNING s.account_id, s.id, s.plan_id, s.status, s.current_period_start, s.current_period_end,
+RETURNING s.account_id, s.id, s.chain_id, s.plan_id, s.status, s.current_period_start,
+          s.current_period_end,
           s.billing_anchor, s.trial_end, s.cancel_at_period_end, s.pending_plan_id,
           s.replaces_id, s.canceled_at, s.ended_at, s.created_at, s.updated_at;
 
@@ -168,9 +238,11 @@ RETURNING s.account_id, s.id, s.plan_id, s.status, s.current_period_start, s.cur
 --   otherwise            -> the period moves forward by one interval.
 -- A trial that ended by the period end becomes active. Period ends fall on
 -- the billing anchor plus whole intervals (Jan 31 -> Feb 28 -> Mar 31); a
--- switch to a plan with another interval re-anchors at the switch.
+-- switch to a plan with another interval re-anchors at the switch. Every
+-- chain that goes on (renewed, or its successor) opens its next billing
+-- period in the same statement.
 WITH due AS (
-    SELECT s.account_id, s.id, s.trial_end, np.id AS next_plan_id,
+    SELECT s.account_id, s.id, s.chain_id, s.trial_end, np.id AS next_plan_id,
            s.cancel_at_period_end AS cancel,
            s.pending_plan_id IS NOT NULL AND NOT s.cancel_at_period_end AS switch,
            CASE WHEN s.status = 'trialing' AND s.trial_end <= s.current_period_end THEN 'active'
@@ -224,16 +296,33 @@ renewed AS (
         updated_at = now()
     FROM due d
     WHERE s.account_id = d.account_id AND s.id = d.id
-    RETURNING s.account_id, s.id, s.status
+    RETURNING s.account_id, s.id, s.chain_id, s.plan_id, s.status, s.current_period_start,
+              s.current_period_end, s.trial_end
 ),
 successors AS (
-    INSERT INTO subscriptions (account_id, plan_id, status, current_period_start,
+    INSERT INTO subscriptions (account_id, chain_id, plan_id, status, current_period_start,
                                current_period_end, billing_anchor, trial_end, replaces_id)
-    SELECT d.account_id, d.next_plan_id, d.next_status, d.next_start, d.next_end, d.anchor,
-           CASE WHEN d.next_status = 'trialing' THEN d.trial_end END, d.id
+    SELECT d.account_id, d.chain_id, d.next_plan_id, d.next_status, d.next_start, d.next_end,
+           d.anchor, CASE WHEN d.next_status = 'trialing' THEN d.trial_end END, d.id
     FROM renewed r
     JOIN due d ON d.account_id = r.account_id AND d.id = r.id
     WHERE r.status = 'replaced'
-    RETURNING account_id, id
+    RETURNING account_id, id, chain_id, plan_id, current_period_start, current_period_end,
+              trial_end
+),
+periods AS (
+    -- The next period of each chain that goes on, opened by its plan.
+    INSERT INTO billing_periods (account_id, chain_id, subscription_id, base_plan_id,
+                                 period_start, period_end, closes_at, trial_end)
+    SELECT r.account_id, r.chain_id, r.id, r.plan_id, r.current_period_start,
+           r.current_period_end, r.current_period_end,
+           CASE WHEN r.trial_end > r.current_period_start THEN r.trial_end END
+    FROM renewed r
+    WHERE r.status IN ('trialing', 'active', 'past_due')
+    UNION ALL
+    SELECT s.account_id, s.chain_id, s.id, s.plan_id, s.current_period_start,
+           s.current_period_end, s.current_period_end,
+           CASE WHEN s.trial_end > s.current_period_start THEN s.trial_end END
+    FROM successors s
 )
 SELECT account_id, id FROM renewed ORDER BY account_id, id;

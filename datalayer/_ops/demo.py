@@ -355,24 +355,28 @@ def _tour_saas(db: Database, account_id: int, tag: str) -> None:
             f"remaining {exc.remaining:.0f}"
         )
 
-    _step("Billing: invoice the period, finalise (gap-free number), pay, balance")
+    _step("Billing: the billing run invoices the closed period and finalises it after its grace")
     current = upgrade.subscription
-    invoice = db.billing.generate_invoice(
-        account_id=account_id, subscription_id=current.id,
-        period_start=current.current_period_start, period_end=current.current_period_end,
-        prorations=[upgrade.proration],
-    )  # fmt: skip
+    # A run an hour and a half after the period's end (a test clock): it renews the
+    # subscription, invoices the closed period (base fee, usage, the upgrade's
+    # proration items) and finalises it, its grace hour being over.
+    later = current.current_period_end + timedelta(minutes=90)
+    counts = db.billing.run(now=later)
+    print(
+        f"run: renewed {counts.renewed}, generated {counts.generated}, "
+        f"finalized {counts.finalized}, failed {counts.failed}"
+    )
+    listed = db.billing.invoices(account_id=account_id).items
+    (opened,) = [i for i in listed if i.period_start == current.current_period_start]
+    invoice = db.billing.get_invoice(account_id=account_id, invoice_id=opened.id)
+    assert invoice is not None
     for line in invoice.lines:
         print(f"  {line.kind:<12} {line.amount_minor:>7} {line.description}")
-    again = db.billing.generate_invoice(
-        account_id=account_id, subscription_id=current.id,
-        period_start=current.current_period_start, period_end=current.current_period_end,
-    )  # fmt: skip
-    print(f"generated twice -> the same invoice: {again.id == invoice.id}")
-    opened = db.billing.finalize(account_id=account_id, invoice_id=invoice.id)
+    again = db.billing.run(now=later)
+    print(f"run again -> generated {again.generated}: every period is invoiced once")
     paid = db.billing.record_payment(
-        account_id=account_id, invoice_id=invoice.id, provider="stripe",
-        provider_payment_id=f"pi_{tag}", amount_minor=opened.total_minor, currency="USD",
+        account_id=account_id, invoice_id=opened.id, provider="stripe",
+        provider_payment_id=f"pi_{tag}", amount_minor=opened.amount_due_minor, currency="USD",
     )  # fmt: skip
     print(f"invoice {opened.number}: total {opened.total_minor}, now {paid.invoice.status}")
     for balance in db.billing.balance(account_id=account_id):

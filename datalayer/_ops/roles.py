@@ -51,14 +51,18 @@ APPEND_ONLY = frozenset(
         "usage_event_keys",
         "analytics_events",
         "usage_cancellations",
+        "credit_notes",
+        "credit_applications",
     }
 )
 # Rows the application never removes: deletion is a status or a timestamp.
+# (invoice_lines is not here: a draft's lines are deleted and made again.)
 KEPT = frozenset(
     {
         "accounts", "users", "meters", "plans", "plan_meters", "subscriptions",
         "quota_counters", "quota_reservations", "files", "api_keys",
-        "invoice_number_counters", "invoices", "invoice_lines", "payments",
+        "invoice_number_counters", "invoices", "payments", "billing_periods",
+        "pending_invoice_items", "credit_grants", "refunds",
     }
 )  # fmt: skip
 # yoyo's bookkeeping: readable (export and backups record the schema version).

@@ -20,13 +20,16 @@ class Subscription(BaseModel):
     The current period is ``[current_period_start, current_period_end)``: the
     billing cycle, anchored on ``billing_anchor`` (period ends fall on the
     anchor plus whole intervals). ``replaces_id`` points at the subscription
-    this one replaced in an upgrade or a downgrade.
+    this one replaced in an upgrade or a downgrade; ``chain_id`` is the first
+    subscription of that line of replacements (its own id for a new one): a
+    chain is billed period by period as one customer relationship.
     """
 
     model_config = ConfigDict(frozen=True)
 
     account_id: int
     id: int
+    chain_id: int
     plan_id: int
     status: SubscriptionStatus
     current_period_start: datetime
@@ -43,15 +46,17 @@ class Subscription(BaseModel):
 
 
 class Proration(BaseModel):
-    """What a mid-period plan change is worth, computed in SQL; nothing of it is stored.
+    """What a mid-period plan change is worth, computed in SQL from the stored prices.
 
     ``fraction`` is the unused part of the period, ``(period_end -
     effective_at) / (period_end - period_start)`` shown to 10 decimal places.
-    ``credit_minor`` is that fraction of the old plan's base price and
-    ``charge_minor`` of the new one's, each computed from the exact fraction
-    and rounded half-up to whole minor units of ``currency``;
-    ``net_minor = charge_minor - credit_minor``. Billing turns it into a
-    credit line and a charge line on the next invoice.
+    ``charge_minor`` is that fraction of the new plan's base price;
+    ``credit_minor`` the old plan's price for the part of that time it would
+    have charged (time still in a trial was free, so it is not credited); each
+    from the exact fraction, rounded half-up to whole minor units of
+    ``currency``; ``net_minor = charge_minor - credit_minor``. The upgrade
+    stores both as pending invoice items of the chain (``PendingItem``),
+    billed once by its next invoice.
     """
 
     model_config = ConfigDict(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Annotated, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,6 +11,7 @@ from .._paging import Page, PageRequest
 from .._repository import Repository, many, one
 from .._validation import Id, Instant, Limit, validated
 from ..errors import InvalidInput, InvalidTransition, NotFound
+from ..models.billing import PendingItem
 from ..models.plans import Plan
 from ..models.subscriptions import (
     LIVE_STATUSES,
@@ -52,6 +54,7 @@ class SubscriptionRepository(Repository):
     _replace = one("replace_subscription", Subscription)
     _insert_upgrade = one("insert_upgrade", Subscription)
     _proration = one("compute_proration", Proration)
+    _proration_items = many("insert_proration_items", PendingItem)
     _schedule_downgrade = one("schedule_downgrade", Subscription)
     _cancel_now = one("cancel_subscription_now", Subscription)
     _cancel_at_end = one("cancel_subscription_at_period_end", Subscription)
@@ -135,11 +138,15 @@ class SubscriptionRepository(Repository):
 
         The subscription becomes ``replaced`` (ended at ``now``) and a new
         active one on ``plan_id`` replaces it in the same billing cycle: same
-        period, same anchor, so its period started before it did. Nothing of
-        the proration is stored: the returned ``Proration`` credits the unused
-        fraction of the old base price and charges that of the new one, and
-        billing turns it into invoice lines. A trial ends with the upgrade; a
-        pending downgrade or cancellation at period end does not carry over.
+        period, same anchor, so its period started before it did, in the same
+        subscription chain. The proration is computed in the database from the
+        stored prices (the new plan charged for the rest of the period, the old
+        one credited for the part of it that was not trial) and stored, in the
+        same transaction, as two pending invoice items of the chain, which its
+        next invoice bills once; the returned ``Proration`` shows the amounts.
+        The period's usage is priced by the new plan. A trial ends with the
+        upgrade; a pending downgrade or cancellation at period end does not
+        carry over.
 
         Only a trialing or active subscription can be upgraded (a past-due one
         is settled first), and only inside its current period. The new plan
@@ -174,6 +181,26 @@ class SubscriptionRepository(Repository):
                 account_id=account_id, subscription_id=subscription.id, now=now
             )
             assert proration is not None  # the row inserted just above
+            plans = repo._peer(PlanRepository)
+            since = f"{proration.effective_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+            items = [
+                (f"Unused time on {plans.require(plan_id=proration.old_plan_id).name} "
+                 f"from {since}", -proration.credit_minor),
+                (f"Remaining time on {plans.require(plan_id=proration.new_plan_id).name} "
+                 f"from {since}", proration.charge_minor),
+            ]  # fmt: skip
+            items = [(d, a) for d, a in items if a]
+            if items:
+                repo._proration_items(
+                    account_id=account_id,
+                    chain_id=subscription.chain_id,
+                    subscription_id=subscription.id,
+                    currency=proration.currency,
+                    effective_at=proration.effective_at,
+                    period_end=proration.period_end,
+                    descriptions=[d for d, _ in items],
+                    amounts_minor=[a for _, a in items],
+                )
             repo._changed(account_id)
         return Upgrade(replaced=replaced, subscription=subscription, proration=proration)
 

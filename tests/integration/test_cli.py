@@ -71,7 +71,8 @@ def test_the_demo_tours_the_library_and_exits_zero(new_url: str) -> None:
     assert "after revoke -> None" in out
     assert "inserted 80, duplicates 20, rejected ['unknown meter']" in out
     assert "QuotaExceeded: limit 10000, used 9990, remaining 10" in out
-    assert "generated twice -> the same invoice: True" in out
+    assert "run: renewed 1, generated 1, finalized 1, failed 0" in out
+    assert "run again -> generated 0: every period is invoiced once" in out
     assert "now paid" in out
     assert "balance USD: receivable 0" in out
     assert "after revoke -> None; stats" in out  # Redis runs here and in CI

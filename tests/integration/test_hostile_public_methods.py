@@ -257,6 +257,10 @@ GOOD: dict[str, Callable[[World, Database], Any]] = {
     "provider": lambda w, db: "stripe",
     "provider_payment_id": lambda w, db: f"pi_{unique()}",
     "amount_minor": lambda w, db: 100,
+    "refund": lambda w, db: False,
+    "refund_id": lambda w, db: 1,
+    "provider_refund_id": lambda w, db: f"re_{unique()}",
+    "grace": lambda w, db: timedelta(hours=1),
     "reason": lambda w, db: "sent twice by a retrying client",
     "cancelled_by": lambda w, db: w.user,
 }

@@ -488,15 +488,17 @@ def test_dashboard_dates_cover_seeded_data(seeded: psycopg.Connection[Any]) -> N
 
 @pytest.fixture(scope="module")
 def invoice(seeded: psycopg.Connection[Any]) -> dict[str, Any]:
-    account_id, invoice_id, subscription_id, period_start = one_row(
+    account_id, invoice_id, subscription_id, period_start, period_id = one_row(
         seeded,
-        "SELECT account_id, id, subscription_id, period_start FROM invoices ORDER BY 1, 2 LIMIT 1",
+        "SELECT account_id, id, subscription_id, period_start, billing_period_id FROM invoices"
+        " WHERE billing_period_id IS NOT NULL ORDER BY 1, 2 LIMIT 1",
     )
     return {
         "account_id": account_id,
         "id": invoice_id,
         "subscription_id": subscription_id,
         "period_start": period_start,
+        "billing_period_id": period_id,
     }
 
 
@@ -509,13 +511,16 @@ def test_get_invoice_probes_the_primary_key(
     assert_uses(plan, ("invoices_pkey", "invoices_number_key"))
 
 
-def test_get_invoice_by_period_probes_the_subscription_period_key(
+def test_get_invoice_by_period_probes_the_billing_period_key(
     seeded: psycopg.Connection[Any], invoice: dict[str, Any]
 ) -> None:
-    params = {k: invoice[k] for k in ("account_id", "subscription_id", "period_start")}
+    params = {
+        "account_id": invoice["account_id"],
+        "billing_period_id": invoice["billing_period_id"],
+    }
     plan = explain(seeded, BillingRepository._by_period, params, small=True)
     # At 31 invoices any index led by account_id costs the same as the period key.
-    assert_uses(plan, ("invoices_subscription_period_key", "invoices_number_key"))
+    assert_uses(plan, ("invoices_billing_period_key", "invoices_number_key"))
 
 
 def test_list_invoices_walks_the_primary_key(

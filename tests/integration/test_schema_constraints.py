@@ -80,6 +80,17 @@ def insert(conn: Conn, table: str, values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def insert_sql(table: str, values: Mapping[str, Any]) -> sql.Composed:
+    if table == "subscriptions" and "chain_id" not in values:
+        # A subscription that starts a chain is its own chain: draw its id first, as
+        # start_subscription does.
+        return sql.SQL(
+            "INSERT INTO subscriptions (id, chain_id, {}) OVERRIDING SYSTEM VALUE"
+            " SELECT n, n, {} FROM (SELECT nextval(pg_get_serial_sequence('subscriptions', 'id')))"
+            " AS s (n) RETURNING *"
+        ).format(
+            sql.SQL(", ").join(map(sql.Identifier, values)),
+            sql.SQL(", ").join([sql.Placeholder()] * len(values)),
+        )
     return sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING *").format(
         sql.Identifier(table),
         sql.SQL(", ").join(map(sql.Identifier, values)),
@@ -371,9 +382,11 @@ def w(conn: Conn) -> World:
             "invoices_tax_check",
         ),
         (
+            # invoices_total_check refuses it too; PostgreSQL names the first check
+            # that fails, by name, and a negative total is a negative amount due.
             "invoices",
             {"subtotal_minor": -5, "tax_minor": 0, "total_minor": -5},
-            "invoices_total_check",
+            "invoices_amount_due_check",
         ),
         ("payments", {"amount_minor": 0}, "payments_amount_check"),
         ("payments", {"amount_minor": -100}, "payments_amount_check"),
@@ -790,19 +803,32 @@ def test_ended_subscriptions_and_one_live_subscription_can_coexist(conn: Conn, w
     assert [s for (s,) in statuses] == ["canceled", "replaced", "incomplete", "active"]
 
 
-def test_an_invoice_for_a_subscription_period_already_invoiced_is_refused(
+def test_a_billing_period_invoiced_twice_or_a_second_draft_of_a_chain_is_refused(
     conn: Conn, w: World
 ) -> None:
-    same_period = {
-        "subscription_id": w.subscription,
-        "period_start": w.invoice_period_start,
-        "period_end": w.now + DAY,
-    }
-    insert_refused(
-        conn, w, "invoices", same_period, AlreadyExists, "invoices_subscription_period_key"
+    period = insert(
+        conn,
+        "billing_periods",
+        {
+            "account_id": w.acme,
+            "chain_id": w.subscription,
+            "subscription_id": w.subscription,
+            "base_plan_id": w.published_plan,
+            "period_start": w.now,
+            "period_end": w.now + 30 * DAY,
+            "closes_at": w.now + 30 * DAY,
+        },
+    )["id"]
+    chain = {"subscription_id": w.subscription, "chain_id": w.subscription}
+    insert(conn, "invoices", base_row("invoices", w) | chain | {"billing_period_id": period})
+    insert_refused(  # another invoice of the same period (a draft or not)
+        conn, w, "invoices", {**chain, "billing_period_id": period, "status": "void",
+                              "number": "2026-000099", "finalized_at": w.now,
+                              "voided_at": w.now}, AlreadyExists, "invoices_billing_period_key",
+    )  # fmt: skip
+    insert_refused(  # a second draft of the chain, for no period (standalone)
+        conn, w, "invoices", chain, AlreadyExists, "invoices_one_draft_per_chain"
     )
-    # The next period of the same subscription is a different invoice.
-    insert(conn, "invoices", base_row("invoices", w) | {"subscription_id": w.subscription})
 
 
 def test_a_provider_payment_recorded_twice_is_refused(conn: Conn, w: World) -> None:

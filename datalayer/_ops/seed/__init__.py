@@ -113,6 +113,7 @@ def seed_database(
     t = time.monotonic()
     seed_files_and_keys(conn, rng, sizes, anchor, result)
     seed_billing(conn, rng, subs, plan_ids, anchor, result)
+    link_billing_periods(conn, result)
     step("files, keys, billing", t)
 
     t = time.monotonic()
@@ -124,6 +125,49 @@ def seed_database(
     conn.execute("VACUUM (ANALYZE)")
     step("vacuum, analyze", t)
     return result
+
+
+def link_billing_periods(conn: psycopg.Connection[Any], result: SeedResult) -> None:
+    """Each seeded subscription's period as a billing period, linked to its invoice.
+
+    Periods invoiced (issued) by the seed are ``legacy``: their usage lines
+    were written as the seed pleases, so late usage of them is not adjusted;
+    a seeded draft's period is not, and the billing run makes it properly.
+    """
+    with conn.transaction():
+        conn.execute(
+            """
+            WITH periods AS (
+                INSERT INTO billing_periods (account_id, chain_id, subscription_id, base_plan_id,
+                                             period_start, period_end, closes_at, trial_end,
+                                             created_at)
+                SELECT account_id, chain_id, id, plan_id, current_period_start,
+                       current_period_end,
+                       CASE WHEN status = 'canceled'
+                            THEN greatest(current_period_start, least(ended_at, current_period_end))
+                            ELSE current_period_end END,
+                       CASE WHEN trial_end > current_period_start THEN trial_end END,
+                       current_period_start
+                FROM subscriptions
+                WHERE status <> 'incomplete'
+                RETURNING account_id, id, chain_id, period_start
+            ), linked AS (
+                UPDATE invoices i
+                SET chain_id = p.chain_id, billing_period_id = p.id
+                FROM periods p, subscriptions s
+                WHERE s.account_id = i.account_id AND s.id = i.subscription_id
+                  AND p.account_id = s.account_id AND p.chain_id = s.chain_id
+                  AND p.period_start = i.period_start
+                RETURNING i.account_id, i.id, i.billing_period_id, i.status
+            )
+            UPDATE billing_periods b
+            SET invoice_id = l.id, legacy = l.status <> 'draft'
+            FROM linked l
+            WHERE b.account_id = l.account_id AND b.id = l.billing_period_id
+            """
+        )
+        count = conn.execute("SELECT count(*) FROM billing_periods").fetchone()
+    result.counts["billing_periods"] = int(count[0]) if count else 0
 
 
 def table_checksums(conn: psycopg.Connection[Any]) -> dict[str, str]:

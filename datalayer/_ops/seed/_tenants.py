@@ -223,6 +223,7 @@ def seed_subscriptions(
         )[0]
         period_start = add_months(month_start(anchor), -len(chain) - 1)
         previous = None
+        root = next_id  # the chain's first subscription: its chain_id
         for position, plan_key in enumerate(chain):
             last = position == len(chain) - 1
             months = 1 if last else 1 + (position == 0)
@@ -238,6 +239,7 @@ def seed_subscriptions(
             rows.append(
                 (
                     account_id,
+                    root,
                     plan_ids[plan_key],
                     status,
                     period_start,
@@ -258,10 +260,12 @@ def seed_subscriptions(
             period_start = end
     result.counts["subscriptions"] = copy_rows(
         conn,
-        "COPY subscriptions (account_id, plan_id, status, current_period_start, current_period_end,"
+        "COPY subscriptions (account_id, chain_id, plan_id, status, current_period_start,"
+        " current_period_end,"
         " billing_anchor, trial_end, cancel_at_period_end, replaces_id, canceled_at, ended_at,"
         " created_at, updated_at) FROM STDIN (FORMAT BINARY)",
         [
+            "int8",
             "int8",
             "int8",
             "text",

@@ -1,0 +1,182 @@
+"""The billing run (``sql/billing.sql``): renew, make, remake and issue invoices, in batches.
+
+Each step claims a batch of work with ``FOR UPDATE SKIP LOCKED`` in a
+transaction of its own and does each item in a savepoint: an item that raises
+is rolled back alone, logged, counted and left for the next run; two runners
+skip each other's batches; a crash loses only the batch in flight, which the
+next run does again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict
+
+from .._billing import usage_lines
+from .._repository import many
+from ..errors import DataLayerError
+from ..models.billing import BillingPeriod, BillingRunResult
+from .invoicing import ADJUSTMENT_HORIZON, Invoicing, _period
+from .subscriptions import SubscriptionRepository
+
+log = logging.getLogger("datalayer")
+
+# Stripe finalises an invoice an hour after its period ends: late usage of that
+# hour still lands on the invoice itself rather than on an adjustment.
+DEFAULT_GRACE = timedelta(hours=1)
+
+
+class _ClaimedDraft(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    account_id: int
+    id: int
+    due_at: datetime
+
+
+@dataclass
+class _Counts:
+    renewed: int = 0
+    generated: int = 0
+    refreshed: int = 0
+    finalized: int = 0
+    adjustment_invoices: int = 0
+    credit_applied_minor: int = 0
+    failed: int = 0
+
+
+class BillingRun(Invoicing):
+    """The billing run; the base of ``BillingRepository``."""
+
+    aggregate = "billing"
+
+    _claim_periods = many("claim_closed_periods", BillingPeriod)
+    _claim_drafts = many("claim_drafts", _ClaimedDraft)
+    _ended = many("list_ended_chain_periods", BillingPeriod)
+
+    def _run(self, now: datetime, grace: timedelta, batch: int) -> BillingRunResult:
+        counts = _Counts()
+        renewals = self._peer(SubscriptionRepository)
+        while (renewed := renewals.renew_due(now=now, batch=batch)) > 0:
+            counts.renewed += renewed
+        self._drafts(now, grace, batch, counts)
+        self._periods(now, grace, batch, counts)
+        self._ended_chains(now, batch, counts)
+        return BillingRunResult(**vars(counts))
+
+    def _drafts(self, now: datetime, grace: timedelta, batch: int, counts: _Counts) -> None:
+        """Issue every draft whose grace has passed; make the others again."""
+        after = 0
+        while True:
+            with self._atomic() as tx:
+                claimed = tx._claim_drafts(after_id=after, batch=batch, grace=grace)
+                for draft in claimed:
+                    tx._item(
+                        counts, f"draft invoice {draft.id}", _bind(tx._draft, draft, now, counts)
+                    )
+            if len(claimed) < batch:
+                return
+            after = claimed[-1].id
+
+    def _draft(self, draft: _ClaimedDraft, now: datetime, counts: _Counts) -> None:
+        invoice = self._lock(account_id=draft.account_id, id=draft.id)
+        if invoice is None or invoice.status != "draft":
+            return
+        if draft.due_at <= now:
+            issued = self._issue(invoice, now, timedelta(days=30))
+            counts.finalized += 1
+            counts.credit_applied_minor += issued.credit_applied_minor
+        else:
+            self._remake(invoice, now)
+            counts.refreshed += 1
+
+    def _periods(self, now: datetime, grace: timedelta, batch: int, counts: _Counts) -> None:
+        """Make the invoice of every closed period, each chain in order."""
+        skip: list[int] = []
+        while True:
+            with self._atomic() as tx:
+                claimed = tx._claim_periods(now=now, batch=batch, skip_ids=skip)
+                for period in claimed:
+                    done = tx._item(
+                        counts,
+                        f"billing period {period.id}",
+                        _bind(tx._period, period, now, grace, counts),
+                    )
+                    if not done:
+                        skip.append(period.id)
+            if not claimed:
+                return
+
+    def _period(
+        self, period: BillingPeriod, now: datetime, grace: timedelta, counts: _Counts
+    ) -> None:
+        invoice, made = self._invoice_period(period, now)
+        counts.generated += made
+        if invoice.status == "draft" and period.closes_at + grace <= now:
+            locked = self._lock(account_id=invoice.account_id, id=invoice.id)
+            assert locked is not None  # made just above, in this transaction
+            issued = self._issue(locked, now, timedelta(days=30))
+            counts.finalized += 1
+            counts.credit_applied_minor += issued.credit_applied_minor
+
+    def _ended_chains(self, now: datetime, batch: int, counts: _Counts) -> None:
+        """Give each ended chain whose billed usage changed a standalone adjustment invoice."""
+        after = 0
+        since = now - ADJUSTMENT_HORIZON
+        while True:
+            periods = self._ended(since=since, after_id=after, batch=batch)
+            chains: dict[tuple[int, int], list[BillingPeriod]] = {}
+            for p in periods:
+                chains.setdefault((p.account_id, p.chain_id), []).append(p)
+            for (_account_id, chain_id), members in chains.items():
+                with self._atomic() as tx:
+                    tx._item(
+                        counts,
+                        f"adjustments of chain {chain_id}",
+                        _bind(tx._adjust, members, now, counts),
+                    )
+            if len(periods) < batch:
+                return
+            after = periods[-1].id
+
+    def _adjust(self, members: list[BillingPeriod], now: datetime, counts: _Counts) -> None:
+        """A standalone draft for the chain of ``members`` if their billed usage is off."""
+        first, last = members[0], max(members, key=lambda p: p.period_start)
+        probe = self._by_period(account_id=last.account_id, billing_period_id=last.id)
+        assert probe is not None  # ended chains' periods are invoiced
+        usage = self._usage(probe.model_copy(update={"id": 0}), members)
+        if not any(usage_lines(_period(p), usage.get(p.id, []), own=False) for p in members):
+            return
+        made = self._insert_invoice(
+            account_id=first.account_id,
+            subscription_id=last.subscription_id,
+            chain_id=first.chain_id,
+            billing_period_id=None,
+            currency=probe.currency,
+            period_start=min(p.period_start for p in members),
+            period_end=max(p.period_end for p in members),
+        )
+        if made is None:  # another runner made the chain's draft meanwhile
+            return
+        self._make(made, None, now)
+        counts.adjustment_invoices += 1
+
+    def _item(self, counts: _Counts, what: str, work: Callable[[], None]) -> bool:
+        """Do one work item in a savepoint; on a datalayer error roll it back and go on."""
+        try:
+            with self._session.atomic():
+                work()
+        except DataLayerError as exc:
+            counts.failed += 1
+            log.warning("billing run: %s failed and is left for the next run: %s", what, exc)
+            return False
+        return True
+
+
+def _bind(fn: Callable[..., None], *args: object) -> Callable[[], None]:
+    """``fn`` with its arguments, to call later (a work item)."""
+    return lambda: fn(*args)
