@@ -20,11 +20,13 @@
 -- when its lines are written. No row when the period already has an invoice
 -- (invoices_billing_period_key) or the chain already has a draft
 -- (invoices_one_draft_per_chain); a concurrent generator waits here until the
--- first commits or rolls back.
+-- first commits or rolls back. :created_at is the maker's clock (a test clock
+-- included): a standalone invoice's grace runs from it.
 INSERT INTO invoices (account_id, subscription_id, chain_id, billing_period_id, currency,
-                      period_start, period_end, subtotal_minor, tax_minor, total_minor)
+                      period_start, period_end, subtotal_minor, tax_minor, total_minor,
+                      created_at, updated_at)
 VALUES (:account_id, :subscription_id, :chain_id, :billing_period_id::bigint, :currency,
-        :period_start, :period_end, 0, 0, 0)
+        :period_start, :period_end, 0, 0, 0, :created_at, :created_at)
 ON CONFLICT DO NOTHING
 RETURNING account_id, id, subscription_id, chain_id, billing_period_id, number, status,
           currency, period_start, period_end, subtotal_minor, tax_minor, total_minor,

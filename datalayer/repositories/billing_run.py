@@ -159,6 +159,7 @@ class BillingRun(Invoicing):
             currency=probe.currency,
             period_start=min(p.period_start for p in members),
             period_end=max(p.period_end for p in members),
+            created_at=now,
         )
         if made is None:  # another runner made the chain's draft meanwhile
             return

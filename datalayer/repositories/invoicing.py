@@ -115,6 +115,7 @@ class Invoicing(Repository):
                 currency=base.currency,
                 period_start=period.period_start,
                 period_end=period.period_end,
+                created_at=now,
             )
             if made is not None:
                 self._set_period_invoice(
