@@ -26,7 +26,6 @@ from datalayer import (
 from datalayer._billing import overage_amount, round_half_up
 from datalayer.models.billing import Invoice, InvoiceWithLines, RecordedPayment
 from datalayer.models.plans import Plan, PlanMeterSpec
-from datalayer.models.subscriptions import Proration
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 FEB = datetime(2026, 2, 1, tzinfo=UTC)
