@@ -72,6 +72,11 @@ CREATE TABLE billing_periods (
     -- Invoiced before this migration: those usage lines do not say the quantity
     -- they counted, so late usage of the period is not adjusted.
     legacy           boolean NOT NULL DEFAULT false,
+    -- When an issued invoice last billed the period's usage, and whether that was
+    -- so long after its close that its usage can no longer change (settled).
+    -- Periods not settled are what late usage and cancellations are adjusted for.
+    checked_at       timestamptz,
+    settled          boolean NOT NULL DEFAULT false,
     created_at       timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT billing_periods_pkey PRIMARY KEY (account_id, id),
     CONSTRAINT billing_periods_chain_start_key UNIQUE (account_id, chain_id, period_start),
@@ -87,6 +92,10 @@ CREATE TABLE billing_periods (
 -- The billing run's work queue: closed periods without an invoice, oldest first.
 -- used by: claim_closed_periods
 CREATE INDEX billing_periods_due_idx ON billing_periods (closes_at) WHERE invoice_id IS NULL;
+-- Issued periods whose usage may still change: the billing run checks them.
+-- used by: list_ended_chain_periods
+CREATE INDEX billing_periods_unsettled_idx ON billing_periods (id)
+    WHERE NOT settled AND invoice_id IS NOT NULL;
 -- used by: FK billing_periods_subscription_fkey
 CREATE INDEX billing_periods_subscription_idx ON billing_periods (subscription_id, account_id);
 -- Indexes that only serve a foreign key lead with its column, not account_id: led by
@@ -127,7 +136,7 @@ WHERE s.account_id = i.account_id AND s.id = i.subscription_id;
 UPDATE invoices i SET billing_period_id = p.id
 FROM billing_periods p
 WHERE p.account_id = i.account_id AND p.chain_id = i.chain_id AND p.period_start = i.period_start;
-UPDATE billing_periods p SET invoice_id = i.id, legacy = true
+UPDATE billing_periods p SET invoice_id = i.id, legacy = true, settled = true
 FROM invoices i
 WHERE i.account_id = p.account_id AND i.billing_period_id = p.id;
 ALTER TABLE invoices ADD COLUMN amount_due_minor bigint NOT NULL

@@ -309,7 +309,7 @@ ORDER BY currency;
 -- that prices its usage (the plan of the subscription in force at its close).
 SELECT p.account_id, p.id, p.chain_id, p.subscription_id, p.base_plan_id,
        s.plan_id AS pricing_plan_id, p.period_start, p.period_end, p.closes_at, p.trial_end,
-       p.invoice_id, p.legacy
+       p.invoice_id, p.legacy, p.checked_at, p.settled
 FROM billing_periods p
 JOIN subscriptions s ON s.account_id = p.account_id AND s.id = p.subscription_id
 WHERE p.account_id = :account_id AND p.chain_id = :chain_id AND p.period_start = :period_start;
@@ -319,7 +319,7 @@ WHERE p.account_id = :account_id AND p.chain_id = :chain_id AND p.period_start =
 -- by one transaction at a time.
 SELECT p.account_id, p.id, p.chain_id, p.subscription_id, p.base_plan_id,
        s.plan_id AS pricing_plan_id, p.period_start, p.period_end, p.closes_at, p.trial_end,
-       p.invoice_id, p.legacy
+       p.invoice_id, p.legacy, p.checked_at, p.settled
 FROM billing_periods p
 JOIN subscriptions s ON s.account_id = p.account_id AND s.id = p.subscription_id
 WHERE p.account_id = :account_id AND p.id = :id
@@ -332,19 +332,28 @@ SET invoice_id = :invoice_id
 WHERE account_id = :account_id AND id = :id;
 
 -- name: list_adjustable_periods :many
--- The chain's periods before :before whose own invoice is issued or made,
--- whose usage may still change (they closed after :since), and that were
--- billed by this library's lines (not legacy): their late usage is billed as
--- adjustments. Oldest first.
+-- The chain's periods before :before whose own invoice is made and whose
+-- usage may still have changed since an issued invoice last billed it (not
+-- settled; legacy periods are settled): late usage and cancellations of them
+-- are billed as adjustments. Oldest first.
 SELECT p.account_id, p.id, p.chain_id, p.subscription_id, p.base_plan_id,
        s.plan_id AS pricing_plan_id, p.period_start, p.period_end, p.closes_at, p.trial_end,
-       p.invoice_id, p.legacy
+       p.invoice_id, p.legacy, p.checked_at, p.settled
 FROM billing_periods p
 JOIN subscriptions s ON s.account_id = p.account_id AND s.id = p.subscription_id
 WHERE p.account_id = :account_id AND p.chain_id = :chain_id
-  AND p.period_start < :before::timestamptz AND p.closes_at > :since::timestamptz
-  AND p.invoice_id IS NOT NULL AND NOT p.legacy
+  AND p.period_start < :before::timestamptz
+  AND p.invoice_id IS NOT NULL AND NOT p.settled
 ORDER BY p.period_start;
+
+-- name: mark_periods_checked :execrows
+-- An issued invoice billed the usage of these periods as accepted at :now;
+-- a period checked :horizon or more after its close is settled: no event
+-- of it can be accepted or cancelled any more.
+UPDATE billing_periods
+SET checked_at = :now::timestamptz,
+    settled = :now::timestamptz >= closes_at + :horizon::interval
+WHERE account_id = :account_id AND id = ANY(:ids::bigint[]);
 
 -- name: list_billed_usage :many
 -- What the given periods were billed per meter, on every invoice but
@@ -399,7 +408,7 @@ ORDER BY id;
 -- :skip_ids (items that failed earlier in this run).
 SELECT p.account_id, p.id, p.chain_id, p.subscription_id, p.base_plan_id,
        s.plan_id AS pricing_plan_id, p.period_start, p.period_end, p.closes_at, p.trial_end,
-       p.invoice_id, p.legacy
+       p.invoice_id, p.legacy, p.checked_at, p.settled
 FROM billing_periods p
 JOIN subscriptions s ON s.account_id = p.account_id AND s.id = p.subscription_id
 WHERE p.invoice_id IS NULL AND p.closes_at <= :now::timestamptz
@@ -430,15 +439,14 @@ FOR UPDATE OF i SKIP LOCKED;
 
 -- name: list_ended_chain_periods :many
 -- Periods of ended chains (no live subscription, every period invoiced, no
--- draft) that closed after :since and were billed by this library's lines:
--- a late change of their usage needs a standalone adjustment invoice.
+-- draft) not yet settled: a late change of their usage needs a standalone
+-- adjustment invoice. In id order, after :after_id.
 SELECT p.account_id, p.id, p.chain_id, p.subscription_id, p.base_plan_id,
        s.plan_id AS pricing_plan_id, p.period_start, p.period_end, p.closes_at, p.trial_end,
-       p.invoice_id, p.legacy
+       p.invoice_id, p.legacy, p.checked_at, p.settled
 FROM billing_periods p
 JOIN subscriptions s ON s.account_id = p.account_id AND s.id = p.subscription_id
-WHERE p.closes_at > :since::timestamptz AND p.invoice_id IS NOT NULL AND NOT p.legacy
-  AND p.id > :after_id
+WHERE NOT p.settled AND p.invoice_id IS NOT NULL AND p.id > :after_id
   AND NOT EXISTS (
       SELECT 1 FROM subscriptions l
       WHERE l.account_id = p.account_id AND l.chain_id = p.chain_id

@@ -234,9 +234,11 @@ class BillingPeriod(BaseModel):
     ``trial_end``; usage accepted in ``[period_start, closes_at)`` is priced by
     ``pricing_plan_id`` (the plan in force when it closed). ``closes_at`` is
     ``period_end``, or the instant the chain was canceled inside the period.
-    ``invoice_id`` is the period's invoice once made; ``legacy`` periods were
-    invoiced before billing periods existed, and late usage of them is not
-    adjusted.
+    ``invoice_id`` is the period's invoice once made; ``checked_at`` when an
+    issued invoice last billed its usage; ``settled`` once that was long
+    enough after its close that its usage cannot change (late usage and
+    cancellations are adjusted until then). ``legacy`` periods were invoiced
+    before billing periods existed; they are settled.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -253,6 +255,8 @@ class BillingPeriod(BaseModel):
     trial_end: datetime | None
     invoice_id: int | None
     legacy: bool
+    checked_at: datetime | None
+    settled: bool
 
 
 class PendingItem(BaseModel):

@@ -20,7 +20,7 @@ from .._billing import usage_lines
 from .._repository import many
 from ..errors import DataLayerError
 from ..models.billing import BillingPeriod, BillingRunResult
-from .invoicing import ADJUSTMENT_HORIZON, Invoicing, _period
+from .invoicing import Invoicing, _period
 from .subscriptions import SubscriptionRepository
 
 log = logging.getLogger("datalayer")
@@ -126,9 +126,8 @@ class BillingRun(Invoicing):
     def _ended_chains(self, now: datetime, batch: int, counts: _Counts) -> None:
         """Give each ended chain whose billed usage changed a standalone adjustment invoice."""
         after = 0
-        since = now - ADJUSTMENT_HORIZON
         while True:
-            periods = self._ended(since=since, after_id=after, batch=batch)
+            periods = self._ended(after_id=after, batch=batch)
             chains: dict[tuple[int, int], list[BillingPeriod]] = {}
             for p in periods:
                 chains.setdefault((p.account_id, p.chain_id), []).append(p)
@@ -150,6 +149,8 @@ class BillingRun(Invoicing):
         assert probe is not None  # ended chains' periods are invoiced
         usage = self._usage(probe.model_copy(update={"id": 0}), members)
         if not any(usage_lines(_period(p), usage.get(p.id, []), own=False) for p in members):
+            # Nothing changed: checked now, and settled once past the horizon.
+            self._checked(first.account_id, [p.id for p in members], now)
             return
         made = self._insert_invoice(
             account_id=first.account_id,

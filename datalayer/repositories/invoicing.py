@@ -75,6 +75,7 @@ class Invoicing(Repository):
     _lock_period = one("lock_billing_period", BillingPeriod)
     _set_period_invoice = execute("set_period_invoice")
     _adjustable = many("list_adjustable_periods", BillingPeriod)
+    _mark_checked = execrows("mark_periods_checked")
     _billed = many("list_billed_usage", _Billed)
     _attach = many("attach_pending_items", PendingItem)
     _detach = execrows("detach_pending_items")
@@ -202,7 +203,15 @@ class Invoicing(Repository):
         carried = carried_credit(made.lines)
         if carried:
             self._grant(issued, carried, source="carryover", invoice_id=issued.id)
+        self._checked(invoice.account_id, self._considered, issued.finalized_at or now)
         return issued
+
+    def _checked(self, account_id: int, period_ids: list[int], at: datetime | None) -> None:
+        """The usage of these periods is billed as accepted at ``at`` (issued, not a draft)."""
+        if period_ids and at is not None:
+            self._mark_checked(
+                account_id=account_id, ids=period_ids, now=at, horizon=ADJUSTMENT_HORIZON
+            )
 
     def _grant(
         self,
@@ -272,11 +281,9 @@ class Invoicing(Repository):
         self._delete_lines(account_id=account_id, invoice_id=invoice.id)
         before = period.period_start if period is not None else None
         earlier = self._adjustable(
-            account_id=account_id,
-            chain_id=chain_id,
-            before=before or now + ADJUSTMENT_HORIZON,
-            since=now - ADJUSTMENT_HORIZON,
+            account_id=account_id, chain_id=chain_id, before=before or _FAR_FUTURE
         )
+        self._considered = [p.id for p in earlier] + ([period.id] if period else [])
         usage = self._usage(invoice, [*earlier, *([period] if period else [])])
         lines: list[Line] = []
         if period is not None:

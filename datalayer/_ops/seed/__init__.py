@@ -161,7 +161,7 @@ def link_billing_periods(conn: psycopg.Connection[Any], result: SeedResult) -> N
                 RETURNING i.account_id, i.id, i.billing_period_id, i.status
             )
             UPDATE billing_periods b
-            SET invoice_id = l.id, legacy = l.status <> 'draft'
+            SET invoice_id = l.id, legacy = l.status <> 'draft', settled = l.status <> 'draft'
             FROM linked l
             WHERE b.account_id = l.account_id AND b.id = l.billing_period_id
             """
