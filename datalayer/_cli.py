@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -21,6 +22,7 @@ from ._conninfo import check_conninfo, redact, secrets_in, with_dbname
 from ._ops import migrate as _migrate
 from ._ops.roles import admin_url, apply_roles
 from ._settings import Settings
+from ._validation import EARLIEST, LATEST
 from .errors import DataLayerError, InvalidInput
 
 log = logging.getLogger("datalayer")
@@ -132,6 +134,22 @@ def _cmd_rollups(args: argparse.Namespace) -> int:
         f"{result.analytics_days} analytics account-day(s), {result.batches} batch(es)"
     )
     return 0
+
+
+def _cmd_billing(args: argparse.Namespace) -> int:
+    import time
+
+    from ._database import Database
+
+    started = time.monotonic()
+    with Database(_settings(args)) as db:
+        result = db.billing.run(
+            now=args.now, grace=timedelta(minutes=args.grace_minutes), batch=args.batch_size
+        )
+    seconds = time.monotonic() - started
+    counts = ", ".join(f"{name} {value}" for name, value in result.model_dump().items())
+    print(f"billing run: {counts} ({seconds:.1f}s)")
+    return 1 if result.failed else 0
 
 
 def _cmd_seed(args: argparse.Namespace) -> int:
@@ -357,6 +375,19 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _instant(text: str) -> datetime:
+    """An argparse type: an ISO 8601 instant with its offset, 1900 to 8999."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 instant: {text!r}") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give the offset too (e.g. {text}+00:00)")
+    if not EARLIEST <= value < LATEST:
+        raise argparse.ArgumentTypeError("must be from 1900-01-01 up to 9000-01-01 UTC")
+    return value
+
+
 def _month(text: str) -> str:
     """An argparse type: a month ``YYYY-MM`` from 1900-01 to 8999-12."""
     from datetime import datetime
@@ -431,6 +462,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_ranged(1, 100_000), default=5000, help="queue rows per transaction"
     )
     rollups.set_defaults(func=_cmd_rollups)
+    billing = sub.add_parser(
+        "billing", help="run the billing cycle: renew, invoice closed periods, finalise, credit"
+    )
+    billing.add_argument("action", choices=["run"])
+    billing.add_argument(
+        "--now", type=_instant, metavar="ISO", help="the run's clock (default: now), e.g. a replay"
+    )
+    billing.add_argument(
+        "--grace-minutes", type=_ranged(0, 43_200), default=60,
+        help="finalise drafts this long after their period closes (60)",
+    )  # fmt: skip
+    billing.add_argument(
+        "--batch-size", type=_ranged(1, 1000), default=50, help="work items per transaction (50)"
+    )
+    billing.set_defaults(func=_cmd_billing)
     seed = sub.add_parser("seed", help="load a deterministic, realistic data set")
     seed.add_argument("--accounts", type=_ranged(1, 1_000_000), default=1000)
     seed.add_argument(

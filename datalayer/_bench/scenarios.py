@@ -171,6 +171,7 @@ def run_bench(
     if db.cache.enabled:
         _auth(db, results, profile, heavy)
     _domain_scenarios(db, results, profile)
+    _billing_run(db, results)
     _ingestion(db, results, profile, heavy)
     return results
 
@@ -411,6 +412,35 @@ def _analytics(
         )
 
     _group(results, [("dau_30d", dau), ("latency_percentiles_day", latency)], profile)
+
+
+class _RolledBack(Exception):
+    pass
+
+
+def _billing_run(db: Database, results: list[Result]) -> None:
+    """``billing_run``: the cycle at the next month's start plus two hours, per invoice made.
+
+    Every live subscription of the seed renews and every closed period is
+    invoiced and finalised, in one unit of work that is rolled back: the data
+    stays as the seed made it. The figure is µs per invoice generated.
+    """
+    now = datetime.now(UTC)
+    next_month = (now.replace(day=1) + timedelta(days=32)).replace(
+        day=1, hour=2, minute=0, second=0, microsecond=0
+    )
+    started = time.perf_counter()
+    generated = 0
+    try:
+        with db.unit_of_work() as uow:
+            outcome = uow.billing.run(now=next_month)
+            generated = outcome.generated
+            seconds = time.perf_counter() - started
+            raise _RolledBack
+    except _RolledBack:
+        pass
+    if generated:
+        results.append(_throughput("billing_run", generated, seconds))
 
 
 def _ingestion(db: Database, results: list[Result], profile: Profile, heavy: int) -> None:

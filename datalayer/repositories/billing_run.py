@@ -101,13 +101,12 @@ class BillingRun(Invoicing):
             with self._atomic() as tx:
                 claimed = tx._claim_periods(now=now, batch=batch, skip_ids=skip)
                 for period in claimed:
-                    done = tx._item(
+                    tx._item(
                         counts,
                         f"billing period {period.id}",
                         _bind(tx._period, period, now, grace, counts),
                     )
-                    if not done:
-                        skip.append(period.id)
+                    skip.append(period.id)  # once per run, whatever happened to it
             if not claimed:
                 return
 

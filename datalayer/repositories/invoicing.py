@@ -126,6 +126,10 @@ class Invoicing(Repository):
             existing = self._by_period(account_id=period.account_id, billing_period_id=period.id)
             if existing is None:
                 raise self._draft_in_the_way(period)
+        if period.invoice_id is None:  # the invoice was linked to the period, not both ways
+            self._set_period_invoice(
+                account_id=period.account_id, id=period.id, invoice_id=existing.id
+            )
         if existing.status != "draft":
             return self._with_lines(existing), False
         locked = self._lock(account_id=existing.account_id, id=existing.id)

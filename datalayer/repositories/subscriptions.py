@@ -74,7 +74,9 @@ class SubscriptionRepository(Repository):
         Trialing until ``now + trial_days`` when ``trial`` is asked for and the
         plan has trial days, else active (a trial is opt-in: the data layer
         cannot know whether the account had one before). The first period is
-        ``[now, now + interval)`` and the billing anchor is ``now``.
+        ``[now, now + interval)`` and the billing anchor is ``now``. The
+        subscription starts its own chain (``chain_id = id``) and the period's
+        billing period is written with it (README: the billing model).
 
         Raises ``LiveSubscriptionExists`` when the account already has a live
         subscription (also when two callers start one at the same moment: one
@@ -243,9 +245,12 @@ class SubscriptionRepository(Repository):
     ) -> Subscription:
         """End a live subscription at once: canceled, with ``canceled_at = ended_at = now``.
 
-        A pending downgrade is dropped. Raises ``NotFound`` when the account has
-        no such subscription, ``InvalidTransition`` (nothing changed) when it
-        is not live.
+        A pending downgrade is dropped. The chain's billing period closes at
+        ``now``: its usage window ends there and its invoice bills the period's
+        base fee in full (no credit for the unused time, as Stripe's default;
+        issue a credit note to give some back). Raises ``NotFound`` when the
+        account has no such subscription, ``InvalidTransition`` (nothing
+        changed) when it is not live.
         """
         with self._changing() as tx:
             subscription = tx._cancel_now(account_id=account_id, id=subscription_id, now=now)
@@ -281,8 +286,10 @@ class SubscriptionRepository(Repository):
         successor, ``replaces_id`` pointing back, starts the next one), or
         moved one interval forward; a trial that ended by the period end
         becomes active. Period ends stay on the billing anchor's grid (Jan 31,
-        Feb 28, Mar 31). Rows another renewer holds are skipped, so concurrent
-        renewers never handle one subscription twice.
+        Feb 28, Mar 31). Each chain that goes on opens its next billing period
+        in the same statement. Rows another renewer holds are skipped, so
+        concurrent renewers never handle one subscription twice. The billing
+        run (``billing.run``) calls this first.
 
         Returns how many subscriptions were handled; call again until it
         returns 0 (a subscription many periods behind advances one period per

@@ -64,7 +64,7 @@ def test_every_scenario_runs_at_one_and_four_threads(results: list[Result]) -> N
     seen = {(r.name, r.threads) for r in results}
     for name in LATENCY:
         assert {(name, 1), (name, 4)} <= seen, name
-    assert {("raw_copy", 1), ("ingest_exactly_once", 1)} <= seen
+    assert {("raw_copy", 1), ("ingest_exactly_once", 1), ("billing_run", 1)} <= seen
     assert {("usage_summary_rollup_10x", 1), ("usage_summary_raw_10x", 4)} <= seen
 
 

@@ -521,3 +521,22 @@ def test_a_run_that_dies_mid_batch_loses_nothing_and_the_next_run_finishes(
     assert row == (0,)
     resumed = db.billing.run(now=T1 + 2 * HOUR)
     assert (resumed.generated, resumed.finalized) == (5, 5)
+
+
+def test_a_period_whose_invoice_is_not_linked_back_is_healed_and_the_run_ends(
+    db: Database, sub: Subscription
+) -> None:
+    db.billing.run(now=T1 + 2 * HOUR)
+    with db.connection() as conn:  # as an older seed left it: the invoice names the period only
+        conn.execute(
+            "UPDATE billing_periods SET invoice_id = NULL WHERE account_id = %s", [sub.account_id]
+        )
+    healed = db.billing.run(now=T1 + 2 * HOUR)
+    assert (healed.generated, healed.failed) == (0, 0)
+    with db.connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM billing_periods WHERE account_id = %s AND invoice_id IS NULL"
+            " AND period_start = %s",
+            [sub.account_id, T0],
+        ).fetchone()
+    assert row == (0,)

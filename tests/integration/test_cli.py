@@ -134,3 +134,25 @@ def test_backup_verify_restore_and_archive_commands(
     dry = run("archive", "--dry-run", "--out", str(tmp_path / "archive"), url=fresh_admin_url)
     assert dry.returncode == 0, dry.stderr
     assert "nothing older than 13 months" in dry.stdout
+
+
+def test_billing_run_invoices_a_closed_period_once_and_prints_its_counts(fresh_url: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from datalayer import Database, Settings
+
+    start = datetime.now(UTC).replace(microsecond=0)
+    with Database(Settings(database_url=fresh_url)) as db:
+        draft = db.plans.create_draft(
+            code="daily", name="Daily", billing_interval="day", base_price_minor=100,
+            currency="USD",
+        )  # fmt: skip
+        plan = db.plans.publish(plan_id=draft.id)
+        account = db.accounts.create(name="Cron")
+        db.subscriptions.start(account_id=account.id, plan_id=plan.id, now=start)
+    at = (start + timedelta(days=1, hours=2)).isoformat()
+    first = run("billing", "run", "--now", at, url=fresh_url)
+    assert first.returncode == 0, first.stderr
+    assert "billing run: renewed 1, generated 1, refreshed 0, finalized 1," in first.stdout
+    again = run("billing", "run", "--now", at, url=fresh_url)
+    assert "renewed 0, generated 0, refreshed 0, finalized 0," in again.stdout

@@ -33,6 +33,12 @@ BAD = [
     ["export-account", str(2**63), "--out", "x.tar.gz"],
     ["export-account", "abc", "--out", "x.tar.gz"],
     ["restore", "dump.dump"],
+    ["billing", "run", "--now", "2026-01-01T00:00:00"],
+    ["billing", "run", "--now", "yesterday"],
+    ["billing", "run", "--now", "9999-12-31T23:00:00-05:00"],
+    ["billing", "run", "--grace-minutes", "-1"],
+    ["billing", "run", "--batch-size", "0"],
+    ["billing", "invoice"],
 ]
 
 

@@ -135,35 +135,39 @@ def link_billing_periods(conn: psycopg.Connection[Any], result: SeedResult) -> N
     a seeded draft's period is not, and the billing run makes it properly.
     """
     with conn.transaction():
+        # Three statements: a data-modifying CTE's rows are invisible to the rest of
+        # its statement, so the periods must exist before invoices name them.
         conn.execute(
             """
-            WITH periods AS (
-                INSERT INTO billing_periods (account_id, chain_id, subscription_id, base_plan_id,
-                                             period_start, period_end, closes_at, trial_end,
-                                             created_at)
-                SELECT account_id, chain_id, id, plan_id, current_period_start,
-                       current_period_end,
-                       CASE WHEN status = 'canceled'
-                            THEN greatest(current_period_start, least(ended_at, current_period_end))
-                            ELSE current_period_end END,
-                       CASE WHEN trial_end > current_period_start THEN trial_end END,
-                       current_period_start
-                FROM subscriptions
-                WHERE status <> 'incomplete'
-                RETURNING account_id, id, chain_id, period_start
-            ), linked AS (
-                UPDATE invoices i
-                SET chain_id = p.chain_id, billing_period_id = p.id
-                FROM periods p, subscriptions s
-                WHERE s.account_id = i.account_id AND s.id = i.subscription_id
-                  AND p.account_id = s.account_id AND p.chain_id = s.chain_id
-                  AND p.period_start = i.period_start
-                RETURNING i.account_id, i.id, i.billing_period_id, i.status
-            )
-            UPDATE billing_periods b
-            SET invoice_id = l.id, legacy = l.status <> 'draft', settled = l.status <> 'draft'
-            FROM linked l
-            WHERE b.account_id = l.account_id AND b.id = l.billing_period_id
+            INSERT INTO billing_periods (account_id, chain_id, subscription_id, base_plan_id,
+                                         period_start, period_end, closes_at, trial_end,
+                                         created_at)
+            SELECT account_id, chain_id, id, plan_id, current_period_start, current_period_end,
+                   CASE WHEN status = 'canceled'
+                        THEN greatest(current_period_start, least(ended_at, current_period_end))
+                        ELSE current_period_end END,
+                   CASE WHEN trial_end > current_period_start THEN trial_end END,
+                   current_period_start
+            FROM subscriptions
+            WHERE status <> 'incomplete'
+            """
+        )
+        conn.execute(
+            """
+            UPDATE invoices i
+            SET chain_id = p.chain_id, billing_period_id = p.id
+            FROM billing_periods p, subscriptions s
+            WHERE s.account_id = i.account_id AND s.id = i.subscription_id
+              AND p.account_id = s.account_id AND p.chain_id = s.chain_id
+              AND p.period_start = i.period_start
+            """
+        )
+        conn.execute(
+            """
+            UPDATE billing_periods p
+            SET invoice_id = i.id, legacy = i.status <> 'draft', settled = i.status <> 'draft'
+            FROM invoices i
+            WHERE i.account_id = p.account_id AND i.billing_period_id = p.id
             """
         )
         count = conn.execute("SELECT count(*) FROM billing_periods").fetchone()
