@@ -43,10 +43,10 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import redis
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ._cachecore import (
     CLAIM,
@@ -65,6 +65,8 @@ from ._cachecore import (
     new_generation,
     wall_ms,
 )
+from ._conninfo import check_redis_url
+from ._validation import validated
 from .errors import DataLayerError, InvalidInput
 from .models.cached import PendingInvalidation
 
@@ -76,6 +78,37 @@ M = TypeVar("M", bound=BaseModel)
 
 JOURNAL_PAGE = 1000  # pending invalidations read per query
 _JOURNAL_PAGES = 20  # a read that finds more leaves the rest for the next one
+
+
+# What the public methods accept. A tag or name is any text that fits a sane key;
+# a namespace is one word, so that keys stay readable and scannable by prefix.
+Tag = Annotated[str, Field(min_length=1, max_length=1024)]
+Namespace = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
+Pause = Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)]
+Millis = Annotated[int, Field(ge=1, le=3_600_000)]
+
+
+def _refuse_ttl(value: Any, field: str, *, zero: bool) -> None:
+    """Refuse a TTL that is not a real number of seconds in range (``zero``: 0 allowed)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    low_ok = number and (value >= 0 if zero else value > 0)
+    if not (low_ok and value <= MAX_TTL):  # NaN fails both comparisons
+        low = "0" if zero else "more than 0"
+        raise InvalidInput(f"must be a number of seconds, {low} to {MAX_TTL:g}", field=field)
+
+
+def _checked(build: Callable[[], M | None], model: type[M]) -> Callable[[], M | None]:
+    """``build``, refusing a result that is neither a ``model`` nor ``None``."""
+
+    def checked() -> M | None:
+        value = build()
+        if value is not None and not isinstance(value, model):
+            kind = type(value).__name__
+            raise InvalidInput(f"returned {kind}, not {model.__name__} or None", field="build")
+        return value
+
+    return checked
 
 
 def _text(raw: Any) -> str:
@@ -90,23 +123,30 @@ class Cache:
     rather than trusting Redis or inventing a key of its own.
     """
 
+    @validated
     def __init__(
         self,
         url: str | None,
         *,
         keys: SigningKeys | None = None,
-        namespace: str = "dl",
-        version: int = 2,
-        socket_timeout: float = 0.1,
-        cooldown: float = 1.0,
-        lock_ms: int = 2000,
-        wait_ms: int = 500,
-        journal_every: float = 1.0,
+        namespace: Namespace = "dl",
+        version: Annotated[int, Field(ge=0, le=1_000_000)] = 2,
+        socket_timeout: Seconds = 0.1,
+        cooldown: Pause = 1.0,
+        lock_ms: Millis = 2000,
+        wait_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 500,
+        journal_every: Seconds = 1.0,
     ):
-        if url and keys is None:
-            raise InvalidInput(
-                "a Redis URL needs the keys that sign cached values", field="DATALAYER_CACHE_KEYS"
-            )
+        if url:
+            try:
+                check_redis_url(url)
+            except ValueError as exc:
+                raise InvalidInput(str(exc), field="url") from None
+            if keys is None:
+                raise InvalidInput(
+                    "a Redis URL needs the keys that sign cached values",
+                    field="DATALAYER_CACHE_KEYS",
+                )
         self.namespace = namespace
         self.version = version
         self.lock_ms = lock_ms
@@ -144,7 +184,8 @@ class Cache:
         return self._breaker.cooldown
 
     @cooldown.setter
-    def cooldown(self, seconds: float) -> None:
+    @validated
+    def cooldown(self, seconds: Pause) -> None:
         self._breaker.cooldown = seconds
 
     @property
@@ -153,13 +194,16 @@ class Cache:
         return self._freshness.every
 
     @journal_every.setter
-    def journal_every(self, seconds: float) -> None:
+    @validated
+    def journal_every(self, seconds: Seconds) -> None:
         self._freshness.every = seconds
 
-    def key(self, tag: str, name: str) -> str:
+    @validated
+    def key(self, tag: Tag, name: Tag) -> str:
         """The full Redis key of ``name`` under hash tag ``tag``."""
         return cache_key(self.namespace, self.version, tag, name)
 
+    @validated
     def attach_journal(
         self,
         read: Callable[[int], Sequence[PendingInvalidation]],
@@ -305,10 +349,18 @@ class Cache:
         ``negative_ttl`` outside [0, ``MAX_TTL``], and never a Redis error:
         without Redis this is ``build()``.
         """
-        if not 0 < ttl <= MAX_TTL:
-            raise InvalidInput(f"must be more than 0 and at most {MAX_TTL:g} s", field="ttl")
-        if not 0 <= negative_ttl <= MAX_TTL:
-            raise InvalidInput(f"must be 0 to {MAX_TTL:g} s", field="negative_ttl")
+        # Plain checks rather than @validated: this is every cached read's hot path.
+        if type(tag) is not str or not 0 < len(tag) <= 1024:
+            raise InvalidInput("must be text of 1 to 1024 characters", field="tag")
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise InvalidInput("must be a pydantic model class", field="model")
+        if not callable(build):
+            raise InvalidInput("must be callable", field="build")
+        if after_hit is not None and not callable(after_hit):
+            raise InvalidInput("must be callable or None", field="after_hit")
+        _refuse_ttl(ttl, "ttl", zero=False)
+        _refuse_ttl(negative_ttl, "negative_ttl", zero=True)
+        build = _checked(build, model)
         if not self._available():
             return build()
         client, keys = self._client, self._keys
@@ -391,7 +443,8 @@ class Cache:
             self._failed(exc)
         return build()
 
-    def remember(self, tag: str, name: str, seconds: float) -> bool:
+    @validated
+    def remember(self, tag: Tag, name: Tag, seconds: Seconds) -> bool:
         """Set a marker for ``seconds`` unless it exists; True if this call set it.
 
         For "at most once per interval" work; False (do not do it) when Redis
@@ -402,14 +455,16 @@ class Cache:
         client = self._client
         assert client is not None
         try:
-            return bool(client.set(self.key(tag, name), b"1", nx=True, px=int(seconds * 1000)))
+            marker = self.key(tag, name)
+            return bool(client.set(marker, b"1", nx=True, px=max(1, int(seconds * 1000))))
         except redis.RedisError as exc:
             self._failed(exc)
             return False
 
     # -- invalidation -------------------------------------------------------------------
 
-    def invalidate(self, *tags: str) -> None:
+    @validated
+    def invalidate(self, *tags: Tag) -> None:
         """Make every value under these tags stale: a new generation, the value deleted.
 
         Call after the writing transaction commits. If Redis is away the tags
@@ -422,6 +477,7 @@ class Cache:
             return
         self._send(sorted(set(tags)))
 
+    @validated
     def apply(self, entries: Sequence[PendingInvalidation]) -> None:
         """After their transaction committed: invalidate the entries' tags, then forget them.
 

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from redis.connection import parse_url
 
 __all__ = [
     "check_conninfo",
+    "check_redis_url",
     "conninfo_params",
     "redact",
     "secrets_in",
@@ -258,13 +260,33 @@ def check_conninfo(conninfo: str) -> None:
         _, problem = _parse_uri(conninfo)
         if problem is not None:
             raise ValueError(f"{problem}: {redact(conninfo)}; {_ENCODE_HINT}")
-        return
     try:
-        conninfo_to_dict(conninfo)
+        params = conninfo_to_dict(conninfo)
     except Exception:
         kind = "URL" if _OTHER_SCHEME.match(conninfo) else "key=value connection string"
         shown = f": {redact(conninfo)}" if kind == "URL" else ""
         raise ValueError(
             f"not a valid PostgreSQL {kind}{shown} (URLs start with postgresql://;"
             " quote key=value values that hold spaces or quotes with '...')"
+        ) from None
+    # libpq only reads the port when it connects; refuse a bad one now. A multi-host
+    # conninfo lists one port per host, or one for all; empty means the default.
+    for port in str(params.get("port") or "").split(","):
+        if port.strip() and not (port.strip().isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"port {port.strip()!r} is not a TCP port (1-65535)")
+
+
+def check_redis_url(url: str) -> None:
+    """Raise ``ValueError`` when redis-py cannot use ``url``, with a message free of secrets.
+
+    redis-py's own message may quote a piece of the password (an unencoded
+    ``#``, ``/`` or ``?`` in it ends the authority early), so it is not repeated.
+    """
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError:
+        raise ValueError(
+            f"is not a Redis URL redis-py can use ({redact(url)}): the scheme must be "
+            "redis://, rediss:// or unix://, the port 0-65535, and a password's '#', "
+            "'/', '?', '@' and '%' percent-encoded (%23, %2F, %3F, %40, %25)"
         ) from None

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from ._cachecore import SigningKeys
-from ._conninfo import check_conninfo, redact
+from ._conninfo import check_conninfo, check_redis_url, redact
 from .errors import InvalidInput
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/datalayer"
@@ -40,6 +40,17 @@ _ENV = {
     "DATALAYER_PREPARE_THRESHOLD": "prepare_threshold",
     "DATALAYER_JIT": "jit",
 }
+
+
+_VAR = {field: var for var, field in _ENV.items()}
+
+
+def _refusal(exc: ValidationError) -> InvalidInput:
+    """The first problem pydantic found, as ``InvalidInput`` naming the field."""
+    err = exc.errors()[0]
+    name = str(err["loc"][0]) if err["loc"] else ""
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return InvalidInput(message, field=name or None)
 
 
 class Settings(BaseModel):
@@ -90,10 +101,27 @@ class Settings(BaseModel):
     prepare_threshold: int | None = Field(default=5, ge=0)
     jit: bool = False
 
-    @field_validator("database_url")
+    def __init__(self, **values: Any) -> None:
+        # pydantic's ValidationError is not a DataLayerError: refuse with InvalidInput
+        # naming the field, as every public entry point does.
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _refusal(exc) from None
+
+    @field_validator("database_url", "admin_url")
     @classmethod
-    def _usable_database_url(cls, value: str) -> str:
-        check_conninfo(value)  # its message never holds the password
+    def _usable_conninfo(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_conninfo(value)  # its message never holds the password
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _usable_redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        check_redis_url(value)
         return value
 
     @field_validator("pool_max_size")
@@ -141,12 +169,9 @@ class Settings(BaseModel):
         values.update(overrides)
         try:
             return cls(**values)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            name = str(err["loc"][0]) if err["loc"] else ""
-            var = next((v for v, f in _ENV.items() if f == name), name)
-            message = str(err["msg"]).removeprefix("Value error, ")
-            raise InvalidInput(message, field=var or None) from None
+        except InvalidInput as exc:  # name the variable the value came from
+            message = str(exc).removeprefix(f"{exc.field}: ")
+            raise InvalidInput(message, field=_VAR.get(exc.field or "", exc.field)) from None
 
     @property
     def safe_database_url(self) -> str:

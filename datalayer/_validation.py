@@ -203,7 +203,8 @@ def _message(error: ErrorDetails) -> str:
     return str(error["msg"]).removeprefix("Value error, ")
 
 
-_CONFIG = ConfigDict(strict=True, str_strip_whitespace=False)
+# arbitrary types: a class of ours in a signature (SigningKeys) is checked by isinstance.
+_CONFIG = ConfigDict(strict=True, str_strip_whitespace=False, arbitrary_types_allowed=True)
 
 
 def validated(func: Callable[P, R]) -> Callable[P, R]:
@@ -219,6 +220,7 @@ def validated(func: Callable[P, R]) -> Callable[P, R]:
     """
     checked = validate_call(config=_CONFIG)(func)
     fast: dict[str, Callable[[Any], bool]] | None = None
+    positional = _positional_names(func)
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -236,11 +238,26 @@ def validated(func: Callable[P, R]) -> Callable[P, R]:
             return checked(*args, **kwargs)
         except ValidationError as exc:
             error = exc.errors(include_url=False, include_input=False)[0]
-            loc = [str(part) for part in error["loc"] if not isinstance(part, int)]
-            raise InvalidInput(_message(error), field=".".join(loc) or None) from None
+            loc = list(error["loc"])
+            if loc and isinstance(loc[0], int):  # a positional argument: its parameter's name
+                loc[0] = positional[min(loc[0], len(positional) - 1)] if positional else ""
+            field = ".".join(str(part) for part in loc if not isinstance(part, int) and part)
+            raise InvalidInput(_message(error), field=field or None) from None
 
     wrapper.__validated__ = True  # type: ignore[attr-defined]
     return wrapper
+
+
+def _positional_names(func: Callable[..., Any]) -> list[str]:
+    """The names of ``func``'s positional parameters by index; a ``*args`` one last,
+    so that every index past the named ones maps to it."""
+    names = []
+    for param in inspect.signature(func).parameters.values():
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD, param.VAR_POSITIONAL):
+            names.append(param.name)
+            if param.kind is param.VAR_POSITIONAL:
+                break
+    return names
 
 
 def _is_id(value: Any) -> bool:

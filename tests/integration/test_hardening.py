@@ -435,7 +435,7 @@ JSON_VALUES = st.recursive(
 
 
 @settings(
-    max_examples=300,
+    max_examples=120,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

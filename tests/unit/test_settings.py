@@ -11,7 +11,6 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import ValidationError
 
 from datalayer import Database, InvalidInput, Settings
 from datalayer._conninfo import redact, secrets_in
@@ -244,12 +243,13 @@ def test_no_password_shows_in_settings_the_safe_url_or_the_database_whatever_it_
 ) -> None:
     urls = urls_with_password(password, host="db.internal", port=5432, dbname="prod")
     for form, url in urls.items():
-        refused: ValidationError | None = None
+        refused: InvalidInput | None = None
         try:
             settings = Settings(database_url=url)
-        except ValidationError as exc:
+        except InvalidInput as exc:
             refused = exc
         if refused is not None:
+            assert refused.field == "database_url"
             assert form not in ALWAYS_VALID, f"{form} refused: {refused}"
             texts = [str(refused), repr(refused), redact(url)]
             with pytest.raises(InvalidInput) as env_info:
@@ -376,3 +376,40 @@ def test_the_reconnect_cap_is_read_from_the_environment_and_must_be_sane() -> No
     with pytest.raises(InvalidInput) as info:
         Settings.from_env({"DATALAYER_POOL_RECONNECT_MAX_DELAY": "0"})
     assert info.value.field == "DATALAYER_POOL_RECONNECT_MAX_DELAY"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [
+        ({"pool_min_size": -1}, "pool_min_size"),
+        ({"pool_max_size": "eight"}, "pool_max_size"),
+        ({"pool_min_size": 4, "pool_max_size": 2}, "pool_max_size"),
+        ({"statement_timeout_ms": 1.5}, "statement_timeout_ms"),
+        ({"app_role": "Robert'); DROP"}, "app_role"),
+        ({"no_such_setting": 1}, "no_such_setting"),
+        ({"database_url": "postgresql://h:99999/db"}, "database_url"),
+        ({"database_url": "host=a,b port=5432,0"}, "database_url"),
+        ({"admin_url": "host=h port=abc"}, "admin_url"),
+        ({"redis_url": "http://h", "cache_keys": "k:" + "ab" * 32}, "redis_url"),
+        ({"redis_url": "redis://h:6379/0"}, "cache_keys"),
+    ],
+)
+def test_settings_refuses_bad_arguments_with_invalid_input_naming_the_field(
+    arguments: dict[str, object], field: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        Settings(**arguments)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+def test_a_redis_url_with_an_unencoded_password_character_is_refused_without_showing_it() -> None:
+    keys = "k:" + "ab" * 32
+    for password in ("s3cr#et", "s3c/ret", "s3c?ret"):
+        url = f"redis://:{password}@cache.internal:6379/0"
+        with pytest.raises(InvalidInput) as info:
+            Settings.from_env({"REDIS_URL": url, "DATALAYER_CACHE_KEYS": keys})
+        assert info.value.field == "REDIS_URL"
+        assert "cache.internal" in str(info.value)
+        assert "s3" not in str(info.value)
+        encoded = url.replace("#", "%23").replace("/ret", "%2Fret").replace("?", "%3F")
+        assert Settings(redis_url=encoded, cache_keys=keys).redis_url == encoded
