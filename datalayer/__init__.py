@@ -4,6 +4,7 @@ from ._cache import Cache
 from ._cachecore import CacheStats
 from ._cached import CachedReads
 from ._database import Database, Isolation
+from ._health import HealthThresholds
 from ._loader import Query
 from ._paging import Page
 from ._settings import Settings
@@ -38,6 +39,7 @@ from .repositories import (
     BillingRepository,
     CacheInvalidationRepository,
     FileRepository,
+    MaintenanceRepository,
     PlanRepository,
     QuotaRepository,
     RollupRepository,
@@ -58,6 +60,8 @@ __all__ = [
     "CacheStats",
     "CachedReads",
     "CheckViolation",
+    "HealthThresholds",
+    "MaintenanceRepository",
     "ConcurrencyConflict",
     "DataLayerError",
     "Database",

@@ -152,6 +152,112 @@ def _cmd_billing(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _worker(args: argparse.Namespace) -> Any:
+    from ._ops.worker import Worker, WorkerSettings
+
+    only = None
+    if args.only:
+        only = tuple(name.strip() for name in args.only.split(",") if name.strip())
+    return Worker(_settings(args), WorkerSettings.from_env(poll=args.poll, only=only))
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    with _worker(args) as worker:
+        if args.once:
+            run = worker.run_once(args.once)
+            print(
+                f"{run.job}: {run.outcome}, {run.rows_touched} rows"
+                + (f" ({run.error})" if run.error else "")
+            )
+            return 0 if run.outcome == "ok" else 1
+        worker.install_signal_handlers()
+        worker.run()
+    return 0
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    import json
+    from datetime import UTC, datetime
+
+    from ._database import Database
+    from ._ops.worker import JOBS, WorkerSettings
+
+    config = WorkerSettings.from_env()
+    now = datetime.now(UTC)
+    with Database(_settings(args)) as db:
+        known = {job.job: job for job in db.maintenance.jobs()}
+        lags = db.maintenance.lags(now=now)
+    rows: list[dict[str, Any]] = []
+    for name in JOBS:
+        state = known.get(name)
+        every = config.interval(name)
+        rows.append(
+            {
+                "job": name,
+                "every_s": every,
+                "next_due_at": state.next_due_at.isoformat() if state else None,
+                "last_outcome": state.last_outcome if state else None,
+                "last_started_at": (
+                    state.last_started_at.isoformat() if state and state.last_started_at else None
+                ),
+                "last_rows": state.last_rows_touched if state else None,
+                "failures": state.failures if state else 0,
+                "last_error": state.last_error if state else None,
+            }
+        )
+    if args.json:
+        print(json.dumps({"jobs": rows, "lags": lags.model_dump(mode="json")}, indent=2))
+        return 0
+    print(f"{'job':<13} {'every':>8} {'last run':<20} {'outcome':<11} {'rows':>7} {'next due':<20}")
+    for row in rows:
+        interval = "off" if row["every_s"] is None else f"{row['every_s']:g}s"
+        started = (row["last_started_at"] or "never")[:19]
+        due = (row["next_due_at"] or "-")[:19]
+        rows_text = "-" if row["last_rows"] is None else str(row["last_rows"])
+        print(
+            f"{row['job']:<13} {interval:>8} {started:<20} {row['last_outcome'] or '-':<11} "
+            f"{rows_text:>7} {due:<20}"
+        )
+        if row["failures"]:
+            print(f"  {row['failures']} failure(s) in a row: {row['last_error']}")
+
+    def age(moment: datetime | None) -> str:
+        return "-" if moment is None else f"{(now - moment).total_seconds():.0f}s"
+
+    ahead = "-"
+    if lags.partitions_until is not None:
+        ahead = f"{(lags.partitions_until - now).total_seconds() / 86400:.0f} days"
+    print()
+    depth = f"{lags.usage_queue_depth} queued, oldest {age(lags.usage_queue_oldest)}"
+    analytics = f"{lags.analytics_queue_depth} queued, oldest {age(lags.analytics_queue_oldest)}"
+    for label, value in (
+        ("usage rollup queue", depth),
+        ("analytics rollup queue", analytics),
+        ("partitions ahead", ahead),
+        ("renewals overdue", f"{lags.renewals_due}, oldest {age(lags.renewals_oldest)}"),
+        ("periods uninvoiced", f"{lags.periods_uninvoiced}, oldest {age(lags.periods_oldest)}"),
+        ("last backup", f"{age(lags.last_backup_at)} ago"),
+    ):
+        print(f"{label:<23} {value}")
+    return 0
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    import json
+
+    from ._database import Database
+
+    with Database(_settings(args)) as db:
+        health = db.health()
+    if args.json:
+        print(json.dumps(health.model_dump(mode="json"), indent=2))
+    else:
+        print(f"health: {health.status}")
+        for check in health.checks:
+            print(f"  {check.status:<8} {check.name:<24} {check.detail}")
+    return 1 if health.status == "failing" else 0
+
+
 def _cmd_seed(args: argparse.Namespace) -> int:
     import time
 
@@ -477,6 +583,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_ranged(1, 1000), default=50, help="work items per transaction (50)"
     )
     billing.set_defaults(func=_cmd_billing)
+    worker = sub.add_parser(
+        "worker", help="run every periodic job on its schedule until SIGTERM (admin URL)"
+    )
+    worker.add_argument(
+        "--poll",
+        type=_seconds,
+        help="seconds between looks at the jobs (5; $DATALAYER_WORKER_POLL)",
+    )
+    worker.add_argument("--only", metavar="JOB[,JOB]", help="run only these jobs")
+    worker.add_argument("--once", metavar="JOB", help="run this job once now, then exit")
+    worker.set_defaults(func=_cmd_worker)
+    jobs = sub.add_parser("jobs", help="the periodic jobs: last runs, next due, what they drain")
+    jobs.add_argument("--json", action="store_true", help="print JSON")
+    jobs.set_defaults(func=_cmd_jobs)
+    health = sub.add_parser(
+        "health", help="pool, cache and job lags as ok/warning/failing; exit 1 when failing"
+    )
+    health.add_argument("--json", action="store_true", help="print JSON")
+    health.set_defaults(func=_cmd_health)
     seed = sub.add_parser("seed", help="load a deterministic, realistic data set")
     seed.add_argument("--accounts", type=_ranged(1, 1_000_000), default=1000)
     seed.add_argument(

@@ -8,6 +8,7 @@ import select
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
@@ -19,9 +20,12 @@ from ._cache import Cache
 from ._cachecore import SigningKeys
 from ._cached import CachedReads
 from ._exec import Session
+from ._health import HealthThresholds, assess
 from ._settings import Settings
 from ._uow import UnitOfWork
+from ._validation import Instant, validated
 from .errors import ConcurrencyConflict, DataLayerError, InvalidInput, Unavailable, map_error
+from .models.maintenance import Health
 from .repositories import Repositories
 
 __all__ = ["Database", "Isolation"]
@@ -371,6 +375,38 @@ class Database(Repositories):
                 )
                 time.sleep(delay)
                 attempt += 1
+
+    @validated
+    def health(
+        self, *, now: Instant | None = None, thresholds: HealthThresholds | None = None
+    ) -> Health:
+        """Whether this database, its pool, its cache and its periodic work are healthy.
+
+        Reads the pool's counters, pings Redis (when configured) and reads the
+        lags of what the maintenance jobs drain (rollup queues, partitions
+        ahead, overdue renewals, uninvoiced closed periods, the last backup)
+        and the jobs' state; ``thresholds`` (default ``HealthThresholds()``)
+        mark each ``ok``, ``warning`` or ``failing``. Never raises for an
+        unreachable database: that is a failing check. ``InvalidInput`` for a
+        bad argument.
+        """
+        moment = now or datetime.now(UTC)
+        lags, jobs, error = None, [], None
+        try:
+            lags = self.maintenance.lags(now=moment)
+            jobs = self.maintenance.jobs()
+        except DataLayerError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        cache = self.cache.ping() if self.cache.enabled else None
+        return assess(
+            moment,
+            pool=self.stats(),
+            lags=lags,
+            jobs=jobs,
+            database_error=error,
+            cache_reachable=cache,
+            thresholds=thresholds,
+        )
 
     def stats(self) -> dict[str, int]:
         """The pool's counters (``psycopg_pool`` names: pool_size, pool_available,

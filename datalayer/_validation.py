@@ -64,6 +64,7 @@ def no_nul(value: str) -> str:
 Id = Annotated[int, Field(ge=1, le=2**63 - 1)]
 # A meter's code, as the meters table's CHECK has it.
 MeterCode = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+JobName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 Limit = Annotated[int, Field(ge=1, le=1000)]
 Text = Annotated[str, Field(max_length=10_000), AfterValidator(no_nul)]
 Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(no_nul)]

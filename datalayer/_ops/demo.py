@@ -31,6 +31,7 @@ from ..errors import (
 )
 from ..models import PlanMeterSpec
 from .migrate import migrate
+from .worker import Worker, WorkerSettings
 
 __all__ = ["application_url", "resolve_database_url", "run_demo"]
 
@@ -254,6 +255,16 @@ def run_demo(
         stats = db.stats()
         keys = ("pool_size", "pool_available", "requests_num", "connections_num")
         print(", ".join(f"{k}={stats.get(k, 0)}" for k in keys))
+
+        _step("The maintenance worker (datalayer worker): every periodic job once, then health")
+        with Worker(settings, WorkerSettings.from_env({})) as worker:
+            for job in worker.jobs:
+                run = worker.run_once(job)
+                print(f"{job}: {run.outcome}, {run.rows_touched} rows")
+        health = db.health()
+        failing = [c.name for c in health.checks if c.status != "ok"]
+        print(f"health: {health.status} ({len(health.checks)} checks{'; ' if failing else ''}"
+              f"{', '.join(failing)})")  # fmt: skip
     print("\ndemo finished")
     return 0
 

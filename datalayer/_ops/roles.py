@@ -65,8 +65,14 @@ KEPT = frozenset(
         "pending_invoice_items", "credit_grants", "refunds",
     }
 )  # fmt: skip
-# yoyo's bookkeeping: readable (export and backups record the schema version).
-BOOKKEEPING = frozenset({"_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock"})
+# yoyo's bookkeeping: readable (export and backups record the schema version); and the
+# maintenance worker's, which it writes with the admin URL: readable for db.health().
+BOOKKEEPING = frozenset(
+    {
+        "_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock",
+        "maintenance_jobs", "maintenance_runs",
+    }
+)  # fmt: skip
 # Everything else (work queues, derived rollups, and the tables of later
 # migrations, which the owner's default privileges grant as they are created).
 READ_WRITE = ("SELECT", "INSERT", "UPDATE", "DELETE")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,17 +25,21 @@ class RefreshResult:
     batches: int
 
 
-def refresh_rollups(db: Database, *, batch_size: int = 5000) -> RefreshResult:
+def refresh_rollups(
+    db: Database, *, batch_size: int = 5000, stop: threading.Event | None = None
+) -> RefreshResult:
     """Recompute every queued usage and analytics bucket; return what was done.
 
     Each batch is one transaction holding the rollup lock, so refreshers in
     several processes take turns and a crash loses nothing: an unfinished
     batch rolls back and its queue rows come back. Rollups then equal a fresh
     aggregate of the raw events that were committed when the batch ran.
+    With ``stop`` set, it returns after the batch in hand (the queues keep the rest).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     usage_days = analytics_days = batches = 0
+    stopping = stop.is_set if stop is not None else lambda: False
     while True:
         with db.unit_of_work() as uow:
             uow.rollups.lock()
@@ -42,16 +47,16 @@ def refresh_rollups(db: Database, *, batch_size: int = 5000) -> RefreshResult:
             uow.rollups.refresh_usage_days(days=days)
         usage_days += len(days)
         batches += 1
-        if not days:
+        if not days or stopping():
             break
-    while True:
+    while not stopping():
         with db.unit_of_work() as uow:
             uow.rollups.lock()
             claimed = uow.rollups.claim_analytics_days(batch_size=batch_size)
             uow.rollups.rebuild_analytics_days(days=claimed)
         analytics_days += len(claimed)
         batches += 1
-        if not claimed:
+        if not claimed or stopping():
             break
     log.info("rollups refreshed: %d usage days, %d analytics days", usage_days, analytics_days)
     return RefreshResult(usage_days, analytics_days, batches)

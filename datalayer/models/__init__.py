@@ -40,6 +40,15 @@ from .billing import (
 )
 from .cached import AuthBundle, PendingInvalidation, SubscriptionWithPlan
 from .files import File, FileStatus
+from .maintenance import (
+    Health,
+    HealthCheck,
+    HealthStatus,
+    MaintenanceJob,
+    MaintenanceLags,
+    MaintenanceRun,
+    RunOutcome,
+)
 from .plans import (
     BillingInterval,
     LimitKind,
@@ -91,6 +100,9 @@ __all__ = [
     "FeatureUsage",
     "File",
     "FileStatus",
+    "Health",
+    "HealthCheck",
+    "HealthStatus",
     "Invoice",
     "InvoiceLine",
     "InvoiceLineKind",
@@ -104,6 +116,9 @@ __all__ = [
     "LedgerKind",
     "LedgerTransaction",
     "LimitKind",
+    "MaintenanceJob",
+    "MaintenanceLags",
+    "MaintenanceRun",
     "MeterTotal",
     "MonthlyRevenue",
     "Payment",
@@ -128,6 +143,7 @@ __all__ = [
     "Rejection",
     "Reservation",
     "ReservationStatus",
+    "RunOutcome",
     "Subscription",
     "SubscriptionStatus",
     "SubscriptionWithPlan",

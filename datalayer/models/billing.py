@@ -378,7 +378,8 @@ class BillingRunResult(BaseModel):
     ``adjustment_invoices``: standalone invoices of late usage of ended
     chains. ``credit_applied_minor``: customer credit applied, summed over
     currencies. ``failed``: work items that raised (logged; retried by the
-    next run).
+    next run). ``stopped``: the run ended early because ``stop`` asked it to
+    (after a whole batch; the next run does the rest).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -390,3 +391,4 @@ class BillingRunResult(BaseModel):
     adjustment_invoices: int
     credit_applied_minor: int
     failed: int
+    stopped: bool = False

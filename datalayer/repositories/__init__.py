@@ -19,6 +19,7 @@ from .api_keys import ApiKeyRepository
 from .billing import BillingRepository
 from .cache_invalidations import CacheInvalidationRepository
 from .files import FileRepository
+from .maintenance import MaintenanceRepository
 from .plans import PlanRepository
 from .quotas import QuotaRepository
 from .rollups import RollupRepository
@@ -35,6 +36,7 @@ __all__ = [
     "BillingRepository",
     "CacheInvalidationRepository",
     "FileRepository",
+    "MaintenanceRepository",
     "PlanRepository",
     "QuotaRepository",
     "Repositories",
@@ -89,6 +91,7 @@ class Repositories:
     api_keys = _Attribute(ApiKeyRepository)
     billing = _Attribute(BillingRepository)
     cache_invalidations = _Attribute(CacheInvalidationRepository)
+    maintenance = _Attribute(MaintenanceRepository)
 
     def __init__(self, session: Session):
         self._session = session

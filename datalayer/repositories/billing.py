@@ -6,6 +6,7 @@ cycle is in ``billing_run.py``. This module is the public face.
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, NoReturn
 
@@ -41,7 +42,7 @@ from ..models.billing import (
     RecordedRefund,
     Refund,
 )
-from .billing_run import DEFAULT_GRACE, BillingRun
+from .billing_run import DEFAULT_GRACE, BillingRun, _never
 from .subscriptions import SubscriptionRepository
 
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
@@ -305,6 +306,7 @@ class BillingRepository(BillingRun):
         now: Instant | None = None,
         grace: Grace = DEFAULT_GRACE,
         batch: RunBatch = 50,
+        stop: threading.Event | None = None,
     ) -> BillingRunResult:
         """Run the billing cycle once, for every account, at ``now`` (default: the clock).
 
@@ -322,10 +324,13 @@ class BillingRepository(BillingRun):
         (a rerun does what is left). An item that raises is rolled back
         alone, logged and counted as ``failed``. Idempotent: a second run at
         the same instant only remakes drafts still in their grace period.
-        Returns the counts by action. Raises ``InvalidInput`` for a bad
-        argument, before any SQL, and ``Unavailable`` if the database is lost.
+        ``stop`` (the maintenance worker's shutdown) is looked at between
+        batches: once it is set the run ends after the batch in hand, with
+        ``stopped`` set. Returns the counts by action. Raises ``InvalidInput``
+        for a bad argument, before any SQL, and ``Unavailable`` if the
+        database is lost.
         """
-        return self._run(now or datetime.now(UTC), grace, batch)
+        return self._run(now or datetime.now(UTC), grace, batch, stop.is_set if stop else _never)
 
     # --- payments ----------------------------------------------------------------------------
 

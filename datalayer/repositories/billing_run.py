@@ -47,6 +47,11 @@ class _Counts:
     adjustment_invoices: int = 0
     credit_applied_minor: int = 0
     failed: int = 0
+    stopped: bool = False
+
+
+def _never() -> bool:
+    return False
 
 
 class BillingRun(Invoicing):
@@ -58,17 +63,33 @@ class BillingRun(Invoicing):
     _claim_drafts = many("claim_drafts", _ClaimedDraft)
     _ended = many("list_ended_chain_periods", BillingPeriod)
 
-    def _run(self, now: datetime, grace: timedelta, batch: int) -> BillingRunResult:
+    def _run(
+        self,
+        now: datetime,
+        grace: timedelta,
+        batch: int,
+        stop: Callable[[], bool] = _never,
+    ) -> BillingRunResult:
         counts = _Counts()
         renewals = self._peer(SubscriptionRepository)
-        while (renewed := renewals.renew_due(now=now, batch=batch)) > 0:
+        while not stop() and (renewed := renewals.renew_due(now=now, batch=batch)) > 0:
             counts.renewed += renewed
-        self._drafts(now, grace, batch, counts)
-        self._periods(now, grace, batch, counts)
-        self._ended_chains(now, batch, counts)
+        for step in (self._drafts, self._periods):
+            if not stop():
+                step(now, grace, batch, counts, stop)
+        if not stop():
+            self._ended_chains(now, batch, counts, stop)
+        counts.stopped = stop()
         return BillingRunResult(**vars(counts))
 
-    def _drafts(self, now: datetime, grace: timedelta, batch: int, counts: _Counts) -> None:
+    def _drafts(
+        self,
+        now: datetime,
+        grace: timedelta,
+        batch: int,
+        counts: _Counts,
+        stop: Callable[[], bool],
+    ) -> None:
         """Issue every draft whose grace has passed; make the others again."""
         after = 0
         while True:
@@ -78,7 +99,7 @@ class BillingRun(Invoicing):
                     tx._item(
                         counts, f"draft invoice {draft.id}", _bind(tx._draft, draft, now, counts)
                     )
-            if len(claimed) < batch:
+            if len(claimed) < batch or stop():
                 return
             after = claimed[-1].id
 
@@ -94,7 +115,14 @@ class BillingRun(Invoicing):
             self._remake(invoice, now)
             counts.refreshed += 1
 
-    def _periods(self, now: datetime, grace: timedelta, batch: int, counts: _Counts) -> None:
+    def _periods(
+        self,
+        now: datetime,
+        grace: timedelta,
+        batch: int,
+        counts: _Counts,
+        stop: Callable[[], bool],
+    ) -> None:
         """Make the invoice of every closed period, each chain in order."""
         skip: list[int] = []
         while True:
@@ -107,7 +135,7 @@ class BillingRun(Invoicing):
                         _bind(tx._period, period, now, grace, counts),
                     )
                     skip.append(period.id)  # once per run, whatever happened to it
-            if not claimed:
+            if not claimed or stop():
                 return
 
     def _period(
@@ -122,7 +150,9 @@ class BillingRun(Invoicing):
             counts.finalized += 1
             counts.credit_applied_minor += issued.credit_applied_minor
 
-    def _ended_chains(self, now: datetime, batch: int, counts: _Counts) -> None:
+    def _ended_chains(
+        self, now: datetime, batch: int, counts: _Counts, stop: Callable[[], bool]
+    ) -> None:
         """Give each ended chain whose billed usage changed a standalone adjustment invoice."""
         after = 0
         while True:
@@ -137,7 +167,7 @@ class BillingRun(Invoicing):
                         f"adjustments of chain {chain_id}",
                         _bind(tx._adjust, members, now, counts),
                     )
-            if len(periods) < batch:
+            if len(periods) < batch or stop():
                 return
             after = periods[-1].id
 

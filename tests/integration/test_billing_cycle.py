@@ -465,6 +465,7 @@ def test_the_billing_run_is_idempotent_and_counts_nothing_the_second_time(
         "adjustment_invoices": 0,
         "credit_applied_minor": 0,
         "failed": 0,
+        "stopped": False,
     }
     numbers = [i.number for i in invoices(db, sub)]
     assert len(numbers) == len(set(numbers)) == 2

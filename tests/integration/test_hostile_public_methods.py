@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import threading
 import traceback
 import types
 import typing
@@ -263,6 +264,9 @@ GOOD: dict[str, Callable[[World, Database], Any]] = {
     "grace": lambda w, db: timedelta(hours=1),
     "reason": lambda w, db: "sent twice by a retrying client",
     "cancelled_by": lambda w, db: w.user,
+    "stop": lambda w, db: threading.Event(),
+    "job": lambda w, db: "rollups",
+    "thresholds": lambda w, db: None,
 }
 
 MINUS_5H = timezone(timedelta(hours=-5))

@@ -50,9 +50,15 @@ TABLES = (
     "refunds",
     "credit_grants",
     "credit_applications",
+    "maintenance_jobs",
+    "maintenance_runs",
 )
-# The tenant root (its id *is* the account id) and the shared reference tables.
-NON_TENANT_TABLES = ("accounts", "meters", "plans", "plan_meters", "invoice_number_counters")
+# The tenant root (its id *is* the account id), the shared reference tables, and the
+# maintenance worker's own bookkeeping (no tenant's data; local tables on a cluster).
+NON_TENANT_TABLES = (
+    "accounts", "meters", "plans", "plan_meters", "invoice_number_counters",
+    "maintenance_jobs", "maintenance_runs",
+)  # fmt: skip
 TENANT_TABLES = tuple(t for t in TABLES if t not in NON_TENANT_TABLES)
 
 # Documented global lookups (DOMAIN.md rule 1): login by email, authentication by key hash.

@@ -1,0 +1,198 @@
+"""Health: measurements in, one status per check out (``ok``, ``warning``, ``failing``).
+
+Pure: ``Database.health()`` gathers the pool's counters, the maintenance lags
+and the jobs, and ``assess`` holds each to its thresholds. The worst check is
+the overall status; ``datalayer health`` exits non-zero when it is
+``failing``, so it can be a container health check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from .models.maintenance import Health, HealthCheck, HealthStatus, MaintenanceJob, MaintenanceLags
+
+__all__ = ["HealthThresholds", "assess"]
+
+_RANK: dict[HealthStatus, int] = {"ok": 0, "warning": 1, "failing": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class HealthThresholds:
+    """When a measurement stops being ``ok``: (warning, failing), in seconds or counts.
+
+    Ages are of the oldest item waiting; ``partitions_days`` is how far ahead
+    the event tables are partitioned (below it is worse, so the pair falls);
+    ``job_overdue`` is how long a job's next run is past due (no worker is
+    running it); ``job_failures`` is failed runs in a row.
+    """
+
+    rollup_queue_age: tuple[float, float] = (300, 3600)
+    partitions_days: tuple[float, float] = (28, 7)
+    renewal_age: tuple[float, float] = (900, 6 * 3600)
+    uninvoiced_period_age: tuple[float, float] = (3 * 3600, 24 * 3600)
+    backup_age: tuple[float, float] = (26 * 3600, 50 * 3600)
+    job_overdue: tuple[float, float] = (300, 3600)
+    job_failures: tuple[float, float] = (3, 10)
+    pool_waiting: tuple[float, float] = (1, 50)
+
+
+def _above(value: float, limits: tuple[float, float]) -> HealthStatus:
+    warning, failing = limits
+    return "failing" if value >= failing else "warning" if value >= warning else "ok"
+
+
+def _below(value: float, limits: tuple[float, float]) -> HealthStatus:
+    warning, failing = limits
+    return "failing" if value < failing else "warning" if value < warning else "ok"
+
+
+def _age(now: datetime, since: datetime | None) -> float:
+    return 0.0 if since is None else max(0.0, (now - since).total_seconds())
+
+
+def _check(name: str, status: HealthStatus, value: float | None, detail: str) -> HealthCheck:
+    return HealthCheck(name=name, status=status, value=value, detail=detail)
+
+
+def _limits(limits: tuple[float, float], unit: str) -> str:
+    return f"warning at {limits[0]:g}{unit}, failing at {limits[1]:g}{unit}"
+
+
+def assess(
+    now: datetime,
+    *,
+    pool: dict[str, int],
+    lags: MaintenanceLags | None,
+    jobs: Sequence[MaintenanceJob],
+    database_error: str | None = None,
+    cache_reachable: bool | None = None,
+    thresholds: HealthThresholds | None = None,
+) -> Health:
+    """Hold each measurement to ``thresholds``; the worst check is the overall status.
+
+    ``lags`` is ``None`` when the database could not be read (``database_error``
+    says why): that check fails and the lag checks are left out.
+    ``cache_reachable`` is ``None`` without a cache; an unreachable cache is
+    a warning (reads fall back to PostgreSQL).
+    """
+    t = thresholds or HealthThresholds()
+    checks: list[HealthCheck] = []
+    if lags is None:
+        detail = f"cannot read the database: {database_error or 'unknown error'}"
+        checks.append(_check("database", "failing", None, detail))
+    else:
+        checks.append(_check("database", "ok", None, "answers"))
+    waiting = float(pool.get("requests_waiting", 0))
+    checks.append(
+        _check(
+            "pool",
+            _above(waiting, t.pool_waiting),
+            waiting,
+            f"{waiting:g} callers waiting for a connection, {pool.get('pool_size', 0)} "
+            f"connections, {pool.get('pool_available', 0)} idle "
+            f"({_limits(t.pool_waiting, ' waiting')})",
+        )
+    )
+    if cache_reachable is not None:
+        checks.append(
+            _check(
+                "cache",
+                "ok" if cache_reachable else "warning",
+                None,
+                "Redis answers"
+                if cache_reachable
+                else "Redis does not answer: reads come from PostgreSQL",
+            )
+        )
+    if lags is not None:
+        checks += _lag_checks(now, lags, t)
+    for job in jobs:
+        checks.append(_job_check(now, job, t))
+    worst = max((c.status for c in checks), key=_RANK.__getitem__)
+    return Health(status=worst, checked_at=now, checks=checks)
+
+
+def _lag_checks(now: datetime, lags: MaintenanceLags, t: HealthThresholds) -> list[HealthCheck]:
+    checks = []
+    for name, depth, oldest in (
+        ("usage_rollup_queue", lags.usage_queue_depth, lags.usage_queue_oldest),
+        ("analytics_rollup_queue", lags.analytics_queue_depth, lags.analytics_queue_oldest),
+    ):
+        age = _age(now, oldest)
+        checks.append(
+            _check(
+                name,
+                _above(age, t.rollup_queue_age),
+                age,
+                f"{depth} queued, oldest {age:.0f}s ({_limits(t.rollup_queue_age, 's')})",
+            )
+        )
+    if lags.partitions_until is None:
+        checks.append(_check("partitions", "failing", None, "no event table partitions"))
+    else:
+        days = (lags.partitions_until - now).total_seconds() / 86400
+        checks.append(
+            _check(
+                "partitions",
+                _below(days, t.partitions_days),
+                days,
+                f"partitioned until {lags.partitions_until:%Y-%m-%d}, {days:.1f} days ahead "
+                f"(warning below {t.partitions_days[0]:g}, failing below "
+                f"{t.partitions_days[1]:g} days)",
+            )
+        )
+    renewal = _age(now, lags.renewals_oldest)
+    checks.append(
+        _check(
+            "renewals",
+            _above(renewal, t.renewal_age),
+            renewal,
+            f"{lags.renewals_due} subscriptions due for renewal, oldest {renewal:.0f}s "
+            f"({_limits(t.renewal_age, 's')})",
+        )
+    )
+    period = _age(now, lags.periods_oldest)
+    checks.append(
+        _check(
+            "billing_periods",
+            _above(period, t.uninvoiced_period_age),
+            period,
+            f"{lags.periods_uninvoiced} closed periods without an invoice, oldest "
+            f"{period:.0f}s ({_limits(t.uninvoiced_period_age, 's')})",
+        )
+    )
+    if lags.last_backup_at is None:
+        checks.append(_check("backup", "ok", None, "no backup made by the worker (not scheduled)"))
+    else:
+        age = _age(now, lags.last_backup_at)
+        checks.append(
+            _check(
+                "backup",
+                _above(age, t.backup_age),
+                age,
+                f"last backup {age / 3600:.1f}h ago ({_limits(t.backup_age, 's')})",
+            )
+        )
+    return checks
+
+
+def _job_check(now: datetime, job: MaintenanceJob, t: HealthThresholds) -> HealthCheck:
+    overdue = _age(now, job.next_due_at) if job.next_due_at < now else 0.0
+    status = max(
+        _above(overdue, t.job_overdue),
+        _above(float(job.failures), t.job_failures),
+        key=_RANK.__getitem__,
+    )
+    last = job.last_outcome or "never run"
+    error = f", last error: {job.last_error}" if job.failures and job.last_error else ""
+    return _check(
+        f"job:{job.job}",
+        status,
+        overdue,
+        f"last run {last}, {job.failures} failures in a row, due "
+        f"{'now' if overdue else job.next_due_at.isoformat()}"
+        f"{f', {overdue:.0f}s overdue' if overdue else ''}{error}",
+    )
