@@ -8,6 +8,7 @@ from ._health import HealthThresholds
 from ._loader import Query
 from ._paging import Page
 from ._settings import Settings
+from ._telemetry import instrument, uninstrument
 from ._uow import UnitOfWork
 from .errors import (
     AlreadyExists,
@@ -50,6 +51,8 @@ from .repositories import (
 )
 
 __all__ = [
+    "instrument",
+    "uninstrument",
     "AccountRepository",
     "AlreadyExists",
     "AnalyticsRepository",

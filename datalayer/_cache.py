@@ -48,6 +48,7 @@ from typing import Annotated, Any, TypeVar
 import redis
 from pydantic import BaseModel, Field
 
+from . import _telemetry
 from ._cachecore import (
     CLAIM,
     GENERATION_MARGIN_MS,
@@ -361,8 +362,31 @@ class Cache:
         _refuse_ttl(ttl, "ttl", zero=False)
         _refuse_ttl(negative_ttl, "negative_ttl", zero=True)
         build = _checked(build, model)
+        telemetry = _telemetry.ACTIVE
+        if telemetry is None:
+            return self._lookup(tag, model, build, ttl, negative_ttl, after_hit)[0]
+        with telemetry.span(
+            "datalayer.cache.get_or_build", **{"datalayer.cache.model": model.__name__}
+        ) as span:
+            value, outcome = self._lookup(tag, model, build, ttl, negative_ttl, after_hit)
+            span.set_attribute("datalayer.cache.outcome", outcome)
+            span.set_attribute("datalayer.cache.hit", outcome in ("hit", "negative_hit"))
+            return value
+
+    def _lookup(
+        self,
+        tag: str,
+        model: type[M],
+        build: Callable[[], M | None],
+        ttl: float,
+        negative_ttl: float,
+        after_hit: Callable[[M], None] | None,
+    ) -> tuple[M | None, str]:
+        """``get_or_build``'s work after validation: the value and what happened
+        (``hit``, ``negative_hit``, ``miss`` (built here), ``waited`` (another
+        caller built it, or we built after waiting), ``bypass`` (no Redis))."""
         if not self._available():
-            return build()
+            return build(), "bypass"
         client, keys = self._client, self._keys
         assert client is not None
         assert keys is not None
@@ -372,7 +396,7 @@ class Cache:
             raw, generation = client.mget([value_key, gen_key])
         except redis.RedisError as exc:
             self._failed(exc)
-            return build()
+            return build(), "bypass"
         if raw is not None:
             try:
                 value = codec.load(raw, key=value_key, generation=generation, now_ms=wall_ms())
@@ -382,7 +406,7 @@ class Cache:
                 self.stats.add("hits" if value is not None else "negative_hits")
                 if value is not None and after_hit is not None:
                     after_hit(value)
-                return value
+                return value, "hit" if value is not None else "negative_hit"
         self.stats.add("misses")
         lock_key = self.key(tag, "lock")
         try:
@@ -392,9 +416,9 @@ class Cache:
             )
         except redis.RedisError as exc:
             self._failed(exc)
-            return build()
+            return build(), "bypass"
         if not won:
-            return self._wait_for(value_key, gen_key, codec, build)
+            return self._wait_for(value_key, gen_key, codec, build), "waited"
         try:
             value = build()
             self.stats.add("rebuilds")
@@ -409,10 +433,10 @@ class Cache:
                 )
                 if stored != 1:
                     self.stats.add("stale_refused")
-            return value
+            return value, "miss"
         except redis.RedisError as exc:
             self._failed(exc)
-            return value
+            return value, "miss"
         finally:
             try:
                 client.delete(lock_key)

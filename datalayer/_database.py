@@ -16,6 +16,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 from psycopg_pool.pool import AddConnection, MaintenanceTask
 
+from . import _telemetry
 from ._cache import Cache
 from ._cachecore import SigningKeys
 from ._cached import CachedReads
@@ -208,6 +209,9 @@ class Database(Repositories):
             reconnect_timeout=settings.pool_reconnect_timeout,
             reconnect_max_delay=settings.pool_reconnect_max_delay,
         )
+        self.pool_name = _telemetry.register_pool(self._pool)
+        if settings.otel and _telemetry.ACTIVE is None:
+            _telemetry.instrument()
         keys = settings.cache_keys
         self.cache = Cache(
             settings.redis_url,
@@ -303,8 +307,24 @@ class Database(Repositories):
         transaction. Errors at COMMIT (deferred constraints, serialization
         failures) are raised as datalayer errors; nothing was committed then.
         Raises ``InvalidInput`` for an unknown ``isolation`` or a non-bool
-        ``read_only``, before connecting.
+        ``read_only``, before connecting. With telemetry on, a
+        ``datalayer.unit_of_work`` span holds the spans of its statements.
         """
+        telemetry = _telemetry.ACTIVE
+        if telemetry is None:
+            with self._unit_of_work(isolation, read_only) as uow:
+                yield uow
+            return
+        attributes = {"db.system.name": "postgresql", "datalayer.read_only": read_only is True}
+        with (
+            telemetry.span("datalayer.unit_of_work", **attributes),
+            self._unit_of_work(isolation, read_only) as uow,
+        ):
+            yield uow
+
+    @contextmanager
+    def _unit_of_work(self, isolation: Isolation | None, read_only: bool) -> Iterator[UnitOfWork]:
+        """``unit_of_work`` without its span."""
         if isolation is not None and (type(isolation) is not str or isolation not in _ISOLATION):
             raise InvalidInput(
                 f"must be one of {', '.join(sorted(_ISOLATION))} or None", field="isolation"

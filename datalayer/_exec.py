@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import psycopg
 from psycopg.rows import BaseRowFactory
 
+from . import _telemetry
 from ._loader import Cardinality, Query
 from .errors import DataLayerError, InvalidInput, map_error
 
@@ -118,16 +119,27 @@ def execute(
     for text that cannot be encoded, and datalayer errors for the rest.
     """
     check_params(query, params)
-    shape = _RESULT[query.cardinality]
     with session.connection() as conn:
-        try:
-            cur = conn.cursor(row_factory=rows)
-            cur.execute(query.sql, params)
-            return shape(query, cur)
-        except psycopg.Error as exc:
-            raise map_error(exc) from exc
-        except UnicodeEncodeError as exc:  # e.g. a lone surrogate in a str parameter
-            raise InvalidInput(f"not encodable as UTF-8 text: {exc.reason}") from None
+        telemetry = _telemetry.ACTIVE
+        if telemetry is None:
+            return _run(conn, query, params, rows)
+        return telemetry.run(conn, query, lambda: _run(conn, query, params, rows))
+
+
+def _run(
+    conn: psycopg.Connection[Any],
+    query: Query,
+    params: Mapping[str, Any],
+    rows: BaseRowFactory[Any],
+) -> Any:
+    try:
+        cur = conn.cursor(row_factory=rows)
+        cur.execute(query.sql, params)
+        return _RESULT[query.cardinality](query, cur)
+    except psycopg.Error as exc:
+        raise map_error(exc) from exc
+    except UnicodeEncodeError as exc:  # e.g. a lone surrogate in a str parameter
+        raise InvalidInput(f"not encodable as UTF-8 text: {exc.reason}") from None
 
 
 def copy_rows(
@@ -138,16 +150,25 @@ def copy_rows(
     Binary COPY needs the PostgreSQL type name of every column (``types``), in
     the statement's column order.
     """
-    count = 0
     with session.connection() as conn:
-        try:
-            with conn.cursor() as cur, cur.copy(query.sql) as copy:
-                copy.set_types(list(types))
-                for row in rows:
-                    copy.write_row(row)
-                    count += 1
-        except psycopg.Error as exc:
-            raise map_error(exc) from exc
+        telemetry = _telemetry.ACTIVE
+        if telemetry is None:
+            return _copy(conn, query, rows, types)
+        return telemetry.run(conn, query, lambda: _copy(conn, query, rows, types))
+
+
+def _copy(
+    conn: psycopg.Connection[Any], query: Query, rows: Iterable[Sequence[Any]], types: Sequence[str]
+) -> int:
+    count = 0
+    try:
+        with conn.cursor() as cur, cur.copy(query.sql) as copy:
+            copy.set_types(list(types))
+            for row in rows:
+                copy.write_row(row)
+                count += 1
+    except psycopg.Error as exc:
+        raise map_error(exc) from exc
     return count
 
 

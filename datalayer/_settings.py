@@ -39,6 +39,7 @@ _ENV = {
     "DATALAYER_APPLICATION_NAME": "application_name",
     "DATALAYER_PREPARE_THRESHOLD": "prepare_threshold",
     "DATALAYER_JIT": "jit",
+    "DATALAYER_OTEL": "otel",
 }
 
 
@@ -100,6 +101,8 @@ class Settings(BaseModel):
     application_name: str = Field(default="datalayer", min_length=1, max_length=63)
     prepare_threshold: int | None = Field(default=5, ge=0)
     jit: bool = False
+    # OpenTelemetry spans and metrics (the otel extra): Database calls datalayer.instrument().
+    otel: bool = False
 
     def __init__(self, **values: Any) -> None:
         # pydantic's ValidationError is not a DataLayerError: refuse with InvalidInput

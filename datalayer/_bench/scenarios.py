@@ -29,6 +29,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from .. import _telemetry
 from .._database import Database
 from .._ops.rollups import refresh_rollups
 from ..models.plans import PlanMeterSpec
@@ -232,6 +233,9 @@ def _pk_lookups(
             return conn.execute(_PK_SQL, {"id": heavy}).fetchone()
 
     scenarios: list[tuple[str, Fn]] = [("pk_lookup", lambda: db.accounts.get(account_id=heavy))]
+    traced = _traced(lambda: db.accounts.get(account_id=heavy))
+    if traced is not None:
+        scenarios.append(("traced_pk_lookup", traced))
     peers = []
     if profile.peers:
         from .peers import available_peers, missing_peers
@@ -245,6 +249,40 @@ def _pk_lookups(
     finally:
         for p in peers:
             p.close()
+
+
+def _traced(call: Fn) -> Fn | None:
+    """``call`` with OpenTelemetry on (the SDK, spans sent to an exporter that drops them),
+    for the cost of tracing; ``None`` without the SDK. Telemetry is switched on around each
+    call only, so the other scenarios, timed in turn with it, run untraced."""
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            SimpleSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+    except ImportError:
+        print("traced_pk_lookup skipped: pip install opentelemetry-sdk")
+        return None
+
+    class Drop(SpanExporter):
+        def export(self, spans: object) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(Drop()))
+    telemetry = _telemetry.Telemetry(provider, MeterProvider())
+
+    def run() -> object:
+        _telemetry.ACTIVE = telemetry
+        try:
+            return call()
+        finally:
+            _telemetry.ACTIVE = None
+
+    return run
 
 
 _RAW_SUMMARY = (

@@ -26,13 +26,15 @@ from datalayer._ops.seed import seed_database
 
 REDIS = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 LATENCY = [
-    "raw_pk_lookup", "pk_lookup", "sqlalchemy_core_pk_lookup", "sqlalchemy_orm_pk_lookup",
-    "aiosql_pk_lookup", "usage_summary_raw", "usage_summary_rollup", "auth_uncached",
+    "raw_pk_lookup", "pk_lookup", "traced_pk_lookup", "sqlalchemy_core_pk_lookup",
+    "sqlalchemy_orm_pk_lookup", "aiosql_pk_lookup", "usage_summary_raw", "usage_summary_rollup",
+    "auth_uncached",
     "auth_cached", "quota_consume", "file_claim", "invoice_generate", "dau_30d",
     "latency_percentiles_day",
 ]  # fmt: skip
 BASELINES = {
     "pk_lookup": "raw_pk_lookup",
+    "traced_pk_lookup": "raw_pk_lookup",
     "sqlalchemy_core_pk_lookup": "raw_pk_lookup",
     "sqlalchemy_orm_pk_lookup": "raw_pk_lookup",
     "aiosql_pk_lookup": "raw_pk_lookup",

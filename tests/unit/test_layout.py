@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "datalayer._cachecore",
             "datalayer._billing",
             "datalayer._health",
+            "datalayer._telemetry",
             "datalayer.models",
             "datalayer.models.*",
         },
