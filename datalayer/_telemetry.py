@@ -140,7 +140,14 @@ class Telemetry:
             description="The number of current pending requests for an open connection.",
         )
         self._status_error = trace.StatusCode.ERROR
+        self._kind = trace.SpanKind.CLIENT
         self._shapes: dict[str, tuple[str, dict[str, Any]]] = {}
+        # Per connection its (database, host, port); per query and endpoint the span's and
+        # the metric's attributes, built once: a traced call then only looks them up.
+        self._endpoints: weakref.WeakKeyDictionary[Any, tuple[str, str, int]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._attributes: dict[tuple[str, tuple[str, str, int]], tuple[Any, Any]] = {}
 
     def _static(self, query: Query) -> tuple[str, dict[str, Any]]:
         """The span name and the attributes a query always has (computed once)."""
@@ -162,27 +169,17 @@ class Telemetry:
     def run(self, conn: psycopg.Connection[Any], query: Query, call: Callable[[], T]) -> T:
         """``call()`` (the query on ``conn``) inside its span, timed into the histogram."""
         name, static = self._static(query)
-        info = conn.info
-        attributes = {
-            **static,
-            "db.namespace": info.dbname,
-            "server.address": info.host,
-            "server.port": info.port,
-        }
-        metric = {
-            "db.system.name": "postgresql",
-            "db.operation.name": static["db.operation.name"],
-            "db.query.summary": static["db.query.summary"],
-            "datalayer.query.name": name,
-            "db.namespace": info.dbname,
-            "server.address": info.host,
-            "server.port": info.port,
-        }
-        if "db.collection.name" in static:
-            metric["db.collection.name"] = static["db.collection.name"]
+        endpoint = self._endpoints.get(conn)
+        if endpoint is None:
+            info = conn.info
+            endpoint = self._endpoints[conn] = (info.dbname, info.host, info.port)
+        cached = self._attributes.get((query.name, endpoint))
+        if cached is None:
+            cached = self._attributes[(query.name, endpoint)] = _attributes(name, static, endpoint)
+        attributes, metric = cached
         started = time.perf_counter()
         with self.tracer.start_as_current_span(
-            name, kind=_client_kind(), attributes=attributes, record_exception=False,
+            name, kind=self._kind, attributes=attributes, record_exception=False,
             set_status_on_exception=False,
         ) as span:  # fmt: skip
             try:
@@ -191,7 +188,7 @@ class Telemetry:
                 failure = _failure(exc)
                 span.set_attributes(failure)
                 span.set_status(self._status_error, str(exc)[:200])
-                metric.update(failure)
+                metric = {**metric, **failure}
                 raise
             finally:
                 self.duration.record(time.perf_counter() - started, metric)
@@ -213,18 +210,30 @@ class Telemetry:
                 raise
 
 
+def _attributes(
+    name: str, static: dict[str, Any], endpoint: tuple[str, str, int]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A query's span attributes and metric attributes on one endpoint."""
+    dbname, host, port = endpoint
+    where = {"db.namespace": dbname, "server.address": host, "server.port": port}
+    metric = {
+        "db.system.name": "postgresql",
+        "db.operation.name": static["db.operation.name"],
+        "db.query.summary": static["db.query.summary"],
+        "datalayer.query.name": name,
+        **where,
+    }
+    if "db.collection.name" in static:
+        metric["db.collection.name"] = static["db.collection.name"]
+    return {**static, **where}, metric
+
+
 def _failure(exc: DataLayerError) -> dict[str, Any]:
     failure: dict[str, Any] = {"error.type": type(exc).__name__}
     sqlstate = getattr(exc, "sqlstate", None)
     if sqlstate:
         failure["db.response.status_code"] = sqlstate
     return failure
-
-
-def _client_kind() -> Any:
-    from opentelemetry.trace import SpanKind
-
-    return SpanKind.CLIENT
 
 
 def _version() -> str:
