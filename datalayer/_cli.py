@@ -258,6 +258,46 @@ def _cmd_health(args: argparse.Namespace) -> int:
     return 1 if health.status == "failing" else 0
 
 
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ._ops.stats import collect_stats, compare, load, save
+    from .repositories import REPOSITORIES
+
+    baseline = load(Path(args.compare)) if args.compare else None  # refused before connecting
+    settings = _settings(args)
+    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
+        stats = collect_stats(conn, REPOSITORIES)
+    if args.save:
+        save(stats, Path(args.save))
+        print(f"saved {len(stats)} queries to {args.save}")
+    shown = [s for s in stats if s.calls or args.all][: args.limit]
+    if baseline is None:
+        print(
+            f"{'query':<48} {'calls':>9} {'mean ms':>9} {'total ms':>11} {'rows':>10} {'hit %':>6}"
+        )
+        for s in shown:
+            hit = "-" if s.hit_pct is None else f"{s.hit_pct:.1f}"
+            print(
+                f"{s.name:<48} {s.calls:>9} {s.mean_ms:>9.3f} {s.total_ms:>11.1f} {s.rows:>10} "
+                f"{hit:>6}"
+            )
+        unmapped = [s.name for s in stats if s.queryid is None and not s.calls]
+        if unmapped:
+            print(f"({len(unmapped)} utility statements matched by text have not run)")
+        return 0
+    print(f"{'query':<48} {'calls since':>11} {'mean ms then':>12} {'since':>9} {'change':>8}")
+    for change in compare(stats, baseline):
+        if not change.calls and not args.all:
+            continue
+        pct = "-" if change.mean_change_pct is None else f"{change.mean_change_pct:+.0f}%"
+        print(
+            f"{change.name:<48} {change.calls:>11} {change.mean_ms_before:>12.3f} "
+            f"{change.mean_ms_after:>9.3f} {pct:>8}"
+        )
+    return 0
+
+
 def _cmd_seed(args: argparse.Namespace) -> int:
     import time
 
@@ -312,7 +352,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if not row or not row[0]:
             print("the database is empty: seeding it first (datalayer seed)")
             seed_database(conn)
-    changes: dict[str, Any] = {"peers": not args.no_peers, "scale": args.scale}
+    changes: dict[str, Any] = {
+        "peers": not args.no_peers, "scale": args.scale, "admin_url": admin_url(settings),
+    }  # fmt: skip
     if args.iterations:
         changes["iterations"] = args.iterations
     if args.events:
@@ -602,6 +644,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--json", action="store_true", help="print JSON")
     health.set_defaults(func=_cmd_health)
+    stats = sub.add_parser(
+        "stats", help="pg_stat_statements by named query: calls, time, rows, cache hits"
+    )
+    stats.add_argument("--save", metavar="FILE", help="also write the figures as a baseline")
+    stats.add_argument("--compare", metavar="FILE", help="show the change against a baseline")
+    stats.add_argument("--limit", type=_ranged(1, 10_000), default=50, help="rows shown (50)")
+    stats.add_argument("--all", action="store_true", help="also the queries that have not run")
+    stats.set_defaults(func=_cmd_stats)
     seed = sub.add_parser("seed", help="load a deterministic, realistic data set")
     seed.add_argument("--accounts", type=_ranged(1, 1_000_000), default=1000)
     seed.add_argument(

@@ -20,13 +20,15 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from .. import _telemetry
@@ -63,6 +65,10 @@ class Profile:
     events: int = 100_000
     peers: bool = True
     scale: bool = False
+    # Where the bench's own setup and cleanup connect (its 10x events, their removal,
+    # ANALYZE): the admin URL, since the application role may not delete events. None:
+    # the database's own URL (a single-role setup).
+    admin_url: str | None = None
 
     @classmethod
     def quick(cls, **changes: Any) -> Profile:
@@ -310,7 +316,7 @@ def _usage_summaries(db: Database, results: list[Result], profile: Profile, heav
         return
     # The same summary with 10x the heavy account's events in the window.
     before = {(r.name, r.threads): r for r in results}
-    added = _grow_usage(db, heavy, lo, hi, factor=10)
+    added = _grow_usage(db, heavy, lo, hi, factor=10, admin_url=profile.admin_url)
     try:
         grown: list[Result] = []  # the raw summary takes ~1 s here: fewer calls
         raw_calls = max(20, calls // 5)
@@ -322,12 +328,25 @@ def _usage_summaries(db: Database, results: list[Result], profile: Profile, heav
         results.extend(grown)
         print(f"--scale: added {added:,} events to account {heavy} (10x), then removed them")
     finally:
-        _delete_events(db, heavy, "bench-scale-%")
+        _delete_events(db, profile.admin_url, heavy, "bench-scale-%")
 
 
-def _grow_usage(db: Database, account: int, lo: datetime, hi: datetime, factor: int) -> int:
+@contextmanager
+def _owner(db: Database, admin_url: str | None) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection for the bench's own setup and cleanup (see Profile)."""
+    if admin_url is None:
+        with db.connection() as conn:
+            yield conn
+        return
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        yield conn
+
+
+def _grow_usage(
+    db: Database, account: int, lo: datetime, hi: datetime, factor: int, admin_url: str | None
+) -> int:
     """Copy the account's events in [lo, hi) ``factor - 1`` more times (same hours), rolled up."""
-    with db.connection() as conn, conn.transaction():
+    with _owner(db, admin_url) as conn, conn.transaction():
         conn.execute("SET LOCAL statement_timeout = 0")  # bulk work, not a request
         added = conn.execute(
             "INSERT INTO usage_events (account_id, meter_code, quantity, occurred_at,"
@@ -339,15 +358,15 @@ def _grow_usage(db: Database, account: int, lo: datetime, hi: datetime, factor: 
             " WHERE e.account_id = %(a)s AND e.occurred_at >= %(lo)s AND e.occurred_at < %(hi)s",
             {"a": account, "lo": lo, "hi": hi, "copies": factor - 1},
         ).rowcount
-    with db.connection() as conn:
+    with _owner(db, admin_url) as conn:
         conn.execute("ANALYZE usage_events")
     refresh_rollups(db)
     return added
 
 
-def _delete_events(db: Database, account: int, *patterns: str) -> None:
+def _delete_events(db: Database, admin_url: str | None, account: int, *patterns: str) -> None:
     """Remove the bench's own events (and their keys) from ``account``; roll up again."""
-    with db.connection() as conn, conn.transaction():
+    with _owner(db, admin_url) as conn, conn.transaction():
         conn.execute("SET LOCAL statement_timeout = 0")
         for table in ("usage_events", "usage_event_keys"):
             conn.execute(
@@ -517,7 +536,7 @@ def _ingestion(db: Database, results: list[Result], profile: Profile, heavy: int
     exact.ratio = round(raw.ops_per_s / exact.ops_per_s, 3)
     results += [raw, exact]
     # Leave the data as the seed made it, so that runs stay comparable.
-    _delete_events(db, heavy, f"bench-{tag}-%", f"raw-bench-{tag}-%")
+    _delete_events(db, profile.admin_url, heavy, f"bench-{tag}-%", f"raw-bench-{tag}-%")
 
 
 def machine() -> dict[str, Any]:

@@ -8,6 +8,7 @@ that the CLI writes the JSON, the table and the chart.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,10 +19,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import CACHE_KEYS, _clone, pg_url
+from conftest import APP_ROLE, CACHE_KEYS, _clone, pg_url
 
 from datalayer import Database, Settings
 from datalayer._bench.scenarios import Profile, Result, describe, run_bench
+from datalayer._conninfo import with_user
 from datalayer._ops.seed import seed_database
 
 REDIS = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -57,9 +59,12 @@ def seeded_url(template_dbname: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def results(seeded_url: str) -> list[Result]:
-    settings = Settings(database_url=seeded_url, redis_url=REDIS, cache_keys=CACHE_KEYS)
+    # As in production: the scenarios run as the application role, the bench's own setup
+    # and cleanup (deleting its events, ANALYZE) as the admin.
+    app = with_user(seeded_url, APP_ROLE)
+    settings = Settings(database_url=app, redis_url=REDIS, cache_keys=CACHE_KEYS)
     with Database(settings) as db:
-        return run_bench(db, TINY)
+        return run_bench(db, dataclasses.replace(TINY, admin_url=seeded_url))
 
 
 def test_every_scenario_runs_at_one_and_four_threads(results: list[Result]) -> None:
