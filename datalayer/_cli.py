@@ -258,6 +258,22 @@ def _cmd_health(args: argparse.Namespace) -> int:
     return 1 if health.status == "failing" else 0
 
 
+def _cmd_check_distribution(args: argparse.Namespace) -> int:
+    from ._ops.distribution import check_distribution
+    from .repositories import REPOSITORIES
+
+    settings = _settings(args)
+    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
+        findings = check_distribution(conn, REPOSITORIES)
+    for finding in findings:
+        print(finding)
+    if findings:
+        print(f"check-distribution: {len(findings)} thing(s) would not distribute by account")
+        return 1
+    print("check-distribution: the schema and every named query would distribute by account")
+    return 0
+
+
 def _cmd_stats(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -644,6 +660,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--json", action="store_true", help="print JSON")
     health.set_defaults(func=_cmd_health)
+    sub.add_parser(
+        "check-distribution",
+        help="what in the schema and the queries would not distribute by account on Citus",
+    ).set_defaults(func=_cmd_check_distribution)
     stats = sub.add_parser(
         "stats", help="pg_stat_statements by named query: calls, time, rows, cache hits"
     )
