@@ -115,21 +115,26 @@ def assess(
     return Health(status=worst, checked_at=now, checks=checks)
 
 
+def _aged(
+    name: str, now: datetime, oldest: datetime | None, limits: tuple[float, float], what: str
+) -> HealthCheck:
+    """A check of how long the oldest waiting item (``oldest``) has waited."""
+    age = _age(now, oldest)
+    return _check(name, _above(age, limits), age, f"{what}, oldest {age:.0f}s "
+                  f"({_limits(limits, 's')})")  # fmt: skip
+
+
 def _lag_checks(now: datetime, lags: MaintenanceLags, t: HealthThresholds) -> list[HealthCheck]:
-    checks = []
-    for name, depth, oldest in (
-        ("usage_rollup_queue", lags.usage_queue_depth, lags.usage_queue_oldest),
-        ("analytics_rollup_queue", lags.analytics_queue_depth, lags.analytics_queue_oldest),
-    ):
-        age = _age(now, oldest)
-        checks.append(
-            _check(
-                name,
-                _above(age, t.rollup_queue_age),
-                age,
-                f"{depth} queued, oldest {age:.0f}s ({_limits(t.rollup_queue_age, 's')})",
-            )
-        )
+    checks = [
+        _aged("usage_rollup_queue", now, lags.usage_queue_oldest, t.rollup_queue_age,
+              f"{lags.usage_queue_depth} queued"),
+        _aged("analytics_rollup_queue", now, lags.analytics_queue_oldest, t.rollup_queue_age,
+              f"{lags.analytics_queue_depth} queued"),
+        _aged("renewals", now, lags.renewals_oldest, t.renewal_age,
+              f"{lags.renewals_due} subscriptions due for renewal"),
+        _aged("billing_periods", now, lags.periods_oldest, t.uninvoiced_period_age,
+              f"{lags.periods_uninvoiced} closed periods without an invoice"),
+    ]  # fmt: skip
     if lags.partitions_until is None:
         checks.append(_check("partitions", "failing", None, "no event table partitions"))
     else:
@@ -144,38 +149,10 @@ def _lag_checks(now: datetime, lags: MaintenanceLags, t: HealthThresholds) -> li
                 f"{t.partitions_days[1]:g} days)",
             )
         )
-    renewal = _age(now, lags.renewals_oldest)
-    checks.append(
-        _check(
-            "renewals",
-            _above(renewal, t.renewal_age),
-            renewal,
-            f"{lags.renewals_due} subscriptions due for renewal, oldest {renewal:.0f}s "
-            f"({_limits(t.renewal_age, 's')})",
-        )
-    )
-    period = _age(now, lags.periods_oldest)
-    checks.append(
-        _check(
-            "billing_periods",
-            _above(period, t.uninvoiced_period_age),
-            period,
-            f"{lags.periods_uninvoiced} closed periods without an invoice, oldest "
-            f"{period:.0f}s ({_limits(t.uninvoiced_period_age, 's')})",
-        )
-    )
     if lags.last_backup_at is None:
         checks.append(_check("backup", "ok", None, "no backup made by the worker (not scheduled)"))
     else:
-        age = _age(now, lags.last_backup_at)
-        checks.append(
-            _check(
-                "backup",
-                _above(age, t.backup_age),
-                age,
-                f"last backup {age / 3600:.1f}h ago ({_limits(t.backup_age, 's')})",
-            )
-        )
+        checks.append(_aged("backup", now, lags.last_backup_at, t.backup_age, "last backup"))
     return checks
 
 
