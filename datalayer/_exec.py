@@ -8,6 +8,7 @@ psycopg error leaves here as a datalayer error (``errors.map_error``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -21,16 +22,41 @@ from .errors import DataLayerError, InvalidInput, map_error
 if TYPE_CHECKING:
     from ._cache import Cache
 
-__all__ = ["Session", "check_params", "copy_rows", "execute", "model_rows"]
+__all__ = ["Session", "check_params", "copy_rows", "execute", "is_write", "model_rows"]
 
 T = TypeVar("T")
 
+_WRITE = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE)\b", re.IGNORECASE)
+# id(query) -> (whether it writes, the parameter naming its account); queries live for good.
+_ROUTES: dict[int, tuple[bool, str]] = {}
+
+
+def is_write(query: Query) -> bool:
+    """Whether ``query`` may change rows (its SQL names INSERT, UPDATE, DELETE or MERGE)."""
+    return _route(query)[0]
+
+
+def _route(query: Query) -> tuple[bool, str]:
+    found = _ROUTES.get(id(query))
+    if found is None:
+        # The account a statement is about: its account_id (on the accounts table, its id).
+        param = "id" if query.aggregate == "accounts" else "account_id"
+        found = _ROUTES[id(query)] = (_WRITE.search(query.sql) is not None, param)
+    return found
+
 
 class Session(Protocol):
-    """Where a repository gets its connection: a pool (autocommit) or a unit of work."""
+    """Where a repository gets its connection: a pool (autocommit), a unit of work, replicas."""
 
-    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
-        """Lend a connection for one statement; errors raised are datalayer errors."""
+    def connection(
+        self, *, account_id: int | None = None, writes: bool = False
+    ) -> AbstractContextManager[psycopg.Connection[Any]]:
+        """Lend a connection for one statement; errors raised are datalayer errors.
+
+        ``account_id`` is the account the statement reads or ``writes``: a
+        replica session picks a replica that has replayed that account's
+        writes, and the primary's sessions remember where its writes end.
+        """
         ...
 
     def atomic(self) -> AbstractContextManager[Session]:
@@ -119,7 +145,11 @@ def execute(
     """
     check_params(query, params)
     shape = _RESULT[query.cardinality]
-    with session.connection() as conn:
+    writes, param = _route(query)
+    account = params.get(param)
+    with session.connection(
+        account_id=account if type(account) is int else None, writes=writes
+    ) as conn:
         try:
             cur = conn.cursor(row_factory=rows)
             cur.execute(query.sql, params)
@@ -139,7 +169,7 @@ def copy_rows(
     the statement's column order.
     """
     count = 0
-    with session.connection() as conn:
+    with session.connection(writes=True) as conn:
         try:
             with conn.cursor() as cur, cur.copy(query.sql) as copy:
                 copy.set_types(list(types))
