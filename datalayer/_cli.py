@@ -9,6 +9,7 @@ backup, restore, and bench's migrate and seed steps) connect with the admin URL
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -20,7 +21,7 @@ import psycopg
 
 from ._conninfo import check_conninfo, redact, secrets_in, with_dbname
 from ._ops import migrate as _migrate
-from ._ops.roles import admin_url, apply_roles
+from ._ops.roles import admin_url, apply_roles, connect_admin
 from ._settings import Settings
 from ._validation import EARLIEST, LATEST
 from .errors import DataLayerError, InvalidInput
@@ -76,7 +77,7 @@ def _cmd_check_sql(args: argparse.Namespace) -> int:
     if args.sql_dir:  # check edited SQL files before they replace the shipped ones
         bind_repositories(load_sql_dir(args.sql_dir), REPOSITORIES)
     settings = _settings(args)
-    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
+    with connect_admin(settings) as conn:
         problems = check_queries(conn, REPOSITORIES)
     count = sum(len(r.query_refs) for r in REPOSITORIES)
     for problem in problems:
@@ -94,7 +95,7 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
     from ._ops.partitions import create_partitioned_index, ensure_partitions, list_partitions
 
     settings = _settings(args)
-    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
+    with connect_admin(settings) as conn:
         if args.action == "add-index":
             if not (args.table and args.index and args.columns):
                 raise DataLayerError("add-index needs --table, --index and --columns")
@@ -263,7 +264,7 @@ def _cmd_check_distribution(args: argparse.Namespace) -> int:
     from .repositories import REPOSITORIES
 
     settings = _settings(args)
-    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
+    with connect_admin(settings) as conn:
         findings = check_distribution(conn, REPOSITORIES)
     for finding in findings:
         print(finding)
@@ -282,7 +283,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
     baseline = load(Path(args.compare)) if args.compare else None  # refused before connecting
     settings = _settings(args)
-    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
+    with connect_admin(settings) as conn:
         stats = collect_stats(conn, REPOSITORIES)
     if args.save:
         save(stats, Path(args.save))
@@ -321,7 +322,7 @@ def _cmd_seed(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     started = time.monotonic()
-    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
+    with connect_admin(settings) as conn:
         result = seed_database(
             conn,
             accounts=args.accounts,
@@ -363,7 +364,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     _migrate.migrate(settings)
     if args.pool_sweep:
         return _pool_sweep(settings, args)
-    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
+    with connect_admin(settings) as conn:
         row = conn.execute("SELECT count(*) FROM usage_events").fetchone()
         if not row or not row[0]:
             print("the database is empty: seeding it first (datalayer seed)")
@@ -383,8 +384,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print("Redis is unreachable: auth_cached and auth_uncached are skipped")
         settings = settings.model_copy(update={"redis_url": None})
     probe.close()
-    with Database(settings) as db:
-        results = run_bench(db, profile)
+    bouncer = None
+    if args.pgbouncer_url:  # the same database through PgBouncer: pgbouncer_pk_lookup
+        bouncer = Database(settings, database_url=args.pgbouncer_url, replica_urls=())
+    with Database(settings) as db, bouncer or contextlib.nullcontext():
+        results = run_bench(db, profile, pgbouncer=bouncer)
         cache = db.cache.stats.as_dict() if db.cache.enabled else None
     print(format_table(results))
     if cache is not None:
@@ -434,7 +438,7 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     from ._ops.archive import archive_partitions, restore_archive
 
     settings = _settings(args)
-    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
+    with connect_admin(settings) as conn:
         if args.target:
             if args.target[0] != "restore" or len(args.target) != 2:
                 raise DataLayerError("usage: datalayer archive restore MANIFEST")
@@ -460,6 +464,7 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     from ._ops.backup import backup, verify_backup
 
     settings = _settings(args)
+    connect_admin(settings).close()  # pg_dump through a transaction pooler: refused
     if args.target:
         if args.target[0] != "verify" or len(args.target) != 2:
             raise DataLayerError("usage: datalayer backup verify DUMP")
@@ -487,9 +492,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         into = args.into
     else:
         into = with_dbname(admin_url(settings), args.into)
+    connect_admin(settings, url=with_dbname(into, "postgres")).close()  # no pooler
     restore_backup(Path(args.dump), into=into, overwrite=args.overwrite)
     print(f"restored {args.dump} into {redact(into)} and verified it against its manifest")
-    with psycopg.connect(into, autocommit=True) as conn:
+    with connect_admin(settings, url=into) as conn:
         roles = apply_roles(conn, settings)
     if roles.owner:
         print(f"{roles.owner} owns every object; {roles.app} has the application's grants")
@@ -694,6 +700,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--no-peers", action="store_true", help="skip SQLAlchemy and aiosql")
     bench.add_argument(
+        "--pgbouncer-url",
+        help="the same database through PgBouncer: adds pgbouncer_pk_lookup (replica_pk_lookup"
+        " runs when DATALAYER_REPLICA_URLS is set)",
+    )
+    bench.add_argument(
         "--iterations", type=_ranged(10, 10_000_000), help="calls per latency scenario (3000; 800)"
     )
     bench.add_argument(
@@ -771,7 +782,13 @@ def _secrets(args: argparse.Namespace) -> list[str]:
     Shorter than 4 characters, a password would be replaced inside ordinary
     words; those are left to the checks that keep libpq from quoting it.
     """
-    given = [args.database_url, os.environ.get("DATABASE_URL"), getattr(args, "into", None)]
+    given = [
+        args.database_url,
+        os.environ.get("DATABASE_URL"),
+        getattr(args, "into", None),
+        getattr(args, "pgbouncer_url", None),
+        *os.environ.get("DATALAYER_REPLICA_URLS", "").split(),
+    ]
     found = {secret for conninfo in given if conninfo for secret in secrets_in(conninfo)}
     return sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
 

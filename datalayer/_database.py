@@ -22,10 +22,19 @@ from ._cachecore import SigningKeys
 from ._cached import CachedReads
 from ._exec import Session
 from ._health import HealthThresholds, assess
+from ._pooler import LOCAL_SETTINGS, behind_pooler, local_settings, options_refused
+from ._replicas import CURRENT_LSN, LsnMarks, ReplicaReads, Replicas
 from ._settings import Settings
 from ._uow import UnitOfWork
 from ._validation import Instant, validated
-from .errors import ConcurrencyConflict, DataLayerError, InvalidInput, Unavailable, map_error
+from .errors import (
+    ConcurrencyConflict,
+    DataLayerError,
+    InvalidInput,
+    ReadOnlyTransaction,
+    Unavailable,
+    map_error,
+)
 from .models.maintenance import Health
 from .repositories import Repositories
 
@@ -43,6 +52,9 @@ _ISOLATION = {
 
 
 def _connection_kwargs(settings: Settings) -> dict[str, Any]:
+    # Behind a declared pooler: no prepared statements, and no startup options (PgBouncer
+    # refuses them or drops them; the role's defaults and SET LOCAL stand in for them).
+    pooled = settings.pgbouncer is True
     # Sessions speak UTC whatever the server's default (DOMAIN.md: time is UTC at the boundaries).
     options = ["-c timezone=UTC"]
     if settings.statement_timeout_ms:
@@ -56,16 +68,30 @@ def _connection_kwargs(settings: Settings) -> dict[str, Any]:
         "autocommit": True,
         "application_name": settings.application_name,
         "connect_timeout": settings.connect_timeout,
-        "prepare_threshold": settings.prepare_threshold,
+        "prepare_threshold": None if pooled else settings.prepare_threshold,
         # Find a peer that vanished without a FIN within about a minute.
         "keepalives": 1,
         "keepalives_idle": 30,
         "keepalives_interval": 10,
         "keepalives_count": 3,
     }
-    if options:
+    if options and not pooled:
         kwargs["options"] = " ".join(options)
     return kwargs
+
+
+# The server is gone or no longer the primary (a demoted one refuses writes: 25006).
+_SERVER_LOST = frozenset({"57P01", "57P02", "57P03", "25006"})
+
+
+def _server_lost(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) says the connection's server is gone or demoted."""
+    while exc is not None:
+        state = getattr(exc, "sqlstate", None)
+        if state is not None and (state.startswith("08") or state in _SERVER_LOST):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def _alive(conn: psycopg.Connection[Any]) -> bool:
@@ -109,6 +135,22 @@ class _Pool(ConnectionPool[psycopg.Connection[Any]]):
         self.reconnect_max_delay = reconnect_max_delay
         super().__init__(conninfo, **kwargs)
 
+    def _connect(self, timeout: float | None = None) -> psycopg.Connection[Any]:
+        """A new connection; without the startup options once a pooler refused them."""
+        try:
+            return super()._connect(timeout)
+        except psycopg.OperationalError as exc:
+            if not (isinstance(self.kwargs, dict) and "options" in self.kwargs):
+                raise
+            if not options_refused(exc):
+                raise
+            log.warning(
+                "the server refused the startup options: a connection pooler (PgBouncer) "
+                "in front of it; connecting without them (README: Scaling out on PostgreSQL)"
+            )
+            self.kwargs = {k: v for k, v in self.kwargs.items() if k != "options"}
+            return super()._connect(timeout)
+
     def schedule_task(self, task: MaintenanceTask, delay: float) -> None:
         """Schedule ``task`` in ``delay`` seconds; a reconnection attempt, in at most the cap."""
         if isinstance(task, AddConnection):
@@ -117,19 +159,30 @@ class _Pool(ConnectionPool[psycopg.Connection[Any]]):
 
 
 class _Lease:
-    """A pooled connection for one ``with`` block (a class: cheaper than a generator)."""
+    """A pooled connection for one ``with`` block (a class: cheaper than a generator).
 
-    __slots__ = ("_conn", "_db")
+    With ``wrote`` (an account written, replicas configured), the primary's WAL
+    position after the statement is remembered for that account.
+    """
 
-    def __init__(self, db: Database):
+    __slots__ = ("_conn", "_db", "_wrote")
+
+    def __init__(self, db: Database, wrote: int | None = None):
         self._db = db
+        self._wrote = wrote
 
     def __enter__(self) -> psycopg.Connection[Any]:
         self._conn = self._db._acquire()
         return self._conn
 
-    def __exit__(self, *exc: object) -> None:
-        self._db._pool.putconn(self._conn)
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        try:
+            if self._wrote is not None and exc_type is None:
+                self._db._remember_writes(self._conn, [self._wrote])
+        finally:
+            self._db._release(self._conn, exc)
 
 
 class _PoolSession:
@@ -157,13 +210,35 @@ class _PoolSession:
                 "a cache invalidation outside a transaction; run the change in _changing()"
             )
 
-    def connection(self) -> _Lease:
-        return _Lease(self._db)
+    def connection(self, *, account_id: int | None = None, writes: bool = False) -> _Lease:
+        track = writes and account_id is not None and self._db._replicas is not None
+        return _Lease(self._db, account_id if track else None)
 
     @contextmanager
     def atomic(self) -> Iterator[Session]:
         with self._db.unit_of_work() as uow:
             yield uow._conn_session
+
+
+def _read_only_work(
+    conn: psycopg.Connection[Any], isolation: Isolation | None
+) -> Iterator[UnitOfWork]:
+    """A read-only unit of work on ``conn`` (a replica's): nothing to commit or invalidate."""
+    uow: UnitOfWork | None = None
+    try:
+        conn.isolation_level = _ISOLATION[isolation] if isolation else None
+        conn.read_only = True
+        with conn.transaction():
+            uow = UnitOfWork(conn)
+            yield uow
+    except psycopg.Error as exc:
+        raise map_error(exc) from exc
+    finally:
+        if uow is not None:
+            uow._close()
+        with suppress(Exception):
+            conn.isolation_level = None
+            conn.read_only = None
 
 
 class Database(Repositories):
@@ -196,6 +271,9 @@ class Database(Repositories):
         # Called with the seconds each successful checkout waited (measurement,
         # e.g. `datalayer bench --pool-sweep`); None costs nothing.
         self.on_acquire: Callable[[float], None] | None = None
+        # Whether connections pass through a transaction pooler (settings, or found out).
+        self._pooled = settings.pgbouncer is True
+        self._local_settings = local_settings(settings)
         self._pool = _Pool(
             settings.database_url,
             kwargs=_connection_kwargs(settings),
@@ -208,6 +286,7 @@ class Database(Repositories):
             max_idle=settings.pool_max_idle,
             reconnect_timeout=settings.pool_reconnect_timeout,
             reconnect_max_delay=settings.pool_reconnect_max_delay,
+            configure=self._configure if settings.pgbouncer is None else None,
         )
         self.pool_name = _telemetry.register_pool(self._pool)
         if settings.otel and _telemetry.ACTIVE is None:
@@ -223,6 +302,57 @@ class Database(Repositories):
         journal = self.cache_invalidations
         self.cache.attach_journal(lambda limit: journal.pending(limit=limit), journal._forget)
         self.cached = CachedReads(self, self.cache)
+        self._replicas: Replicas | None = None
+        if settings.replica_urls:
+            pools = [
+                _Pool(
+                    url,
+                    kwargs=_connection_kwargs(settings),
+                    min_size=0,
+                    max_size=settings.pool_max_size,
+                    open=False,
+                    name=f"{settings.application_name}-replica{i}",
+                    timeout=settings.pool_timeout,
+                    max_lifetime=settings.pool_max_lifetime,
+                    max_idle=settings.pool_max_idle,
+                    reconnect_timeout=settings.pool_reconnect_timeout,
+                    reconnect_max_delay=settings.pool_reconnect_max_delay,
+                    configure=self._configure if settings.pgbouncer is None else None,
+                )
+                for i, url in enumerate(settings.replica_urls)
+            ]
+            self._replicas = Replicas(
+                pools,
+                LsnMarks(settings.redis_url),
+                wait_ms=settings.replica_wait_ms,
+                max_lag_ms=settings.replica_max_lag_ms,
+            )
+        # Reads that may lag: on a replica when there is one fit to read (module _replicas).
+        self.replica = (
+            ReplicaReads(self._replicas, lambda: _Lease(self)) if self._replicas else self
+        )
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        """Probe each new connection for a pooler; behind one, never prepare on it."""
+        if behind_pooler(conn):
+            conn.prepare_threshold = None
+            if not self._pooled:
+                log.warning(
+                    "%s reaches PostgreSQL through a connection pooler (PgBouncer): prepared "
+                    "statements are off (README: Scaling out on PostgreSQL)",
+                    self.settings.safe_database_url,
+                )
+            self._pooled = True
+
+    @property
+    def behind_pooler(self) -> bool:
+        """Whether the connections pass through a transaction pooler such as PgBouncer.
+
+        True with ``Settings(pgbouncer=True)``, or once a new connection was
+        found to (``pgbouncer=None``, the default); prepared statements are
+        then off and units of work set their session settings per transaction.
+        """
+        return self._pooled
 
     def __repr__(self) -> str:
         state = "closed" if self._pool.closed else "open"
@@ -236,6 +366,8 @@ class Database(Repositories):
         the background and the first call waits at most ``pool_timeout``.
         """
         self._pool.open(wait=False)
+        if self._replicas is not None:
+            self._replicas.open()
         if wait:
             try:
                 self._pool.wait(timeout=self._timeout)
@@ -249,6 +381,8 @@ class Database(Repositories):
     def close(self) -> None:
         """Close the pool and every connection in it, and the cache's connections."""
         self._pool.close()
+        if self._replicas is not None:
+            self._replicas.close()
         self.cache.close()
 
     def __enter__(self) -> Self:
@@ -261,6 +395,33 @@ class Database(Repositories):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def _remember_writes(self, conn: psycopg.Connection[Any], accounts: Sequence[int]) -> None:
+        """Committed writes to ``accounts`` on ``conn``: remember where the primary's WAL is."""
+        if self._replicas is None or not accounts:
+            return
+        self._replicas.marks.learn_scope(conn)
+        row = conn.execute(CURRENT_LSN, prepare=False).fetchone()
+        if row is not None:
+            self._replicas.marks.remember(accounts, int(row[0]))
+
+    def _release(self, conn: psycopg.Connection[Any], exc: BaseException | None) -> None:
+        """Return ``conn`` to the pool; after a failover signal, drop every idle one too.
+
+        On 57P01-57P03 (shutdown), class 08 (connection lost), 25006 (a read-only
+        transaction: the primary was demoted) or a broken connection, the other
+        idle connections reach the same server: the pool closes them at once
+        and connects anew (to the new primary, with a multi-host URL and
+        ``target_session_attrs=read-write``) instead of lending them again.
+        """
+        lost = exc is not None and (conn.broken or _server_lost(exc))
+        if lost:
+            with suppress(Exception):
+                conn.close()
+        self._pool.putconn(conn)
+        if lost:
+            log.warning("the server went away or was demoted: dropping the idle connections")
+            self._pool.drain()
 
     def _acquire(self) -> psycopg.Connection[Any]:
         started = time.monotonic()
@@ -299,31 +460,47 @@ class Database(Repositories):
 
     @contextmanager
     def unit_of_work(
-        self, *, isolation: Isolation | None = None, read_only: bool = False
+        self,
+        *,
+        isolation: Isolation | None = None,
+        read_only: bool = False,
+        replica: bool = False,
+        account_id: int | None = None,
     ) -> Iterator[UnitOfWork]:
         """One connection, one transaction: commit when the block ends, roll back on any exception.
 
         Repositories reached through the yielded ``UnitOfWork`` share the
         transaction. Errors at COMMIT (deferred constraints, serialization
         failures) are raised as datalayer errors; nothing was committed then.
-        Raises ``InvalidInput`` for an unknown ``isolation`` or a non-bool
-        ``read_only``, before connecting. With telemetry on, a
+
+        ``replica=True`` (with ``read_only=True``) runs it on a replica, as
+        ``db.replica`` reads do: one that has replayed ``account_id``'s writes
+        (read-your-writes), else on the primary; without replicas, on the
+        primary. Raises ``InvalidInput`` for an unknown ``isolation``, a
+        non-bool flag, ``replica`` without ``read_only`` or a bad
+        ``account_id``, before connecting. With telemetry on, a
         ``datalayer.unit_of_work`` span holds the spans of its statements.
         """
         telemetry = _telemetry.ACTIVE
         if telemetry is None:
-            with self._unit_of_work(isolation, read_only) as uow:
+            with self._unit_of_work(isolation, read_only, replica, account_id) as uow:
                 yield uow
             return
-        attributes = {"db.system.name": "postgresql", "datalayer.read_only": read_only is True}
+        attributes = {
+            "db.system.name": "postgresql",
+            "datalayer.read_only": read_only is True,
+            "datalayer.replica": replica is True,
+        }
         with (
             telemetry.span("datalayer.unit_of_work", **attributes),
-            self._unit_of_work(isolation, read_only) as uow,
+            self._unit_of_work(isolation, read_only, replica, account_id) as uow,
         ):
             yield uow
 
     @contextmanager
-    def _unit_of_work(self, isolation: Isolation | None, read_only: bool) -> Iterator[UnitOfWork]:
+    def _unit_of_work(
+        self, isolation: Isolation | None, read_only: bool, replica: bool, account_id: int | None
+    ) -> Iterator[UnitOfWork]:
         """``unit_of_work`` without its span."""
         if isolation is not None and (type(isolation) is not str or isolation not in _ISOLATION):
             raise InvalidInput(
@@ -331,23 +508,46 @@ class Database(Repositories):
             )
         if type(read_only) is not bool:
             raise InvalidInput("must be a bool", field="read_only")
+        if type(replica) is not bool:
+            raise InvalidInput("must be a bool", field="replica")
+        if replica and not read_only:
+            raise InvalidInput(
+                "a unit of work on a replica must be read_only=True", field="replica"
+            )
+        if account_id is not None and (type(account_id) is not int or account_id < 1):
+            raise InvalidInput("must be a positive int or None", field="account_id")
+        if replica and self._replicas is not None:
+            with self._replicas.connection(account_id, lambda: _Lease(self)) as conn:
+                yield from _read_only_work(conn, isolation)
+            return
         conn = self._acquire()
         uow: UnitOfWork | None = None
+        failed: BaseException | None = None
         try:
             conn.isolation_level = _ISOLATION[isolation] if isolation else None
             conn.read_only = True if read_only else None
             with conn.transaction():
+                if self._pooled:  # startup options never reached this server connection
+                    conn.execute(LOCAL_SETTINGS, self._local_settings)
                 uow = UnitOfWork(conn, cache=self.cache)
                 yield uow
+            if self._replicas is not None:  # committed: where its writes end
+                self._remember_writes(conn, sorted(uow._conn_session.touched))
         except psycopg.Error as exc:
+            failed = exc
             raise map_error(exc) from exc
+        except BaseException as exc:
+            failed = exc
+            raise
         finally:
             if uow is not None:
                 uow._close()
             with suppress(Exception):
                 conn.isolation_level = None
                 conn.read_only = None
-            self._pool.putconn(conn)
+            if read_only and getattr(failed, "sqlstate", None) == "25006":
+                failed = None  # this unit of work's own read-only refusal, not a demotion
+            self._release(conn, failed)
         # Committed: now (never before, never after a rollback) invalidate caches.
         uow._run_after_commit()
 
@@ -402,7 +602,8 @@ class Database(Repositories):
     ) -> Health:
         """Whether this database, its pool, its cache and its periodic work are healthy.
 
-        Reads the pool's counters, pings Redis (when configured) and reads the
+        Reads the pool's counters, pings Redis (when configured), asks each
+        replica (when configured) for its replay lag, and reads the
         lags of what the maintenance jobs drain (rollup queues, partitions
         ahead, overdue renewals, uninvoiced closed periods, the last backup)
         and the jobs' state; ``thresholds`` (default ``HealthThresholds()``)
@@ -418,6 +619,7 @@ class Database(Repositories):
         except DataLayerError as exc:
             error = f"{type(exc).__name__}: {exc}"
         cache = self.cache.ping() if self.cache.enabled else None
+        replicas = self._replicas
         return assess(
             moment,
             pool=self.stats(),
@@ -425,10 +627,59 @@ class Database(Repositories):
             jobs=jobs,
             database_error=error,
             cache_reachable=cache,
+            replicas=replicas.lags() if replicas is not None else (),
+            replica_max_lag_ms=replicas.max_lag_ms if replicas is not None else 0,
             thresholds=thresholds,
         )
 
+    def retry(
+        self,
+        fn: Callable[[], T],
+        *,
+        attempts: int = 20,
+        base_delay: float = 0.05,
+        max_delay: float = 1.0,
+    ) -> T:
+        """Call ``fn()`` until it succeeds, retrying while the database is unreachable.
+
+        For a failover: retries on ``Unavailable`` (connection lost, server
+        shutting down, no connection within ``pool_timeout``) and
+        ``ReadOnlyTransaction`` (a demoted primary), up to ``attempts`` tries
+        with a random sleep of up to ``base_delay * 2**n`` seconds (capped at
+        ``max_delay``) between them. A call that failed this way may or may
+        not have committed, so ``fn`` must be idempotent: ``usage.record`` and
+        ``record_batch`` with idempotency keys, ``billing.generate_invoice``,
+        ``billing.record_payment`` with its key (README: Scaling out on
+        PostgreSQL). Raises ``InvalidInput`` for a bad argument, the last
+        error after the last attempt, any other error at once.
+        """
+        if not callable(fn):
+            raise InvalidInput("must be a function of no arguments", field="fn")
+        if type(attempts) is not int or not 1 <= attempts <= 1000:
+            raise InvalidInput("must be an int from 1 to 1000", field="attempts")
+        for name, delay in (("base_delay", base_delay), ("max_delay", max_delay)):
+            if type(delay) not in (int, float) or not 0 <= delay <= 60:
+                raise InvalidInput("must be a number of seconds from 0 to 60", field=name)
+        attempt = 1
+        while True:
+            try:
+                return fn()
+            except (Unavailable, ReadOnlyTransaction) as exc:
+                if attempt >= attempts:
+                    raise
+                delay = random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
+                log.info(
+                    "retrying after %s (attempt %d of %d)", type(exc).__name__, attempt, attempts
+                )
+                time.sleep(delay)
+                attempt += 1
+
     def stats(self) -> dict[str, int]:
         """The pool's counters (``psycopg_pool`` names: pool_size, pool_available,
-        requests_waiting, requests_num, requests_errors, connections_lost, …)."""
-        return dict(self._pool.get_stats())
+        requests_waiting, requests_num, requests_errors, connections_lost, …), and
+        with replicas where ``db.replica`` reads went: ``replica_reads``,
+        ``replica_waited``, ``replica_fell_back_stale``, ``replica_fell_back_down``."""
+        stats = dict(self._pool.get_stats())
+        if self._replicas is not None:
+            stats.update(self._replicas.counts)
+        return stats

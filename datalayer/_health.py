@@ -69,6 +69,8 @@ def assess(
     jobs: Sequence[MaintenanceJob],
     database_error: str | None = None,
     cache_reachable: bool | None = None,
+    replicas: Sequence[tuple[bool, float | None]] = (),
+    replica_max_lag_ms: float = 10_000,
     thresholds: HealthThresholds | None = None,
 ) -> Health:
     """Hold each measurement to ``thresholds``; the worst check is the overall status.
@@ -76,7 +78,9 @@ def assess(
     ``lags`` is ``None`` when the database could not be read (``database_error``
     says why): that check fails and the lag checks are left out.
     ``cache_reachable`` is ``None`` without a cache; an unreachable cache is
-    a warning (reads fall back to PostgreSQL).
+    a warning (reads fall back to PostgreSQL), as is a replica (``replicas``:
+    per replica, still a standby and its replay lag in ms, ``None`` when
+    unreachable) that is down, promoted or lagging past ``replica_max_lag_ms``.
     """
     t = thresholds or HealthThresholds()
     checks: list[HealthCheck] = []
@@ -107,12 +111,29 @@ def assess(
                 else "Redis does not answer: reads come from PostgreSQL",
             )
         )
+    for number, (standby, lag_ms) in enumerate(replicas, 1):
+        checks.append(_replica_check(number, standby, lag_ms, replica_max_lag_ms))
     if lags is not None:
         checks += _lag_checks(now, lags, t)
     for job in jobs:
         checks.append(_job_check(now, job, t))
     worst = max((c.status for c in checks), key=_RANK.__getitem__)
     return Health(status=worst, checked_at=now, checks=checks)
+
+
+def _replica_check(
+    number: int, standby: bool, lag_ms: float | None, max_lag_ms: float
+) -> HealthCheck:
+    """A replica that is down, promoted or lagging is skipped (reads go to the primary):
+    a warning, not a failure."""
+    name = f"replica:{number}"
+    if lag_ms is None:
+        return _check(name, "warning", None, "unreachable: its reads go to the primary")
+    if not standby:
+        return _check(name, "warning", lag_ms, "not a standby (promoted?): reads go to the primary")
+    status: HealthStatus = "warning" if lag_ms > max_lag_ms else "ok"
+    return _check(name, status, lag_ms, f"replays {lag_ms:.0f} ms behind (skipped past "
+                  f"{max_lag_ms:g} ms)")  # fmt: skip
 
 
 def _aged(

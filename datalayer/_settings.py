@@ -40,6 +40,16 @@ _ENV = {
     "DATALAYER_PREPARE_THRESHOLD": "prepare_threshold",
     "DATALAYER_JIT": "jit",
     "DATALAYER_OTEL": "otel",
+    "DATALAYER_PGBOUNCER": "pgbouncer",
+    "DATALAYER_REPLICA_URLS": "replica_urls",
+    "DATALAYER_REPLICA_WAIT_MS": "replica_wait_ms",
+    "DATALAYER_REPLICA_MAX_LAG_MS": "replica_max_lag_ms",
+}
+
+# Words that mean None for the settings that may be None.
+_NONE_WORDS = {
+    "prepare_threshold": {"none", "off", "disable"},
+    "pgbouncer": {"auto", "detect"},
 }
 
 
@@ -63,6 +73,13 @@ class Settings(BaseModel):
     default: these are short queries, and JIT only switches on when the
     planner overestimates a plan's cost, which then pays milliseconds of
     compiling (13 ms on ``active_users``, 0.9 s on a staged usage batch).
+
+    ``pgbouncer`` says whether ``database_url`` reaches PostgreSQL through a
+    transaction pooler: ``None`` (the default) detects one on each new
+    connection, ``True`` declares it (no startup options, no prepared
+    statements, session settings set per transaction), ``False`` declares
+    there is none, or PgBouncer >= 1.21 with ``max_prepared_statements``, and
+    skips the probe (README: Scaling out on PostgreSQL).
 
     ``database_url`` is what the application (``Database``) connects with;
     ``admin_url`` (default: ``database_url``) is what the admin commands
@@ -103,6 +120,13 @@ class Settings(BaseModel):
     jit: bool = False
     # OpenTelemetry spans and metrics (the otel extra): Database calls datalayer.instrument().
     otel: bool = False
+    pgbouncer: bool | None = None
+    # Read replicas for db.replica (DATALAYER_REPLICA_URLS: separated by spaces).
+    replica_urls: tuple[str, ...] = Field(default=(), repr=False)
+    # How long a replica read of an account waits for its writes to be replayed,
+    # and the replay lag past which a replica is skipped (README: Scaling out).
+    replica_wait_ms: int = Field(default=200, ge=0, le=60_000)
+    replica_max_lag_ms: int = Field(default=10_000, ge=0)
 
     def __init__(self, **values: Any) -> None:
         # pydantic's ValidationError is not a DataLayerError: refuse with InvalidInput
@@ -125,6 +149,18 @@ class Settings(BaseModel):
         if value is None:
             return None
         check_redis_url(value)
+        return value
+
+    @field_validator("replica_urls", mode="before")
+    @classmethod
+    def _split_replica_urls(cls, value: Any) -> Any:
+        return tuple(value.split()) if isinstance(value, str) else value
+
+    @field_validator("replica_urls")
+    @classmethod
+    def _usable_replica_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            check_conninfo(url)  # its message never holds the password
         return value
 
     @field_validator("pool_max_size")
@@ -157,7 +193,8 @@ class Settings(BaseModel):
         """Read settings from ``env`` (default ``os.environ``); ``overrides`` win.
 
         Raises ``InvalidInput`` naming the variable when a value is malformed.
-        ``DATALAYER_PREPARE_THRESHOLD=none`` disables prepared statements.
+        ``DATALAYER_PREPARE_THRESHOLD=none`` disables prepared statements;
+        ``DATALAYER_PGBOUNCER`` is ``true``, ``false`` or ``auto`` (detect).
         """
         source = os.environ if env is None else env
         values: dict[str, Any] = {}
@@ -165,7 +202,7 @@ class Settings(BaseModel):
             raw = source.get(var)
             if raw is None or raw == "":
                 continue
-            if field == "prepare_threshold" and raw.lower() in {"none", "off", "disable"}:
+            if raw.lower() in _NONE_WORDS.get(field, ()):
                 values[field] = None
             else:
                 values[field] = raw
@@ -185,13 +222,14 @@ class Settings(BaseModel):
         fields = ", ".join(
             f"{name}={getattr(self, name)!r}"
             for name in type(self).model_fields
-            if name not in {"database_url", "redis_url", "admin_url"}
+            if name not in {"database_url", "redis_url", "admin_url", "replica_urls"}
         )
         redis = redact(self.redis_url) if self.redis_url else None
         admin = redact(self.admin_url) if self.admin_url else None
         return (
             f"Settings(database_url={self.safe_database_url!r}, redis_url={redis!r}, "
-            f"admin_url={admin!r}, {fields})"
+            f"admin_url={admin!r}, replica_urls={tuple(map(redact, self.replica_urls))!r}, "
+            f"{fields})"
         )
 
     __str__ = __repr__

@@ -21,6 +21,7 @@ histogram (seconds) by query, and the pools' ``db.client.connection.count``
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 import time
 import weakref
@@ -41,6 +42,7 @@ __all__ = ["ACTIVE", "Telemetry", "instrument", "register_pool", "uninstrument"]
 T = TypeVar("T")
 
 SCOPE = "datalayer"
+_log = logging.getLogger("datalayer")
 
 #: The installed telemetry, or None: every hook tests this first.
 ACTIVE: Telemetry | None = None
@@ -250,7 +252,11 @@ def _observations(read: Callable[[dict[str, int]], list[tuple[int, dict[str, str
 
     found = []
     for name, pool in list(_POOLS.items()):
-        stats = pool.get_stats()
+        try:
+            stats = pool.get_stats()
+        except Exception as exc:
+            _log.debug("pool %s left out of the connection gauges: %s", name, exc)
+            continue
         base = {"db.client.connection.pool.name": name}
         for value, extra in read(stats):
             found.append(Observation(value, {**base, **extra}))

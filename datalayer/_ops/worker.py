@@ -54,10 +54,11 @@ from typing import Any
 import psycopg
 
 from .._database import Database, _connection_kwargs
+from .._pooler import refuse_pooler
 from .._settings import Settings
 from ..errors import ConcurrencyConflict, DataLayerError, InvalidInput, map_error
 from ..models.maintenance import MaintenanceRun, RunOutcome
-from .roles import admin_url
+from .roles import admin_url, connect_admin
 
 __all__ = ["JOBS", "Job", "Worker", "WorkerSettings", "parse_schedule"]
 
@@ -274,11 +275,7 @@ class Worker:
     @contextmanager
     def admin_connection(self) -> Iterator[psycopg.Connection[Any]]:
         """An autocommit connection with the admin URL, for DDL jobs."""
-        try:
-            conn = psycopg.connect(self.admin_url, **_connection_kwargs(self.settings))
-        except psycopg.Error as exc:
-            raise map_error(exc) from None
-        with conn:
+        with connect_admin(self.settings) as conn:
             yield conn
 
     # -- the loop ----------------------------------------------------------------------------
@@ -382,9 +379,13 @@ class Worker:
         if self._lock_conn is None or self._lock_conn.closed:
             kwargs = {**_connection_kwargs(self.settings), "prepare_threshold": None}
             try:
-                self._lock_conn = psycopg.connect(self.admin_url, **kwargs)
+                conn = psycopg.connect(self.admin_url, **kwargs)
             except psycopg.Error as exc:
                 raise map_error(exc) from None
+            # A session advisory lock through a transaction pooler would be held by
+            # whichever client got that server connection next: never.
+            refuse_pooler(conn, "the worker's admin URL")
+            self._lock_conn = conn
         return self._lock_conn
 
     def _drop_lock_connection(self) -> None:

@@ -194,6 +194,9 @@ def test_metrics_give_the_duration_by_query_and_the_pool_gauges(
         if p.attributes.items() >= mine.items()
     }
     stats = db.stats()
+    seen = {p.attributes.get("db.client.connection.pool.name")
+            for p in recorded.points("db.client.connection.count")}  # fmt: skip
+    assert set(counts) == {"idle", "used"}, (db.pool_name, seen)
     assert counts["idle"] + counts["used"] >= 1
     assert counts["idle"] + counts["used"] <= stats["pool_max"]
     [maximum] = [p for p in recorded.points("db.client.connection.max") if p.attributes == mine]

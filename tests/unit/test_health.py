@@ -171,3 +171,15 @@ def test_bad_worker_settings_are_refused(env: dict[str, str], field: str) -> Non
     with pytest.raises(InvalidInput) as info:
         WorkerSettings.from_env(env)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("replica", "expected"),
+    [((True, 120.0), "ok"), ((True, 20_000.0), "warning"), ((False, 0.0), "warning"),
+     ((False, None), "warning")],
+)  # fmt: skip
+def test_a_replica_down_promoted_or_lagging_is_a_warning(
+    replica: tuple[bool, float | None], expected: str
+) -> None:
+    status = status_of("replica:1", lags=lags(), jobs=[], replicas=[replica])
+    assert status == expected
