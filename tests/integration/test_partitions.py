@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from overlap import wait_until_blocked
 from psycopg import sql
 
 from datalayer import Database, DataLayerError, PartitionMissing
@@ -195,11 +196,33 @@ def test_two_cli_processes_racing_ensure_both_exit_zero_and_create_each_month_on
 ) -> None:
     now = this_month()
     first = add_months(now, -24)
-    procs = [
-        cli("partitions", "ensure", "--from", f"{first:%Y-%m}", "--ahead", "8", url=fresh_admin_url)
-        for _ in range(2)
-    ]
-    outputs = [proc.communicate(timeout=60) for proc in procs]
+    with psycopg.connect(fresh_admin_url, autocommit=True) as holder:
+        # Creators of a parent's months serialise on an advisory lock. Hold the first
+        # parent's until both processes are seen waiting for it (pg_locks): from then on
+        # they race for every month at the same time.
+        holder.execute(
+            "SELECT pg_advisory_lock(hashtext(%s))", [f"partitions:{PARTITIONED_TABLES[0]}"]
+        )
+        procs = [
+            cli(
+                "partitions",
+                "ensure",
+                "--from",
+                f"{first:%Y-%m}",
+                "--ahead",
+                "8",
+                url=fresh_admin_url,
+            )
+            for _ in range(2)
+        ]
+        try:
+            waiting = wait_until_blocked(admin, holder.info.backend_pid, 2, what="processes")
+        finally:
+            holder.execute(
+                "SELECT pg_advisory_unlock(hashtext(%s))", [f"partitions:{PARTITIONED_TABLES[0]}"]
+            )
+        outputs = [proc.communicate(timeout=60) for proc in procs]
+    assert len(set(waiting)) == 2
     for proc, (_, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
     created = Counter(
