@@ -525,3 +525,15 @@ def test_writing_off_moves_what_is_still_due_to_bad_debt() -> None:
         ("bad_debt", 400),
         ("receivable", -400),
     ]
+
+
+def test_a_change_is_signed_and_no_change_is_not() -> None:
+    def changed(accepted: str, billed: str, billed_amount: int) -> str:
+        usage = meter(accepted, billed_quantity=D(billed), billed_amount=billed_amount)
+        return only(usage_lines(PERIOD, [usage], own=True)).description
+
+    # The price rule changed what 101 units cost (billed 4, now 5): quantity settled.
+    assert "changed by 0 after" in changed("101", "101", 4)
+    assert "changed by +1 after" in changed("111", "110", 50)
+    assert "changed by -1 after" in changed("109", "110", 50)
+    assert "changed by +0.5 after" in changed("0.5", "0", 1)

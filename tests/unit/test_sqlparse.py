@@ -320,6 +320,9 @@ def test_e_starts_an_escape_string_only_as_a_word_of_its_own() -> None:
     # At the start of the body, or after "(", E'\'' is an escape string holding a quote.
     assert lex("E'\\'', :y").params == ("y",)
     assert lex("SELECT (E'\\'', :y)").params == ("y",)
+    # At the very start, or second, the character before the quote decides alone.
+    assert lex("'a\\', :y, e").params == ("y",)
+    assert lex("xE'\\', :y").params == ("y",)
 
 
 def test_a_colon_after_an_identifier_character_or_another_colon_is_not_a_parameter() -> None:
@@ -327,6 +330,7 @@ def test_a_colon_after_an_identifier_character_or_another_colon_is_not_a_paramet
     assert lex("SELECT ::g").params == ()
     assert lex("SELECT :::h").positional_sql == "SELECT :::h"
     assert lex(":a").params == ("a",)
+    assert lex("x:a").params == ()
     assert lex("SELECT x: :b").params == ("b",)
     assert lex("SELECT :1, : a").params == ()
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
+from datalayer import _validation
 from datalayer._validation import (
     EARLIEST,
     LATEST,
@@ -20,6 +21,8 @@ from datalayer._validation import (
     Id,
     Limit,
     Name,
+    Properties,
+    Reason,
     _batch_shape,
     _fast_checks,
     _is_id,
@@ -362,3 +365,115 @@ def test_an_integer_of_3999_digits_fits_and_the_text_counts_its_sign() -> None:
 def test_a_huge_integer_is_refused_without_printing_it() -> None:
     assert properties_refusal({"n": 10**5000}) == "larger than 4096 bytes of JSON text"
     assert properties_refusal({"n": -(10**5000)}) == "larger than 4096 bytes of JSON text"
+
+
+# -- which path a call takes ------------------------------------------------------------------
+
+
+class _Spied:
+    """A class decorated while pydantic's validate_call is counted."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = _validation.validate_call
+
+        def counting(**config: Any) -> Any:
+            decorate = real(**config)
+
+            def wrap(func: Any) -> Any:
+                checked = decorate(func)
+
+                def counted(*args: Any, **kwargs: Any) -> Any:
+                    self.calls += 1
+                    return checked(*args, **kwargs)
+
+                return counted
+
+            return wrap
+
+        monkeypatch.setattr(_validation, "validate_call", counting)
+
+        class Lookups:
+            @validated
+            def get(self, *, account_id: Id, limit: Limit) -> tuple[int, int]:
+                return account_id, limit
+
+        self.lookups = Lookups()
+
+
+def test_good_ids_and_limits_skip_pydantic_and_anything_else_goes_through_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spied = _Spied(monkeypatch)
+    assert spied.lookups.get(account_id=7, limit=10) == (7, 10)
+    assert spied.lookups.get(limit=10, account_id=7) == (7, 10)
+    assert spied.calls == 0
+    with pytest.raises(InvalidInput):
+        spied.lookups.get(account_id=7, limit=0)
+    assert spied.calls == 1
+    with pytest.raises(InvalidInput):
+        spied.lookups.get(account_id=7)  # type: ignore[call-arg]
+    assert spied.calls == 2
+    with pytest.raises(InvalidInput):
+        spied.lookups.get(account_id=7, limit=10, other=1)  # type: ignore[call-arg]
+    assert spied.calls == 3
+    with pytest.raises(InvalidInput):
+        spied.lookups.get(account_id=7, other=10)  # type: ignore[call-arg]
+    assert spied.calls == 4
+    with pytest.raises(InvalidInput):
+        type(spied.lookups).get(spied.lookups, 7, 10)  # type: ignore[misc]
+    assert spied.calls == 5
+
+
+def test_an_int_subclass_is_checked_by_pydantic_up_to_the_largest_bigint() -> None:
+    class MyInt(int):
+        pass
+
+    assert _Lookups().get(account_id=MyInt(2**63 - 1), limit=MyInt(1000)) == (2**63 - 1, 1000)
+    with pytest.raises(InvalidInput) as caught:
+        _Lookups().get(account_id=MyInt(2**63), limit=1)
+    assert caught.value.field == "account_id"
+
+
+class _Texts:
+    @validated
+    def note(self, *, name: Name, reason: Reason, properties: Properties) -> tuple[str, str, Any]:
+        return name, reason, properties
+
+
+def test_text_arguments_are_kept_as_given_and_properties_pass_through() -> None:
+    assert _Texts().note(name=" x ", reason=" why ", properties={"a": 1}) == (
+        " x ",
+        " why ",
+        {"a": 1},
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"name": "", "reason": "r", "properties": {}}, "name"),
+        ({"name": "n", "reason": "", "properties": {}}, "reason"),
+        ({"name": "n", "reason": "r" * 501, "properties": {}}, "reason"),
+        ({"name": "n", "reason": "r\x00", "properties": {}}, "reason"),
+        ({"name": "n", "reason": "r", "properties": {"a": float("nan")}}, "properties"),
+        ({"name": "n", "reason": "r", "properties": {1: 2}}, "properties"),
+    ],
+)
+def test_a_bad_text_or_property_argument_is_named(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        _Texts().note(**kwargs)
+    assert caught.value.field == field
+
+
+def test_an_integer_of_exactly_10_to_the_4000_is_refused_unprinted() -> None:
+    # 4001 digits would fit in 4096 bytes, but str() of such ints is where Python's own
+    # limit lies in wait: anything from 10**4000 up counts as too large.
+    assert properties_refusal({"n": 10**4000 - 1}) is None
+    assert properties_refusal({"n": 10**4000}) == "larger than 4096 bytes of JSON text"
+
+
+def test_a_non_ascii_key_counts_its_utf8_bytes_not_an_escape() -> None:
+    # {"éé...": 1}: 2 + 2 quotes + 2 bytes per é + ": 1" (3) = 4096 with 2044 of them.
+    assert properties_refusal({"é" * 2044: 1}) is None
+    assert properties_refusal({"é" * 2045: 1}) == "larger than 4096 bytes of JSON text"
