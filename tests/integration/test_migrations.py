@@ -102,7 +102,7 @@ def test_two_processes_migrating_at_once_both_succeed_and_apply_once(new_dbname:
                 )
         finally:
             holder.execute("SELECT pg_advisory_unlock(%s)", [_MIGRATE_LOCK_KEY])
-        outputs = [p.communicate(timeout=60) for p in procs]
+    outputs = [p.communicate(timeout=60) for p in procs]
     assert len(set(asking)) == 2
     assert [p.returncode for p in procs] == [0, 0], outputs
     stdout = "".join(o[0] for o in outputs)
