@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DL     := $(BIN)/datalayer
 
 .DEFAULT_GOAL := help
-.PHONY: help install migrate rollback status check-sql seed partitions bench bench-quick pool-sweep backup restore archive test lint demo clean
+.PHONY: help install migrate rollback status check-sql seed partitions bench bench-quick pool-sweep backup restore archive test mutation lint demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ archive: install ## archive event partitions older than 13 months into archive/,
 
 test: install ## run the whole test suite (unit and integration, real PostgreSQL)
 	DATALAYER_QUERY_COVERAGE=1 $(BIN)/pytest -n 2
+
+mutation: install ## mutation testing of the pure modules against their unit tests (fails below 95% killed)
+	$(BIN)/python tools/mutate.py --jobs 2
 
 lint: install ## ruff check, ruff format --check, mypy --strict, squawk on migrations
 	$(BIN)/ruff check .

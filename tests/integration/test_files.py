@@ -324,26 +324,41 @@ def test_two_workers_claiming_at_once_never_claim_the_same_file(db: Database) ->
             " FROM generate_series(1, 200) g",
             [account.id, SHA],
         )
-    start = threading.Barrier(2)
-    claims: dict[int, list[tuple[int, int]]] = {0: [], 1: []}
+    # Each round, both workers claim in their own transaction and meet at a barrier before
+    # either commits: both hold their claimed rows locked at once, so the second claim had
+    # to skip the first one's rows (a claim that waited instead would never reach the
+    # barrier, and it would break after its timeout).
+    inside = threading.Barrier(2, timeout=30)
+    committed = threading.Barrier(2, timeout=30)
+    rounds: dict[int, list[list[tuple[int, int]]]] = {0: [], 1: []}
     errors: list[BaseException] = []
 
     def worker(n: int) -> None:
         try:
-            start.wait()
-            while batch := db.files.claim(limit=3, lease=LEASE):
-                assert len(batch) <= 3
-                claims[n].extend((f.account_id, f.id) for f in batch)
+            while True:
+                with db.unit_of_work() as uow:
+                    batch = uow.files.claim(limit=3, lease=LEASE)
+                    assert len(batch) <= 3
+                    inside.wait()
+                rounds[n].append([(f.account_id, f.id) for f in batch])
+                committed.wait()
+                if not rounds[0][-1] and not rounds[1][-1]:
+                    return
         except BaseException as exc:  # reported below, not lost in the thread
+            inside.abort()
+            committed.abort()
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in (0, 1)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=30)
+        t.join(timeout=60)
     assert not errors
-    everything = claims[0] + claims[1]
+    both = [(a, b) for a, b in zip(rounds[0], rounds[1], strict=True) if a and b]
+    assert both, "no round where both workers held claims at once"
+    assert all(not set(a) & set(b) for a, b in both)
+    everything = [claim for n in (0, 1) for batch in rounds[n] for claim in batch]
     assert len(everything) == len(set(everything)) == 200
     assert db.files.count(account_id=account.id, status="processing") == 200
 

@@ -8,7 +8,9 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
+from overlap import wait_until_blocked
 
 from datalayer import Database
 from datalayer._ops.rollups import refresh_rollups
@@ -23,7 +25,8 @@ url, path, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 events = json.load(open(path))
 random.Random(seed).shuffle(events)
 totals = {"inserted": 0, "duplicates": 0, "rejected": 0}
-with Database(Settings(database_url=url, pool_max_size=2)) as db:
+# lock_timeout off: the test holds the key table until both senders wait for it.
+with Database(Settings(database_url=url, pool_max_size=2, lock_timeout_ms=0)) as db:
     for start in range(0, len(events), 5000):
         batch = [
             {**e, "quantity": Decimal(e["quantity"]),
@@ -40,7 +43,7 @@ print(json.dumps(totals))
 
 @pytest.mark.slow
 def test_two_processes_sending_100k_events_with_20_percent_duplicates_store_each_once(
-    db: Database, fresh_url: str, tmp_path: Path
+    db: Database, fresh_url: str, fresh_admin_url: str, tmp_path: Path
 ) -> None:
     with db.connection() as conn:
         conn.execute(
@@ -65,16 +68,28 @@ def test_two_processes_sending_100k_events_with_20_percent_duplicates_store_each
     stream.write_text(json.dumps(unique + resent))
     script = tmp_path / "sender.py"
     script.write_text(SENDER)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), fresh_url, str(stream), str(seed)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for seed in (1, 2)
-    ]
-    outputs = [p.communicate(timeout=300) for p in procs]
+    with (
+        psycopg.connect(fresh_admin_url) as holder,
+        psycopg.connect(fresh_admin_url, autocommit=True) as watcher,
+    ):
+        # Every batch writes the key table first. Hold it until both senders wait for it
+        # (seen in pg_locks): their first batches are then in flight at the same time.
+        holder.execute("LOCK TABLE usage_event_keys IN SHARE MODE")
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(script), fresh_url, str(stream), str(seed)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for seed in (1, 2)
+        ]
+        try:
+            waiting = wait_until_blocked(watcher, holder.info.backend_pid, 2, what="senders")
+        finally:
+            holder.commit()
+        outputs = [p.communicate(timeout=300) for p in procs]
+    assert len(set(waiting)) == 2
     assert [p.returncode for p in procs] == [0, 0], outputs
     results = [json.loads(out) for out, _ in outputs]
     assert sum(r["inserted"] for r in results) == 80_000
@@ -85,12 +100,38 @@ def test_two_processes_sending_100k_events_with_20_percent_duplicates_store_each
         counts = conn.execute(
             "SELECT (SELECT count(*) FROM usage_events),"
             " (SELECT count(DISTINCT (account_id, idempotency_key)) FROM usage_events),"
-            " (SELECT count(*) FROM usage_event_keys),"
-            " (SELECT count(*) FROM usage_events WHERE quantity = 99)"
+            " (SELECT count(*) FROM usage_event_keys)"
         ).fetchone()
-    assert counts is not None
-    assert counts[:3] == (80_000, 80_000, 80_000)
-    assert counts[3] <= 20_000  # whichever send of a key arrived first is the one stored
+        # Each key row points at its event, with the event's own time.
+        unlinked = conn.execute(
+            "SELECT count(*) FROM usage_event_keys k LEFT JOIN usage_events e"
+            " ON e.account_id = k.account_id AND e.id = k.event_id"
+            " AND e.occurred_at = k.occurred_at AND e.idempotency_key = k.idempotency_key"
+            " WHERE e.id IS NULL"
+        ).fetchone()
+        stored = {
+            key: (account_id, meter, str(quantity), occurred_at)
+            for key, account_id, meter, quantity, occurred_at in conn.execute(
+                "SELECT idempotency_key, account_id, meter_code, quantity::int, occurred_at"
+                " FROM usage_events"
+            )
+        }
+    assert counts == (80_000, 80_000, 80_000)
+    assert unlinked == (0,)
+    # Every stored event is one whole send of its key (the first or the re-send, never a mix
+    # of the two), and a key that was sent once is stored as sent.
+    sends: dict[str, list[tuple[int, str, str, datetime]]] = {}
+    for e in unique + resent:
+        sends.setdefault(e["idempotency_key"], []).append(
+            (
+                e["account_id"],
+                e["meter_code"],
+                e["quantity"],
+                datetime.fromisoformat(e["occurred_at"]),
+            )
+        )
+    assert set(stored) == set(sends)
+    assert all(stored[key] in versions for key, versions in sends.items())
 
     refresh_rollups(db)
     with db.connection() as conn:

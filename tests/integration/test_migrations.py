@@ -12,10 +12,11 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import pg_url
+from overlap import wait_until_queried
 from psycopg import sql
 
 from datalayer import Settings
-from datalayer._ops.migrate import migrate, rollback, status
+from datalayer._ops.migrate import _MIGRATE_LOCK_KEY, migrate, rollback, status
 from datalayer._resources import migrations_dir
 
 
@@ -76,13 +77,33 @@ def test_rollback_all_then_migrate_gives_an_identical_schema(new_dbname: str) ->
 
 
 def test_two_processes_migrating_at_once_both_succeed_and_apply_once(new_dbname: str) -> None:
+    with psycopg.connect(pg_url("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(new_dbname)))
     env = {**os.environ, "DATABASE_URL": pg_url(new_dbname)}
     cmd = [sys.executable, "-m", "datalayer._cli", "migrate"]
-    procs = [
-        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
+    with psycopg.connect(pg_url(new_dbname), autocommit=True) as holder:
+        # Hold the migration lock until both processes are seen asking for it: they are
+        # then contending at the same time, and one must wait for the other's migrations.
+        holder.execute("SELECT pg_advisory_lock(%s)", [_MIGRATE_LOCK_KEY])
+        procs = [
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(2)
+        ]
+        try:
+            with psycopg.connect(pg_url("postgres"), autocommit=True) as watcher:
+                asking = wait_until_queried(
+                    watcher,
+                    new_dbname,
+                    "pg_try_advisory_lock",
+                    2,
+                    exclude=holder.info.backend_pid,
+                )
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(%s)", [_MIGRATE_LOCK_KEY])
     outputs = [p.communicate(timeout=60) for p in procs]
+    assert len(set(asking)) == 2
     assert [p.returncode for p in procs] == [0, 0], outputs
     stdout = "".join(o[0] for o in outputs)
     assert stdout.count("applied 0001_accounts_users") == 1

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from overlap import wait_until_blocked
 from psycopg import sql
 
 from datalayer import Database, DataLayerError, PartitionMissing
@@ -162,23 +162,31 @@ def test_two_threads_racing_ensure_on_the_same_months_both_succeed_and_create_ea
     now = this_month()
     first = add_months(now, 4)
     ahead = 18
-    barrier = threading.Barrier(2)
     results: list[list[str]] = []
     errors: list[BaseException] = []
 
     def worker() -> None:
         try:
             with psycopg.connect(fresh_admin_url, autocommit=True) as conn:
-                barrier.wait(timeout=10)
                 results.append(ensure_partitions(conn, start=first, ahead=ahead))
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    lock = f"partitions:{PARTITIONED_TABLES[0]}"
+    with psycopg.connect(fresh_admin_url, autocommit=True) as holder:
+        # Both threads are seen waiting on the first parent's creation lock before it is
+        # released: from then on they race for every month at the same time.
+        holder.execute("SELECT pg_advisory_lock(hashtext(%s))", [lock])
+        threads = [threading.Thread(target=worker) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        try:
+            waiting = wait_until_blocked(admin, holder.info.backend_pid, 2, what="threads")
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(hashtext(%s))", [lock])
+        for thread in threads:
+            thread.join(timeout=60)
+    assert len(set(waiting)) == 2
     assert errors == []
     assert len(results) == 2
     expected = names(months(first, add_months(now, ahead)))
@@ -195,11 +203,33 @@ def test_two_cli_processes_racing_ensure_both_exit_zero_and_create_each_month_on
 ) -> None:
     now = this_month()
     first = add_months(now, -24)
-    procs = [
-        cli("partitions", "ensure", "--from", f"{first:%Y-%m}", "--ahead", "8", url=fresh_admin_url)
-        for _ in range(2)
-    ]
-    outputs = [proc.communicate(timeout=60) for proc in procs]
+    with psycopg.connect(fresh_admin_url, autocommit=True) as holder:
+        # Creators of a parent's months serialise on an advisory lock. Hold the first
+        # parent's until both processes are seen waiting for it (pg_locks): from then on
+        # they race for every month at the same time.
+        holder.execute(
+            "SELECT pg_advisory_lock(hashtext(%s))", [f"partitions:{PARTITIONED_TABLES[0]}"]
+        )
+        procs = [
+            cli(
+                "partitions",
+                "ensure",
+                "--from",
+                f"{first:%Y-%m}",
+                "--ahead",
+                "8",
+                url=fresh_admin_url,
+            )
+            for _ in range(2)
+        ]
+        try:
+            waiting = wait_until_blocked(admin, holder.info.backend_pid, 2, what="processes")
+        finally:
+            holder.execute(
+                "SELECT pg_advisory_unlock(hashtext(%s))", [f"partitions:{PARTITIONED_TABLES[0]}"]
+            )
+        outputs = [proc.communicate(timeout=60) for proc in procs]
+    assert len(set(waiting)) == 2
     for proc, (_, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
     created = Counter(
@@ -224,25 +254,37 @@ def test_ensure_retries_past_a_lock_held_briefly_by_another_session_and_creates_
     fresh_admin_url: str, admin: psycopg.Connection[Any]
 ) -> None:
     month = add_months(this_month(), 6)
+    created: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def ensure() -> None:
+        try:
+            with psycopg.connect(fresh_admin_url, autocommit=True) as conn:
+                created.append(
+                    ensure_partitions(
+                        conn,
+                        start=month,
+                        ahead=6,
+                        parents=("usage_events",),
+                        lock_timeout_ms=100,
+                        attempts=20,
+                    )
+                )
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
     with psycopg.connect(fresh_admin_url) as holder:
         holder.execute("LOCK TABLE usage_events IN ACCESS EXCLUSIVE MODE")
-        release = threading.Timer(0.5, holder.rollback)
-        started = time.monotonic()
-        release.start()
+        worker = threading.Thread(target=ensure)
+        worker.start()
         try:
-            created = ensure_partitions(
-                admin,
-                start=month,
-                ahead=6,
-                parents=("usage_events",),
-                lock_timeout_ms=100,
-                attempts=20,
-            )
+            # It really waits for the lock (seen in pg_locks), then gets it once released.
+            wait_until_blocked(admin, holder.info.backend_pid, 1, what="ensures")
         finally:
-            release.join()
-        elapsed = time.monotonic() - started
-    assert created == [f"usage_events_{month:%Y_%m}"]
-    assert 0.45 <= elapsed < 5, elapsed  # it really waited for the lock, but not forever
+            holder.rollback()
+        worker.join(timeout=60)
+    assert errors == []
+    assert created == [[f"usage_events_{month:%Y_%m}"]]
 
 
 def test_ensure_raises_a_datalayer_error_rather_than_hanging_when_the_parent_stays_locked(
@@ -251,10 +293,10 @@ def test_ensure_raises_a_datalayer_error_rather_than_hanging_when_the_parent_sta
     month = add_months(this_month(), 6)
     with psycopg.connect(fresh_admin_url) as holder:
         holder.execute("LOCK TABLE usage_events IN ACCESS EXCLUSIVE MODE")
-        # Safety net: an ensure that ignored lock_timeout would wait this long, then fail below.
+        # An ensure that ignored lock_timeout would wait this long, then create the month
+        # and not raise: the test would fail below, without timing anything.
         release = threading.Timer(5, holder.rollback)
         release.start()
-        started = time.monotonic()
         try:
             with pytest.raises(DataLayerError, match=f"usage_events_{month:%Y_%m}") as info:
                 ensure_partitions(
@@ -265,12 +307,10 @@ def test_ensure_raises_a_datalayer_error_rather_than_hanging_when_the_parent_sta
                     lock_timeout_ms=100,
                     attempts=2,
                 )
-            elapsed = time.monotonic() - started
         finally:
             release.cancel()
             holder.rollback()
     assert not isinstance(info.value, psycopg.Error)
-    assert elapsed < 2, elapsed
     assert f"usage_events_{month:%Y_%m}" not in [p.name for p in list_partitions(admin)]
     # The failed attempt left the connection usable.
     assert ensure_partitions(admin, start=month, ahead=6, parents=("usage_events",)) == [

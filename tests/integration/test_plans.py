@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
+from overlap import wait_until_blocked
 
 from datalayer import (
     AlreadyExists,
@@ -334,26 +334,52 @@ def test_a_cursor_that_is_not_from_the_listing_raises_invalid_input(uow: UnitOfW
     assert limit.value.field == "limit"
 
 
-def test_two_drafts_of_one_code_created_at_once_never_share_a_version(db: Database) -> None:
-    # Both transactions read the same max(version); the later insert waits for
-    # the earlier one and then collides on the unique key instead of doubling v1.
-    barrier = threading.Barrier(2)
-    outcomes: list[object] = []
+def test_two_drafts_of_one_code_created_at_once_never_share_a_version(
+    db: Database, fresh_url: str
+) -> None:
+    # The first draft's transaction inserts v1 and stays open; the second computes its
+    # version from what it sees (no v1 yet), so its insert must wait for the first on the
+    # unique key: that wait is seen in pg_locks before the first commits. Then it collides
+    # instead of doubling v1.
+    first_inserted = threading.Event()
+    release_first = threading.Event()
+    first_pid: list[int] = []
+    second_pid: list[int] = []
+    outcomes: dict[str, object] = {}
 
-    def create() -> None:
+    def first() -> None:
         try:
             with db.unit_of_work() as uow:
-                barrier.wait(timeout=5)
-                plan = draft(uow)
-                time.sleep(0.2)  # hold the transaction open while the other one inserts
-            outcomes.append(plan.version)
-        except AlreadyExists as exc:
-            outcomes.append(exc.constraint)
+                first_pid.append(uow.connection.info.backend_pid)
+                outcomes["first"] = draft(uow).version
+                first_inserted.set()
+                assert release_first.wait(30)
+        except BaseException as exc:  # reported below
+            outcomes["first"] = exc
+            first_inserted.set()
 
-    threads = [threading.Thread(target=create) for _ in range(2)]
+    def second() -> None:
+        try:
+            assert first_inserted.wait(30)
+            with db.unit_of_work() as uow:
+                second_pid.append(uow.connection.info.backend_pid)
+                outcomes["second"] = draft(uow).version
+        except AlreadyExists as exc:
+            outcomes["second"] = exc.constraint
+        except BaseException as exc:  # reported below
+            outcomes["second"] = exc
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join(timeout=10)
-    assert sorted(outcomes, key=str) == [1, "plans_code_version_key"]
+    try:
+        assert first_inserted.wait(30)
+        with psycopg.connect(fresh_url, autocommit=True) as watcher:
+            waiting = wait_until_blocked(watcher, first_pid[0], 1, what="second drafts")
+        assert waiting == second_pid
+    finally:
+        release_first.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert outcomes == {"first": 1, "second": "plans_code_version_key"}
     assert draft(db).version == 2

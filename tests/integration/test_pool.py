@@ -156,13 +156,12 @@ def test_a_statement_over_statement_timeout_raises_query_timeout_and_the_pool_re
     fresh_url: str,
 ) -> None:
     with Database(_settings(fresh_url, statement_timeout_ms=200)) as db:
-        start = time.monotonic()
+        # pg_sleep(30) ends only by a cancel; the server says which (not a timing check).
         with pytest.raises(QueryTimeout) as info, db.connection() as conn:
-            conn.execute("SELECT pg_sleep(2)")
-        elapsed = time.monotonic() - start
+            conn.execute("SELECT pg_sleep(30)")
 
         assert info.value.sqlstate == "57014"
-        assert elapsed < 1.5
+        assert "statement timeout" in str(info.value)
         with db.connection() as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
             assert conn.info.transaction_status is TransactionStatus.IDLE
@@ -193,10 +192,8 @@ def test_after_every_pooled_backend_is_terminated_the_next_call_gets_a_fresh_con
             assert time.monotonic() < deadline, "terminated backends did not go away"
             time.sleep(0.02)
 
-        start = time.monotonic()
+        # The first call after the outage succeeds (how fast is the bench's business).
         assert db.accounts.get(account_id=account.id) == account
-        elapsed = time.monotonic() - start
-        assert elapsed < 2.0
 
         new = _pids(admin, name)
         assert new
@@ -423,18 +420,40 @@ def test_on_acquire_reports_how_long_each_checkout_waited(fresh_url: str) -> Non
         db.on_acquire = waits.append
         db.accounts.list(limit=1)
         assert len(waits) == 1
-        assert 0 <= waits[0] < 1
+        assert waits[0] >= 0
+        holding = threading.Event()
         released = threading.Event()
 
         def hold() -> None:
             with db.connection():
-                released.wait(5)
+                holding.set()
+                released.wait(30)
 
         holder = threading.Thread(target=hold)
         holder.start()
-        time.sleep(0.2)  # the holder has the only connection
-        threading.Timer(0.3, released.set).start()
-        db.accounts.list(limit=1)  # waits for the holder to give it back
-        holder.join()
-    assert len(waits) >= 3
-    assert max(waits) >= 0.25
+        spans: list[float] = []
+
+        def checkout() -> None:
+            started = time.monotonic()
+            db.accounts.list(limit=1)  # waits for the holder to give the only connection back
+            spans.append(time.monotonic() - started)
+
+        try:
+            assert holding.wait(30)
+            waiter = threading.Thread(target=checkout)
+            waiter.start()
+            deadline = time.monotonic() + 30
+            while db.stats().get("requests_waiting", 0) < 1:  # the checkout is queued
+                assert time.monotonic() < deadline, "the checkout never queued"
+                time.sleep(0.005)
+            queued_at = time.monotonic()
+            time.sleep(0.05)  # a wait long enough to measure, not a synchronisation point
+            released_at = time.monotonic()
+        finally:
+            released.set()
+            holder.join()
+        waiter.join()
+    assert len(waits) == 3  # the first read, the holder, the queued checkout
+    # The queued checkout's reported wait covers at least the time it was seen queued
+    # before the release, and at most the whole call.
+    assert released_at - queued_at <= waits[2] <= spans[0]

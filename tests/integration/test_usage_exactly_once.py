@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from overlap import wait_until_blocked
 from psycopg import sql
 
 from datalayer import Database, InvalidInput, ReferenceViolation, UnitOfWork
@@ -104,7 +105,9 @@ from datalayer import Database, Settings
 url, account_id = sys.argv[1], int(sys.argv[2])
 plan = json.loads(sys.stdin.readline())
 results, errors = {}, []
-with Database(Settings(database_url=url, pool_min_size=1, pool_max_size=2)) as db:
+# lock_timeout off: the test holds the key table until both senders wait for it.
+settings = Settings(database_url=url, pool_min_size=1, pool_max_size=2, lock_timeout_ms=0)
+with Database(settings) as db:
     db.accounts.get(account_id=account_id)  # connected before the start signal
     print("ready", flush=True)
     sys.stdin.readline()
@@ -149,6 +152,8 @@ def test_two_processes_sending_overlapping_keys_at_once_store_each_key_exactly_o
             for block in range(0, len(shared), 100)
             for key in rng.sample(shared[block : block + 100], 100)
         ]
+        keys.remove(shared[0])
+        keys.insert(0, shared[0])  # both senders' first event: a race on one key, at once
         own = [f"own{n}-{i}" for i in range(1000)]
         ordered = [key for pair in zip(keys, own, strict=True) for key in pair]
         # Each sender its own quantity and time, so the stored row shows who won.
@@ -176,15 +181,26 @@ def test_two_processes_sending_overlapping_keys_at_once_store_each_key_exactly_o
             proc.stdin.write(json.dumps(plan) + "\n")
             proc.stdin.flush()
             assert proc.stdout.readline().strip() == "ready"
-        for proc in procs:  # both start together
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
+        with (
+            psycopg.connect(fresh_admin_url) as holder,
+            psycopg.connect(fresh_admin_url, autocommit=True) as watcher,
+        ):
+            # Both senders' first statement inserts into the key table: hold it, let them
+            # go, and release only once both are seen waiting for it. From then on both are
+            # inside the critical section at once, racing for the same first key.
+            holder.execute("LOCK TABLE usage_event_keys IN SHARE MODE")
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            waiting = wait_until_blocked(watcher, holder.info.backend_pid, 2, what="senders")
+            holder.commit()
         outputs = [proc.communicate(timeout=60) for proc in procs]
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
+    assert len(set(waiting)) == 2
     for proc, (_, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
     reports = [json.loads(out.splitlines()[-1]) for out, _ in outputs]
@@ -209,6 +225,9 @@ def test_two_processes_sending_overlapping_keys_at_once_store_each_key_exactly_o
     assert linked == (3000,)
     assert set(stored) == set(a) | set(b)
 
+    # The first key, sent by both while both were inside the insert: one stored it, the
+    # other got its event back as a duplicate.
+    assert sorted([a[shared[0]][1], b[shared[0]][1]]) == [False, True]
     for key in shared:
         (id_a, dup_a, qty_a), (id_b, dup_b, qty_b) = a[key], b[key]
         assert id_a == id_b == stored[key][0], key  # both got the one stored event

@@ -131,3 +131,63 @@ def test_has_scope_refuses_a_malformed_scope(scope: str) -> None:
     with pytest.raises(InvalidInput) as info:
         ApiKeyRepository.has_scope(context=_context("files:read"), scope=scope)
     assert info.value.field == "scope"
+
+
+# -- known answers: fixed secrets whose checksums were worked out apart from the code -------
+
+KNOWN = [
+    # body (dl_<env>_<32 random>), CRC32 of the body, that CRC32 as 6 base62 digits
+    ("dl_live_00000000000000000000000000000000", 3023344335, "3IbdyJ"),
+    ("dl_test_zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz", 1378205136, "1VGo76"),
+    # CRC32 below 62**5 and 62**4: the checksum is padded with the alphabet's zero digit.
+    ("dl_test_AAAAAAAAAAAAAAAAAAAAAAAA00000003", 689683255, "0kfq7T"),
+    ("dl_live_00000000000000000000000000000137", 12533400, "00qaVc"),
+]
+
+
+@pytest.mark.parametrize(("body", "crc", "checksum"), KNOWN)
+def test_known_secrets_carry_their_known_checksums(body: str, crc: int, checksum: str) -> None:
+    assert zlib.crc32(body.encode()) == crc
+    assert _decode62(checksum) == crc
+    environment = body[3:7]
+    assert parse_secret(body + checksum) == environment
+    assert parse_secret(body + checksum[::-1]) is None
+
+
+def test_a_checksum_below_62_to_the_4th_is_padded_with_zeros_not_another_digit() -> None:
+    body, _, checksum = KNOWN[3]
+    assert checksum.startswith("00")
+    assert parse_secret(body + "00qaVc") == "live"
+    assert parse_secret(body + "11qaVc") is None
+    assert parse_secret(body + "qaVc00") is None
+
+
+def test_a_secret_from_a_fixed_random_source_is_the_known_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("datalayer._apikey.secrets.choice", lambda alphabet: alphabet[0])
+    secret = generate_secret("live")
+    assert secret == "dl_live_00000000000000000000000000000000" + "3IbdyJ"
+    assert display_prefix(secret) == "dl_live_0000"
+    assert hash_secret(secret).hex() == (
+        "883f55d6549f42324da245f3c3deea8d6d4a67cd742004c4a997c6cf8f0b862f"
+    )
+
+
+def test_the_alphabet_is_base62_in_digit_upper_lower_order() -> None:
+    assert ALPHABET == "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "dl_live_" + "0" * 32 + "3IbdyJ" + "0",  # one too long
+        "dl_live_" + "0" * 31 + "3IbdyJ",  # one too short
+        "dl_live_" + "0" * 32 + "3Ibdy",
+        "dl_" + "0" * 32 + "3IbdyJ",
+        "dl_live" + "0" * 33 + "3IbdyJ",
+        "dl_live_" + "0" * 31 + "-" + "3IbdyJ",
+    ],
+)
+def test_a_known_secret_off_by_one_in_length_or_shape_is_refused(secret: str) -> None:
+    assert parse_secret(secret) is None

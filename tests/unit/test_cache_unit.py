@@ -18,17 +18,22 @@ from datalayer._cachecore import (
     CLOCK_SKEW_MS,
     GENERATION_MARGIN_MS,
     GENERATION_TTL_MS,
+    GLOBAL_ACCOUNT,
     MAX_TTL,
     WRITE_BACK_WINDOW_MS,
+    Breaker,
     CacheStats,
     Codec,
     Freshness,
     Rejected,
     SigningKeys,
     account_tag,
+    cache_key,
     key_tag,
+    key_use_tag,
     new_generation,
     plan_tag,
+    wall_ms,
     write_back_allowed,
 )
 
@@ -345,8 +350,10 @@ def test_a_disabled_cache_builds_every_time_and_counts_nothing() -> None:
 
 
 def test_an_unreachable_redis_falls_back_to_build_and_then_skips_redis_for_the_cooldown() -> None:
+    # Whether a call is fast is the bench's business; what is tested is that after the first
+    # error no call goes near the network until the cooldown (30 s) is over: each one is
+    # counted as bypassed, not as another error.
     cache = Cache(f"redis://127.0.0.1:{_closed_port()}/0", keys=KEYS, cooldown=30)
-    start = time.perf_counter()
 
     assert cache.get_or_build("t", Thing, lambda: Thing(n=1), ttl=60, negative_ttl=10) == Thing(n=1)
     assert cache.stats.errors == 1
@@ -354,8 +361,147 @@ def test_an_unreachable_redis_falls_back_to_build_and_then_skips_redis_for_the_c
     cache.invalidate("t")  # remembered, never raised
     assert cache.remember("t", "touch", 60) is False
 
-    assert time.perf_counter() - start < 0.5
     assert cache.stats.errors == 1  # the breaker kept the later calls off the network
     assert cache.stats.bypassed == 2
     assert cache.stats.invalidations == 1
     cache.close()
+
+
+# -- exact edges of the pure rules ----------------------------------------------------------
+
+
+def test_every_tag_names_its_kind_and_id() -> None:
+    assert key_use_tag(42) == "keyuse:42"
+    assert cache_key("dl", 2, key_use_tag(42), "mark") == "dl:v2:{keyuse:42}:mark"
+    assert GLOBAL_ACCOUNT == 0  # account ids start at 1: no account is the global one
+
+
+def test_a_write_back_exactly_ten_seconds_after_its_read_is_stored_and_not_a_ms_later() -> None:
+    seen = new_generation()
+    assert write_back_allowed(seen=seen, current=seen, read_ms=NOW, now_ms=NOW + 10_000)
+    assert not write_back_allowed(seen=seen, current=seen, read_ms=NOW, now_ms=NOW + 10_001)
+    assert write_back_allowed(seen=seen, current=seen, read_ms=NOW, now_ms=NOW)
+
+
+def test_a_generation_is_16_hex_characters() -> None:
+    generation = new_generation()
+    assert len(generation) == 16
+    int(generation, 16)
+
+
+def test_a_malformed_entry_is_named_by_its_position() -> None:
+    with pytest.raises(ValueError, match="entry 2 is not kid:hexsecret"):
+        SigningKeys.parse(f"k1:{SECRET_1},nocolon")
+    with pytest.raises(ValueError, match="entry 1 is not kid:hexsecret"):
+        SigningKeys.parse("nocolon")
+
+
+def test_a_long_key_id_is_shown_cut_to_20_characters() -> None:
+    kid = "abcdefghijklmnopqrstuvwxyz"
+    with pytest.raises(ValueError, match="is not hex") as info:
+        SigningKeys.parse(f"{kid}:zz")
+    assert str(info.value) == "the secret of key id 'abcdefghijklmnopqrst' is not hex"
+    with pytest.raises(ValueError, match="must be 1-16") as info:
+        SigningKeys([(kid, b"s" * 32)])
+    assert (
+        str(info.value) == "key id 'abcdefghijklmnopqrst' must be 1-16 letters, digits, '_' or '-'"
+    )
+
+
+def test_a_secret_of_exactly_32_bytes_is_enough() -> None:
+    assert SigningKeys([("k", b"s" * 32)]).kids == ("k",)
+    with pytest.raises(ValueError, match="31 bytes"):
+        SigningKeys([("k", b"s" * 31)])
+    with pytest.raises(ValueError, match="no key given"):
+        SigningKeys([])
+
+
+def test_the_mac_length_prefixes_each_part_so_parts_cannot_be_shifted() -> None:
+    assert KEYS.mac("k1", b"ab", b"c") != KEYS.mac("k1", b"a", b"bc")
+    assert KEYS.mac("k1", b"ab", b"c") == KEYS.mac("k1", b"ab", b"c")
+    with pytest.raises(KeyError):
+        KEYS.mac("k9", b"x")
+
+
+def test_wall_ms_is_this_process_wall_clock_in_milliseconds() -> None:
+    before = time.time_ns() // 1_000_000
+    now = wall_ms()
+    after = time.time_ns() // 1_000_000
+    assert before <= now <= after
+
+
+def test_the_counters_are_the_public_integers_only() -> None:
+    stats = CacheStats()
+    assert set(stats.as_dict()) == {
+        "hits", "negative_hits", "misses", "rebuilds", "waits", "stale_refused", "errors",
+        "rejected", "bypassed", "invalidations", "replayed", "hit_ratio_pct",
+    }  # fmt: skip
+    assert "_lock" not in repr(stats)
+    stats.add("hits")
+    assert stats.as_dict()["hit_ratio_pct"] == 100
+
+
+def test_the_breaker_opens_for_exactly_the_cooldown() -> None:
+    clock = Clock()
+    breaker = Breaker(5.0, clock=clock)
+    assert breaker.closed()
+    assert breaker.trip() is True  # a new outage
+    assert not breaker.closed()
+    clock.now += 4.999
+    assert breaker.trip() is False  # still the same outage: the cooldown restarts
+    assert not breaker.closed()
+    clock.now += 5.0
+    assert breaker.closed()  # exactly the cooldown after the last trip
+    assert breaker.trip() is True
+
+
+def test_the_breaker_keeps_deferred_invalidations_until_replayed() -> None:
+    breaker = Breaker(1.0, clock=Clock())
+    assert breaker.has_pending is False
+    assert breaker.pending() == []
+    breaker.defer(["b", "a"])
+    breaker.defer(["a"])
+    assert breaker.has_pending is True
+    assert breaker.pending() == ["a", "b"]
+    breaker.replayed(["a"])
+    assert breaker.pending() == ["b"]
+    breaker.replayed(["b", "c"])
+    assert breaker.has_pending is False
+
+
+def test_the_trust_bound_is_twice_the_interval_whatever_the_interval() -> None:
+    clock = Clock()
+    fresh = Freshness(0.5, clock=clock)
+    assert fresh.bound == 1.0
+    fresh.done(fresh.begin())
+    clock.now += 0.999
+    assert fresh.trusted()
+    clock.now += 0.001
+    assert not fresh.trusted()
+
+
+def test_a_redis_error_at_the_instant_a_read_began_withdraws_trust_from_that_read() -> None:
+    clock = Clock()
+    fresh = Freshness(1.0, clock=clock)
+    started = fresh.begin()
+    fresh.distrust()  # same clock reading as the read's start
+    fresh.done(started)
+    assert not fresh.trusted()
+    assert fresh.due()
+    later = Freshness(1.0, clock=clock)
+    later.done(later.begin())
+    later.distrust()  # after a read completed, at the same instant it began
+    assert not later.trusted()
+    assert later.due()
+
+
+def test_an_older_read_completing_late_does_not_move_trust_back() -> None:
+    clock = Clock()
+    fresh = Freshness(1.0, clock=clock)
+    older = fresh.begin()
+    clock.now += 1.0
+    newer = fresh.begin()
+    fresh.done(newer)
+    fresh.done(older)  # finished after the newer one
+    clock.now += 1.5
+    assert fresh.trusted()  # 1.5 s since the newer read began: within the 2 s bound

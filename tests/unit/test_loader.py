@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datalayer._loader import load_sql_dir, merge, parse_sql
+from datalayer._loader import by_aggregate, load_sql_dir, merge, parse_sql
 from datalayer.errors import SQLLoadError
 
 WIDGETS = """\
@@ -122,6 +122,8 @@ OK = "-- name: get_widget :one\nSELECT 1;\n\n"
         (OK + "-- name: list_widgets :many\nSELECT 1;\nSELECT 2;\n", 5, "more than one"),
         (OK + "-- name: list_widgets :many\nSELECT 1,\n  'abc\n\n", 6, "unterminated string"),
         (OK + "-- name: list_widgets :many\n-- d\n\nSELECT\n $1\n", 8, "positional parameters"),
+        (OK + "-- name: list_widgets :many\n-- d\nSELECT\n $1\n", 7, "positional parameters"),
+        (OK + "-- name: list_widgets :many\nSELECT $1\n", 5, "positional parameters"),
         (OK + "-- name: list_widgets :many\nSELECT 1\nFROM t;\n/* open\n", 7, "unterminated /*"),
     ],
 )
@@ -264,3 +266,21 @@ def test_any_name_that_is_not_verb_noun_is_refused_at_its_header(name: str, befo
     assert str(error).startswith(
         f"sql/widgets.sql:{error.line}: query name {name!r} is not verb_noun"
     )
+
+
+def test_a_doc_line_without_a_space_after_the_dashes_keeps_its_first_letter() -> None:
+    [query] = parse_sql("-- name: get_widget :one\n--Doc, tight.\nSELECT 1;\n", "sql/w.sql")
+    assert query.doc == "Doc, tight."
+
+
+def test_queries_are_grouped_by_the_file_they_came_from() -> None:
+    users = parse_sql(
+        "-- name: get_user :one\nSELECT 1;\n-- name: list_users :many\nSELECT 2;", "u.sql"
+    )
+    plans = parse_sql("-- name: get_plan :one\nSELECT 3;\n", "sql/plans.sql")
+    groups = by_aggregate(merge([users, plans]))
+    assert {k: [q.name for q in v] for k, v in groups.items()} == {
+        "u": ["get_user", "list_users"],
+        "plans": ["get_plan"],
+    }
+    assert by_aggregate({}) == {}

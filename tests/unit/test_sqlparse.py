@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from psycopg._queries import PostgresQuery
 from psycopg.adapt import Transformer
 
-from datalayer._sqlparse import Lexed, LexError, lex
+from datalayer._loader import load_sql_dir
+from datalayer._resources import sql_dir
+from datalayer._sqlparse import Lexed, LexError, has_code, lex
 
 
 def psycopg_positional(psycopg_sql: str, params: Mapping[str, object]) -> tuple[str, list[bytes]]:
@@ -241,6 +243,114 @@ def test_unterminated_comment_after_final_semicolon_reports_its_own_offset() -> 
     with pytest.raises(LexError, match="unterminated") as info:
         lex(body)
     assert info.value.offset == body.index("/*")
+
+
+# -- edge cases, each its own example -----------------------------------------------------
+
+
+def test_a_body_ending_in_a_line_comment_without_a_newline_keeps_the_comment_to_the_end() -> None:
+    lexed = lex("SELECT :a -- the end, 5% :b")
+    assert lexed == Lexed(
+        psycopg_sql="SELECT %(a)s -- the end, 5%% :b",
+        positional_sql="SELECT $1 -- the end, 5% :b",
+        params=("a",),
+    )
+    assert lex("SELECT 1 --") == Lexed("SELECT 1 --", "SELECT 1 --", ())
+
+
+def test_a_backslash_in_a_quoted_identifier_is_an_ordinary_character() -> None:
+    # Only E'...' strings know backslash escapes: "a\" is a complete identifier.
+    lexed = lex('SELECT "a\\" FROM t WHERE b = :b')
+    assert lexed.params == ("b",)
+    assert lexed.positional_sql == 'SELECT "a\\" FROM t WHERE b = $1'
+
+
+def test_a_lone_dollar_sign_is_plain_text() -> None:
+    assert lex("SELECT a $ :b, $") == Lexed("SELECT a $ %(b)s, $", "SELECT a $ $1, $", ("b",))
+
+
+def test_slash_star_slash_opens_a_comment_that_its_own_slash_does_not_close() -> None:
+    lexed = lex("SELECT /*/ :x */ :y")
+    assert lexed.params == ("y",)
+    assert lexed.positional_sql == "SELECT /*/ :x */ $1"
+    with pytest.raises(LexError, match=r"unterminated /\* comment") as info:
+        lex("SELECT /*/ :x")
+    assert info.value.offset == 7
+
+
+def test_a_parameter_right_after_a_comment_or_a_literal_is_a_parameter() -> None:
+    assert lex("SELECT /**/:a, /* /* */ */:b").params == ("a", "b")
+    assert lex("SELECT '':a, \"c\":c").params == ("a", "c")
+    assert lex("SELECT -- x\n:a").positional_sql == "SELECT -- x\n$1"
+
+
+def test_an_unterminated_literal_ending_in_a_doubled_quote_is_refused_at_its_opening_quote() -> (
+    None
+):
+    # The final '' is an escaped quote, not the end: nothing closes the literal.
+    for body in ["SELECT 'abc''", "SELECT '''''''", "SELECT '''"]:
+        with pytest.raises(LexError, match="unterminated string literal") as info:
+            lex(body)
+        assert info.value.offset == 7, body
+    assert lex("SELECT ''''").params == ()  # a literal holding one quote
+
+
+def test_parameters_after_a_binary_minus_are_parameters() -> None:
+    assert lex("SELECT :limit - :used").params == ("limit", "used")
+    assert lex("SELECT 5-:used, -:a").positional_sql == "SELECT 5-$1, -$2"
+    assert lex("SELECT c.reserved - r.quantity, used = c.used + :used").params == ("used",)
+
+
+def test_the_quota_settlement_in_sql_quotas_takes_its_used_parameter() -> None:
+    # sql/quotas.sql: "SET reserved = c.reserved - r.quantity, used = c.used + :used"
+    query = load_sql_dir(sql_dir())["settle_quota_reservation"]
+    assert query.params == ("status", "account_id", "id", "used")
+
+
+def test_a_dollar_quote_must_close_with_its_own_tag() -> None:
+    assert lex("SELECT $a$ :x $b$ :y $a$, :z").params == ("z",)
+    with pytest.raises(LexError, match=r"unterminated dollar quote \$a\$") as info:
+        lex("SELECT :z, $a$ :x $b$")
+    assert info.value.offset == 11
+
+
+def test_e_starts_an_escape_string_only_as_a_word_of_its_own() -> None:
+    # "xE" is one word, so '\' after it is a complete standard string.
+    assert lex("SELECT xE'\\', :y").params == ("y",)
+    # At the start of the body, or after "(", E'\'' is an escape string holding a quote.
+    assert lex("E'\\'', :y").params == ("y",)
+    assert lex("SELECT (E'\\'', :y)").params == ("y",)
+    # At the very start, or second, the character before the quote decides alone.
+    assert lex("'a\\', :y, e").params == ("y",)
+    assert lex("xE'\\', :y").params == ("y",)
+
+
+def test_a_colon_after_an_identifier_character_or_another_colon_is_not_a_parameter() -> None:
+    assert lex("SELECT a:b, 1:c, $:d, _:e, é:f").params == ()
+    assert lex("SELECT ::g").params == ()
+    assert lex("SELECT :::h").positional_sql == "SELECT :::h"
+    assert lex(":a").params == ("a",)
+    assert lex("x:a").params == ()
+    assert lex("SELECT x: :b").params == ("b",)
+    assert lex("SELECT :1, : a").params == ()
+
+
+def test_comments_after_the_final_semicolon_are_kept_and_code_is_refused() -> None:
+    body = "SELECT 1; -- one\n/* two */ SELECT 2"
+    with pytest.raises(LexError, match="more than one statement") as info:
+        lex(body)
+    assert info.value.offset == 8
+    assert lex("SELECT 1; -- one\n/* two */\n").positional_sql == "SELECT 1 -- one\n/* two */"
+    assert lex("SELECT 1; --").positional_sql == "SELECT 1 --"
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [("", False), (" \n\t", False), ("-- a", False), ("-- a\n/* b /* c */ */\n", False),
+     ("-- a\nx", True), ("/* b */x", True), ("x", True), ("-x", True), ("/x", True)],
+)  # fmt: skip
+def test_has_code_sees_anything_but_whitespace_and_comments(text: str, code: bool) -> None:
+    assert has_code(text) is code
 
 
 # -- properties -------------------------------------------------------------------------------

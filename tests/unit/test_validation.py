@@ -1,12 +1,40 @@
-"""``validated``'s fast path for ids and limits agrees with pydantic; ``gc_paused`` restores."""
+"""Argument validation without a database: the fast path, instants, batches, properties."""
 
 from __future__ import annotations
 
 import gc
+import json
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
 
 import pytest
+from pydantic import BaseModel, ConfigDict, TypeAdapter
 
-from datalayer._validation import Id, Limit, gc_paused, validated
+from datalayer import _validation
+from datalayer._validation import (
+    EARLIEST,
+    LATEST,
+    MAX_BATCH,
+    PROPERTIES_MAX_BYTES,
+    PROPERTIES_MAX_DEPTH,
+    Id,
+    Limit,
+    Name,
+    Properties,
+    Reason,
+    _batch_shape,
+    _fast_checks,
+    _is_id,
+    _is_limit,
+    escape_like,
+    gc_paused,
+    in_range,
+    no_nul,
+    properties_refusal,
+    validate_batch,
+    validated,
+)
 from datalayer.errors import InvalidInput
 
 
@@ -69,3 +97,383 @@ def test_gc_paused_leaves_a_collector_that_was_off_off() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+# -- the fast path's own edges ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"account_id": 1, "limit": 0}, "limit"),
+        ({"account_id": 1, "limit": -1}, "limit"),
+        ({"account_id": 1, "limit": True}, "limit"),
+        ({"account_id": 1, "limit": False}, "limit"),
+        ({"account_id": 1, "limit": "5"}, "limit"),
+        ({"account_id": -1, "limit": 5}, "account_id"),
+        ({"account_id": 1, "limit": None}, "limit"),
+    ],
+)
+def test_the_fast_path_refuses_a_limit_of_zero_a_negative_or_a_bool(
+    kwargs: dict[str, object], field: str
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        _Lookups().get(**kwargs)  # type: ignore[arg-type]
+    assert caught.value.field == field
+
+
+def test_when_every_argument_is_bad_the_first_one_is_named() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        _Lookups().get(account_id=0, limit=0)
+    assert caught.value.field == "account_id"
+    with pytest.raises(InvalidInput) as caught:
+        _Lookups().get(account_id=True, limit=True)
+    assert caught.value.field == "account_id"
+
+
+def test_an_argument_of_another_name_never_passes_the_fast_path() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        _Lookups().get(account_id=1, other=5)  # type: ignore[call-arg]
+    assert caught.value.field in ("limit", "other")
+
+
+def test_a_positional_argument_goes_through_pydantic() -> None:
+    class Positional:
+        @validated
+        def get(self, account_id: Id) -> int:
+            return account_id
+
+    assert Positional().get(5) == 5
+    with pytest.raises(InvalidInput, match="greater than or equal to 1"):
+        Positional().get(0)
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [(1, True), (2**63 - 1, True), (0, False), (-1, False), (2**63, False), (True, False),
+     (1.0, False), ("1", False), (None, False)],
+)  # fmt: skip
+def test_the_fast_id_check_accepts_exactly_a_positive_bigint(value: object, accepted: bool) -> None:
+    assert _is_id(value) is accepted
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [(1, True), (1000, True), (500, True), (0, False), (-1, False), (1001, False),
+     (True, False), (False, False), (1.0, False)],
+)  # fmt: skip
+def test_the_fast_limit_check_accepts_exactly_one_to_a_thousand(
+    value: object, accepted: bool
+) -> None:
+    assert _is_limit(value) is accepted
+
+
+def test_fast_checks_exist_only_when_every_argument_is_a_keyword_only_id_or_limit() -> None:
+    def ids(self: object, *, account_id: Id, limit: Limit) -> None: ...
+    def positional(self: object, account_id: Id) -> None: ...
+    def other(self: object, *, account_id: Id, name: str) -> None: ...
+    def nothing(self: object) -> None: ...
+    def unresolvable(self: object, *, account_id: NoSuchType) -> None: ...  # type: ignore[name-defined]  # noqa: F821
+
+    assert _fast_checks(ids) == {"account_id": _is_id, "limit": _is_limit}
+    assert _fast_checks(positional) == {}
+    assert _fast_checks(other) == {}
+    assert _fast_checks(nothing) == {}
+    assert _fast_checks(unresolvable) == {}
+
+
+def test_a_method_without_fast_checks_is_validated_by_pydantic_every_call() -> None:
+    class Named:
+        @validated
+        def rename(self, *, account_id: Id, name: Name) -> str:
+            return f"{account_id}:{name}"
+
+    assert Named().rename(account_id=1, name="x") == "1:x"
+    with pytest.raises(InvalidInput) as caught:
+        Named().rename(account_id=1, name="")
+    assert caught.value.field == "name"
+    assert getattr(Named.rename, "__validated__", False) is True
+
+
+# -- instants, text, batches ----------------------------------------------------------------
+
+
+def test_instants_lie_from_1900_up_to_but_not_including_9000() -> None:
+    assert in_range(EARLIEST) == EARLIEST
+    assert in_range(LATEST - timedelta(microseconds=1)) == LATEST - timedelta(microseconds=1)
+    for bad in (LATEST, EARLIEST - timedelta(microseconds=1)):
+        with pytest.raises(ValueError, match="from 1900-01-01 up to"):
+            in_range(bad)
+
+
+def test_no_nul_refuses_a_nul_anywhere() -> None:
+    assert no_nul("abc") == "abc"
+    assert no_nul("") == ""
+    for bad in ("\x00", "a\x00", "\x00b"):
+        with pytest.raises(ValueError, match="NUL"):
+            no_nul(bad)
+
+
+def test_like_wildcards_and_the_escape_character_are_escaped() -> None:
+    assert escape_like(r"50%_off\now") == r"50\%\_off\\now"
+    assert escape_like("plain") == "plain"
+
+
+def test_a_batch_is_a_list_or_tuple_of_at_most_a_million() -> None:
+    assert _batch_shape([]) == []
+    assert _batch_shape((1, 2)) == (1, 2)
+    for bad, kind in (("ab", "str"), ({"a": 1}, "dict"), ({1}, "set"), (None, "NoneType")):
+        with pytest.raises(ValueError, match=f"must be a list of events, not {kind}"):
+            _batch_shape(bad)
+    exactly = [0] * MAX_BATCH
+    assert _batch_shape(exactly) is exactly
+    with pytest.raises(ValueError, match="at most 1,000,000 events per batch"):
+        _batch_shape([0] * (MAX_BATCH + 1))
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(strict=True)
+    n: int
+    tag: str = "x"
+
+
+def test_a_valid_batch_is_validated_in_one_pass_and_a_bad_one_event_by_event() -> None:
+    adapter = TypeAdapter(list[_Event])
+    good, bad = validate_batch(_Event, adapter, [{"n": 1}, _Event(n=2)])
+    assert (good, bad) == ([_Event(n=1), _Event(n=2)], [])
+    models, bad = validate_batch(_Event, adapter, [{"n": 1}, {"n": "2"}, {"tag": "y"}, {"n": 4}])
+    assert models == [_Event(n=1), None, None, _Event(n=4)]
+    assert bad == [(1, "bad n: Input should be a valid integer"), (2, "bad n: Field required")]
+
+
+def test_a_nested_field_is_named_by_its_path() -> None:
+    class Outer(BaseModel):
+        inner: _Event
+
+    models, bad = validate_batch(Outer, TypeAdapter(list[Outer]), [{"inner": {"n": "x"}}])
+    assert models == [None]
+    assert bad == [(0, "bad inner.n: Input should be a valid integer")]
+
+
+# -- event properties -------------------------------------------------------------------------
+
+
+def _jsonb_size(value: object) -> int:
+    """Bytes of the JSON text jsonb renders for simple values (", " and ": " separators)."""
+    return len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{}, {"a": None}, {"a": True}, {"a": False}, {"n": -12345}, {"f": 1.5}, {"s": "é\\\"x"},
+     {"l": [1, "two", None, [True]]}, {"d": {"e": {"f": []}}}, {"t": (1, 2)}, {"a": 1, "b": 2}],
+)  # fmt: skip
+def test_json_values_are_accepted_as_properties(value: dict[str, object]) -> None:
+    assert properties_refusal(value) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ([], "must be a JSON object"),
+        (None, "must be a JSON object"),
+        ({1: "a"}, "has a key that is not a str"),
+        ({"a": {2: "b"}}, "has a key that is not a str"),
+        ({"a": float("nan")}, "NaN or an infinity"),
+        ({"a": [float("inf")]}, "NaN or an infinity"),
+        ({"a": "x\x00"}, "NUL character"),
+        ({"a\x00": 1}, "NUL character"),
+        ({"a": "\ud800"}, "unpaired surrogate"),
+        ({"\udfff": 1}, "unpaired surrogate"),
+        ({"a": Decimal(1)}, "holds a Decimal"),
+        ({"a": b"x"}, "holds a bytes"),
+        ({"a": {1, 2}}, "holds a set"),
+    ],
+)
+def test_what_is_not_json_is_refused_with_the_reason(value: object, reason: str) -> None:
+    refusal = properties_refusal(value)
+    assert refusal is not None
+    assert reason in refusal
+
+
+def _nested(depth: int) -> dict[str, object]:
+    value: dict[str, object] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def test_properties_nest_at_most_32_deep() -> None:
+    assert properties_refusal(_nested(PROPERTIES_MAX_DEPTH)) is None
+    assert properties_refusal(_nested(PROPERTIES_MAX_DEPTH + 1)) == "nested deeper than 32 levels"
+    deep_list: list[object] = []
+    value: dict[str, object] = {"a": deep_list}
+    for _ in range(PROPERTIES_MAX_DEPTH - 2):
+        inner: list[object] = []
+        deep_list.append(inner)
+        deep_list = inner
+    assert properties_refusal(value) is None
+    deep_list.append([])
+    assert properties_refusal(value) == "nested deeper than 32 levels"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n: {"s": "x" * n},
+        lambda n: {"s": "é" * (n // 2) + "x" * (n % 2)},
+        lambda n: {"k" * n: 1},
+        lambda n: {"l": [1] * n},
+        lambda n: {"n": int("9" * min(n, 3999))},
+        lambda n: {"b": [True] * n},
+        lambda n: {"b": [False] * n},
+        lambda n: {"z": [None] * n},
+        lambda n: {"d": {f"k{i:04d}": 1 for i in range(n)}},
+        lambda n: {"f": [0.5] * n},
+        lambda n: {"t": ([1, [2, {"x": None}]],) * n},
+    ],
+)
+def test_properties_are_refused_exactly_above_4096_bytes_of_json_text(make: Any) -> None:
+    # The largest n whose JSON text fits, by bisection with the json module as the oracle.
+    low, high = 0, 5000
+    assert _jsonb_size(make(high)) > PROPERTIES_MAX_BYTES or make(high) == make(high - 1)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (
+            (middle, high)
+            if _jsonb_size(make(middle)) <= PROPERTIES_MAX_BYTES
+            else (
+                low,
+                middle,
+            )
+        )
+    fits, too_big = make(low), make(high)
+    assert _jsonb_size(fits) <= PROPERTIES_MAX_BYTES
+    assert properties_refusal(fits) is None
+    if _jsonb_size(too_big) > PROPERTIES_MAX_BYTES:
+        assert properties_refusal(too_big) == "larger than 4096 bytes of JSON text"
+
+
+def test_an_integer_of_3999_digits_fits_and_the_text_counts_its_sign() -> None:
+    assert properties_refusal({"n": int("9" * 3999)}) is None  # 4006 bytes
+    assert properties_refusal({"n": -int("9" * 3999)}) is None  # 4007 bytes
+    assert properties_refusal({"n": int("9" * 3999), "m": -int("9" * 82)}) is None  # 4096
+    refusal = properties_refusal({"n": int("9" * 3999), "m": -int("9" * 83)})  # 4097
+    assert refusal == "larger than 4096 bytes of JSON text"
+
+
+def test_a_huge_integer_is_refused_without_printing_it() -> None:
+    assert properties_refusal({"n": 10**5000}) == "larger than 4096 bytes of JSON text"
+    assert properties_refusal({"n": -(10**5000)}) == "larger than 4096 bytes of JSON text"
+
+
+# -- which path a call takes ------------------------------------------------------------------
+
+
+class _Spied:
+    """A class decorated while pydantic's validate_call is counted."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = _validation.validate_call
+
+        def counting(**config: Any) -> Any:
+            decorate = real(**config)
+
+            def wrap(func: Any) -> Any:
+                checked = decorate(func)
+
+                def counted(*args: Any, **kwargs: Any) -> Any:
+                    self.calls += 1
+                    return checked(*args, **kwargs)
+
+                return counted
+
+            return wrap
+
+        monkeypatch.setattr(_validation, "validate_call", counting)
+
+        class Lookups:
+            @validated
+            def get(self, *, account_id: Id, limit: Limit) -> tuple[int, int]:
+                return account_id, limit
+
+        self.lookups = Lookups()
+
+
+def test_good_ids_and_limits_skip_pydantic_and_anything_else_goes_through_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spied = _Spied(monkeypatch)
+    assert spied.lookups.get(account_id=7, limit=10) == (7, 10)
+    assert spied.lookups.get(limit=10, account_id=7) == (7, 10)
+    assert spied.calls == 0
+    with pytest.raises(InvalidInput):
+        spied.lookups.get(account_id=7, limit=0)
+    assert spied.calls == 1
+    with pytest.raises(InvalidInput):
+        spied.lookups.get(account_id=7)  # type: ignore[call-arg]
+    assert spied.calls == 2
+    with pytest.raises(InvalidInput):
+        spied.lookups.get(account_id=7, limit=10, other=1)  # type: ignore[call-arg]
+    assert spied.calls == 3
+    with pytest.raises(InvalidInput):
+        spied.lookups.get(account_id=7, other=10)  # type: ignore[call-arg]
+    assert spied.calls == 4
+    with pytest.raises(InvalidInput):
+        type(spied.lookups).get(spied.lookups, 7, 10)  # type: ignore[misc]
+    assert spied.calls == 5
+
+
+def test_an_int_subclass_is_checked_by_pydantic_up_to_the_largest_bigint() -> None:
+    class MyInt(int):
+        pass
+
+    assert _Lookups().get(account_id=MyInt(2**63 - 1), limit=MyInt(1000)) == (2**63 - 1, 1000)
+    with pytest.raises(InvalidInput) as caught:
+        _Lookups().get(account_id=MyInt(2**63), limit=1)
+    assert caught.value.field == "account_id"
+
+
+class _Texts:
+    @validated
+    def note(self, *, name: Name, reason: Reason, properties: Properties) -> tuple[str, str, Any]:
+        return name, reason, properties
+
+
+def test_text_arguments_are_kept_as_given_and_properties_pass_through() -> None:
+    assert _Texts().note(name=" x ", reason=" why ", properties={"a": 1}) == (
+        " x ",
+        " why ",
+        {"a": 1},
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"name": "", "reason": "r", "properties": {}}, "name"),
+        ({"name": "n", "reason": "", "properties": {}}, "reason"),
+        ({"name": "n", "reason": "r" * 501, "properties": {}}, "reason"),
+        ({"name": "n", "reason": "r\x00", "properties": {}}, "reason"),
+        ({"name": "n", "reason": "r", "properties": {"a": float("nan")}}, "properties"),
+        ({"name": "n", "reason": "r", "properties": {1: 2}}, "properties"),
+    ],
+)
+def test_a_bad_text_or_property_argument_is_named(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        _Texts().note(**kwargs)
+    assert caught.value.field == field
+
+
+def test_an_integer_of_exactly_10_to_the_4000_is_refused_unprinted() -> None:
+    # 4001 digits would fit in 4096 bytes, but str() of such ints is where Python's own
+    # limit lies in wait: anything from 10**4000 up counts as too large.
+    assert properties_refusal({"n": 10**4000 - 1}) is None
+    assert properties_refusal({"n": 10**4000}) == "larger than 4096 bytes of JSON text"
+
+
+def test_a_non_ascii_key_counts_its_utf8_bytes_not_an_escape() -> None:
+    # {"éé...": 1}: 2 + 2 quotes + 2 bytes per é + ": 1" (3) = 4096 with 2044 of them.
+    assert properties_refusal({"é" * 2044: 1}) is None
+    assert properties_refusal({"é" * 2045: 1}) == "larger than 4096 bytes of JSON text"
