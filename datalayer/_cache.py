@@ -46,7 +46,7 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
 import redis
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SkipValidation
 
 from . import _telemetry
 from ._cachecore import (
@@ -129,7 +129,9 @@ class Cache:
         self,
         url: str | None,
         *,
-        keys: SigningKeys | None = None,
+        # Checked below by isinstance, not by pydantic: a schema built at import would hold
+        # on to the class object (tools/mutate.py swaps _cachecore's classes at run time).
+        keys: SkipValidation[SigningKeys | None] = None,
         namespace: Namespace = "dl",
         version: Annotated[int, Field(ge=0, le=1_000_000)] = 2,
         socket_timeout: Seconds = 0.1,
@@ -138,6 +140,8 @@ class Cache:
         wait_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 500,
         journal_every: Seconds = 1.0,
     ):
+        if keys is not None and not isinstance(keys, SigningKeys):
+            raise InvalidInput("must be SigningKeys or None", field="keys")
         if url:
             try:
                 check_redis_url(url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import threading
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -477,3 +478,54 @@ def test_a_non_ascii_key_counts_its_utf8_bytes_not_an_escape() -> None:
     # {"éé...": 1}: 2 + 2 quotes + 2 bytes per é + ": 1" (3) = 4096 with 2044 of them.
     assert properties_refusal({"é" * 2044: 1}) is None
     assert properties_refusal({"é" * 2045: 1}) == "larger than 4096 bytes of JSON text"
+
+
+class _Positional:
+    @validated
+    def call(self, a: int, b: str, *rest: int, c: int = 0) -> None:
+        """A method taking positional arguments."""
+
+    @validated
+    def listed(self, xs: list[int]) -> None:
+        """A method taking a list."""
+
+    @validated
+    def waits(self, event: threading.Event) -> None:
+        """A method taking a class pydantic has no schema for (isinstance)."""
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "field"),
+    [(("x", "y"), {}, "a"), ((1, 2), {}, "b"), ((1, "y", 3, "z"), {}, "rest"),
+     ((1, "y", 3, 4, "z"), {}, "rest"), ((1, "y"), {"c": "z"}, "c")],
+)  # fmt: skip
+def test_a_bad_positional_argument_is_named_by_its_parameter(
+    args: tuple[object, ...], kwargs: dict[str, object], field: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        _Positional().call(*args, **kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+def test_an_item_of_a_bad_positional_list_is_named_by_the_list() -> None:
+    with pytest.raises(InvalidInput) as info:
+        _Positional().listed([1, "x"])  # type: ignore[list-item]
+    assert info.value.field == "xs"
+
+
+def test_a_positional_only_parameter_is_named_too() -> None:
+    @validated
+    def alone(x: int, /) -> int:
+        return x
+
+    assert alone(3) == 3
+    with pytest.raises(InvalidInput) as info:
+        alone("3")  # type: ignore[arg-type]
+    assert info.value.field == "x"
+
+
+def test_an_argument_of_a_plain_class_is_checked_by_isinstance() -> None:
+    _Positional().waits(threading.Event())
+    with pytest.raises(InvalidInput) as info:
+        _Positional().waits(object())  # type: ignore[arg-type]
+    assert info.value.field == "event"
