@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DL     := $(BIN)/datalayer
 
 .DEFAULT_GOAL := help
-.PHONY: help install migrate rollback status check-sql seed partitions bench bench-quick pool-sweep backup restore archive test mutation lint demo clean
+.PHONY: help install migrate rollback status check-sql seed partitions bench bench-quick pool-sweep backup restore archive test test-quick mutation lint demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ test: install ## run the whole test suite (unit and integration, real PostgreSQL
 
 mutation: install ## mutation testing of the pure modules against their unit tests (fails below 95% killed)
 	$(BIN)/python tools/mutate.py --jobs 2
+
+test-quick: install ## the inner loop: the suite without its slow tests (wheel, bench, outages, drills, 100k ingests)
+	$(BIN)/pytest -n 2 -q -m "not slow and not first"
 
 lint: install ## ruff check, ruff format --check, mypy --strict, squawk on migrations
 	$(BIN)/ruff check .
