@@ -54,7 +54,7 @@ restore: install ## restore the newest backup into a new database (RESTORE_INTO,
 archive: install ## archive event partitions older than 13 months into archive/, then drop them
 	$(DL) archive --out archive
 
-test: install ## run the whole test suite (unit and integration, real PostgreSQL)
+test: install ## run the whole test suite (real PostgreSQL and Redis; embedded ones when none answers)
 	DATALAYER_QUERY_COVERAGE=1 $(BIN)/pytest -n 2
 
 mutation: install ## mutation testing of the pure modules against their unit tests (fails below 95% killed)

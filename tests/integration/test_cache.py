@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import CACHE_KEYS, _clone, pg_url
+from conftest import CACHE_KEYS, REDIS_URL, _clone, pg_url
 from pydantic import BaseModel
 from redis.crc import key_slot
 
@@ -55,7 +55,7 @@ from datalayer.models.subscriptions import Subscription
 from datalayer.repositories import ApiKeyRepository, Repositories
 from datalayer.repositories import api_keys as api_keys_module
 
-REDIS = "redis://127.0.0.1:6379"
+REDIS = REDIS_URL
 NEGATIVE = b"\x00none"
 KEYS = SigningKeys.parse(CACHE_KEYS)
 AUTH_TTL_MS = 300_000

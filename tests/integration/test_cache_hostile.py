@@ -20,13 +20,14 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from conftest import REDIS_URL
 from pydantic import BaseModel
 
 from datalayer import Cache, DataLayerError, InvalidInput
 from datalayer._cachecore import SigningKeys
 from datalayer.models.cached import PendingInvalidation
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS = f"{REDIS_URL}/0"
 KEYS = SigningKeys.parse("hostile:" + "ab" * 32)
 
 HOSTILE: list[Any] = [
@@ -46,7 +47,7 @@ class Thing(BaseModel):
 
 def good_values(namespace: str) -> dict[str, Any]:
     return {
-        "url": REDIS_URL,
+        "url": REDIS,
         "keys": KEYS,
         "namespace": namespace,
         "version": 1,
@@ -123,7 +124,7 @@ def test_the_sweep_covers_every_public_method_and_setter() -> None:
 @pytest.mark.parametrize("name", [name for name, _ in ENTRY_POINTS])
 def test_hostile_arguments_are_refused_before_any_redis_call(name: str, namespace: str) -> None:
     good = good_values(namespace)
-    cache = Cache(REDIS_URL, keys=KEYS, namespace=namespace)
+    cache = Cache(REDIS, keys=KEYS, namespace=namespace)
     fn = dict(ENTRY_POINTS)[name]
     params = [p for p in inspect.signature(fn).parameters if p != "self"]
     if isinstance(vars(Cache).get(name), property):
@@ -167,7 +168,7 @@ def test_a_refused_redis_url_never_shows_its_password() -> None:
 
 
 def test_the_cache_still_works_after_the_sweep(namespace: str) -> None:
-    cache = Cache(REDIS_URL, keys=KEYS, namespace=namespace)
+    cache = Cache(REDIS, keys=KEYS, namespace=namespace)
     try:
         built = cache.get_or_build("acct:7", Thing, lambda: Thing(n=7), ttl=5, negative_ttl=0)
         again = cache.get_or_build("acct:7", Thing, lambda: Thing(n=8), ttl=5, negative_ttl=0)

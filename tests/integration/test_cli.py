@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,15 +106,24 @@ def test_partitions_add_index_builds_a_valid_index_on_every_partition(fresh_admi
 
 @pytest.mark.slow
 def test_the_demo_runs_on_an_embedded_postgresql_when_asked() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "datalayer._cli", "demo", "--embedded"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={k: v for k, v in os.environ.items() if k not in ENV_URLS},
-    )
+    # A server of its own (the demo keeps its data in $TMPDIR): the demo's billing run bills
+    # every due period in its database, so two test runs sharing the default directory
+    # would bill each other's subscriptions from under each other. A short path: the
+    # server's socket goes there too, and socket paths are limited to about 100 bytes.
+    own = Path(tempfile.mkdtemp(prefix="dldemo-"))
+    env = {k: v for k, v in os.environ.items() if k not in ENV_URLS}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "datalayer._cli", "demo", "--embedded"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**env, "TMPDIR": str(own)},
+        )
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
     assert result.returncode == 0, result.stderr
-    assert "using an embedded PostgreSQL" in result.stdout
+    assert f"using an embedded PostgreSQL in {own}" in result.stdout
     assert "demo finished" in result.stdout
 
 

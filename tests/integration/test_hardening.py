@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from conftest import REDIS_URL
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -210,13 +211,13 @@ def test_a_usage_day_key_is_accepted_by_refresh_usage_days(db: Database) -> None
 def cached_db(db: Database, world: dict[str, int]) -> Iterator[Database]:
     settings = Settings(
         database_url=db.settings.database_url,
-        redis_url="redis://127.0.0.1:6379/0",
+        redis_url=f"{REDIS_URL}/0",
         cache_keys="test:" + "ab" * 32,
     )
     with Database(settings) as cdb:
         cdb.cache.namespace = f"hardening-{world['account']}-{id(cdb)}"
         yield cdb
-        client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+        client = redis.Redis.from_url(f"{REDIS_URL}/0")
         keys = list(client.scan_iter(match=f"{cdb.cache.namespace}:*"))
         if keys:
             client.delete(*keys)

@@ -37,6 +37,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from conftest import REDIS_URL as TEST_REDIS_URL
 from conftest import _clone, pg_url
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -53,7 +54,7 @@ from datalayer import (
 from datalayer.repositories import REPOSITORIES
 
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_URL = f"{TEST_REDIS_URL}/0"
 NAMESPACE = f"hostile-{uuid.uuid4().hex[:8]}"
 
 

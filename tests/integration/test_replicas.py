@@ -13,13 +13,13 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from conftest import CACHE_KEYS
+from conftest import CACHE_KEYS, REDIS_URL
 from scaleout_servers import ReplicatedDatabase
 
 from datalayer import Database, DataLayerError, InvalidInput, Settings
 from datalayer._bench.scenarios import Profile, Result, scale_out_lookups
 
-REDIS = "redis://127.0.0.1:6379/0"
+REDIS = f"{REDIS_URL}/0"
 
 
 def _settings(rep: ReplicatedDatabase, **changes: object) -> Settings:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from conftest import REDIS_URL
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -152,9 +153,7 @@ def test_a_unit_of_work_span_holds_its_statements_and_a_copy_records_its_batch_s
 
 def test_cached_reads_are_spans_that_say_hit_or_miss(recorded: Recorded, fresh_url: str) -> None:
     keys = SigningKeys.one_off("telemetry")
-    settings = Settings(
-        database_url=fresh_url, redis_url="redis://127.0.0.1:6379/0", cache_keys=keys
-    )
+    settings = Settings(database_url=fresh_url, redis_url=f"{REDIS_URL}/0", cache_keys=keys)
     with Database(settings) as db:
         db.cache.namespace = f"otel-{uuid.uuid4().hex[:8]}"
         recorded.spans.clear()
