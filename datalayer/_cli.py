@@ -20,7 +20,7 @@ import psycopg
 
 from ._conninfo import check_conninfo, redact, secrets_in, with_dbname
 from ._ops import migrate as _migrate
-from ._ops.roles import admin_url, apply_roles
+from ._ops.roles import admin_url, apply_roles, connect_admin
 from ._settings import Settings
 from ._validation import EARLIEST, LATEST
 from .errors import DataLayerError, InvalidInput
@@ -76,7 +76,7 @@ def _cmd_check_sql(args: argparse.Namespace) -> int:
     if args.sql_dir:  # check edited SQL files before they replace the shipped ones
         bind_repositories(load_sql_dir(args.sql_dir), REPOSITORIES)
     settings = _settings(args)
-    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
+    with connect_admin(settings) as conn:
         problems = check_queries(conn, REPOSITORIES)
     count = sum(len(r.query_refs) for r in REPOSITORIES)
     for problem in problems:
@@ -94,7 +94,7 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
     from ._ops.partitions import create_partitioned_index, ensure_partitions, list_partitions
 
     settings = _settings(args)
-    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
+    with connect_admin(settings) as conn:
         if args.action == "add-index":
             if not (args.table and args.index and args.columns):
                 raise DataLayerError("add-index needs --table, --index and --columns")
@@ -321,7 +321,7 @@ def _cmd_seed(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     started = time.monotonic()
-    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
+    with connect_admin(settings) as conn:
         result = seed_database(
             conn,
             accounts=args.accounts,
@@ -363,7 +363,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     _migrate.migrate(settings)
     if args.pool_sweep:
         return _pool_sweep(settings, args)
-    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
+    with connect_admin(settings) as conn:
         row = conn.execute("SELECT count(*) FROM usage_events").fetchone()
         if not row or not row[0]:
             print("the database is empty: seeding it first (datalayer seed)")
@@ -434,7 +434,7 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     from ._ops.archive import archive_partitions, restore_archive
 
     settings = _settings(args)
-    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
+    with connect_admin(settings) as conn:
         if args.target:
             if args.target[0] != "restore" or len(args.target) != 2:
                 raise DataLayerError("usage: datalayer archive restore MANIFEST")
@@ -460,6 +460,7 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     from ._ops.backup import backup, verify_backup
 
     settings = _settings(args)
+    connect_admin(settings).close()  # pg_dump through a transaction pooler: refused
     if args.target:
         if args.target[0] != "verify" or len(args.target) != 2:
             raise DataLayerError("usage: datalayer backup verify DUMP")
@@ -487,9 +488,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         into = args.into
     else:
         into = with_dbname(admin_url(settings), args.into)
+    connect_admin(settings, url=with_dbname(into, "postgres")).close()  # no pooler
     restore_backup(Path(args.dump), into=into, overwrite=args.overwrite)
     print(f"restored {args.dump} into {redact(into)} and verified it against its manifest")
-    with psycopg.connect(into, autocommit=True) as conn:
+    with connect_admin(settings, url=into) as conn:
         roles = apply_roles(conn, settings)
     if roles.owner:
         print(f"{roles.owner} owns every object; {roles.app} has the application's grants")

@@ -22,6 +22,7 @@ from ._cachecore import SigningKeys
 from ._cached import CachedReads
 from ._exec import Session
 from ._health import HealthThresholds, assess
+from ._pooler import LOCAL_SETTINGS, behind_pooler, local_settings, options_refused
 from ._settings import Settings
 from ._uow import UnitOfWork
 from ._validation import Instant, validated
@@ -43,6 +44,9 @@ _ISOLATION = {
 
 
 def _connection_kwargs(settings: Settings) -> dict[str, Any]:
+    # Behind a declared pooler: no prepared statements, and no startup options (PgBouncer
+    # refuses them or drops them; the role's defaults and SET LOCAL stand in for them).
+    pooled = settings.pgbouncer is True
     # Sessions speak UTC whatever the server's default (DOMAIN.md: time is UTC at the boundaries).
     options = ["-c timezone=UTC"]
     if settings.statement_timeout_ms:
@@ -56,14 +60,14 @@ def _connection_kwargs(settings: Settings) -> dict[str, Any]:
         "autocommit": True,
         "application_name": settings.application_name,
         "connect_timeout": settings.connect_timeout,
-        "prepare_threshold": settings.prepare_threshold,
+        "prepare_threshold": None if pooled else settings.prepare_threshold,
         # Find a peer that vanished without a FIN within about a minute.
         "keepalives": 1,
         "keepalives_idle": 30,
         "keepalives_interval": 10,
         "keepalives_count": 3,
     }
-    if options:
+    if options and not pooled:
         kwargs["options"] = " ".join(options)
     return kwargs
 
@@ -108,6 +112,22 @@ class _Pool(ConnectionPool[psycopg.Connection[Any]]):
     def __init__(self, conninfo: str, *, reconnect_max_delay: float, **kwargs: Any):
         self.reconnect_max_delay = reconnect_max_delay
         super().__init__(conninfo, **kwargs)
+
+    def _connect(self, timeout: float | None = None) -> psycopg.Connection[Any]:
+        """A new connection; without the startup options once a pooler refused them."""
+        try:
+            return super()._connect(timeout)
+        except psycopg.OperationalError as exc:
+            if not (isinstance(self.kwargs, dict) and "options" in self.kwargs):
+                raise
+            if not options_refused(exc):
+                raise
+            log.warning(
+                "the server refused the startup options: a connection pooler (PgBouncer) "
+                "in front of it; connecting without them (README: Scaling out on PostgreSQL)"
+            )
+            self.kwargs = {k: v for k, v in self.kwargs.items() if k != "options"}
+            return super()._connect(timeout)
 
     def schedule_task(self, task: MaintenanceTask, delay: float) -> None:
         """Schedule ``task`` in ``delay`` seconds; a reconnection attempt, in at most the cap."""
@@ -196,6 +216,9 @@ class Database(Repositories):
         # Called with the seconds each successful checkout waited (measurement,
         # e.g. `datalayer bench --pool-sweep`); None costs nothing.
         self.on_acquire: Callable[[float], None] | None = None
+        # Whether connections pass through a transaction pooler (settings, or found out).
+        self._pooled = settings.pgbouncer is True
+        self._local_settings = local_settings(settings)
         self._pool = _Pool(
             settings.database_url,
             kwargs=_connection_kwargs(settings),
@@ -208,6 +231,7 @@ class Database(Repositories):
             max_idle=settings.pool_max_idle,
             reconnect_timeout=settings.pool_reconnect_timeout,
             reconnect_max_delay=settings.pool_reconnect_max_delay,
+            configure=self._configure if settings.pgbouncer is None else None,
         )
         self.pool_name = _telemetry.register_pool(self._pool)
         if settings.otel and _telemetry.ACTIVE is None:
@@ -223,6 +247,28 @@ class Database(Repositories):
         journal = self.cache_invalidations
         self.cache.attach_journal(lambda limit: journal.pending(limit=limit), journal._forget)
         self.cached = CachedReads(self, self.cache)
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        """Probe each new connection for a pooler; behind one, never prepare on it."""
+        if behind_pooler(conn):
+            conn.prepare_threshold = None
+            if not self._pooled:
+                log.warning(
+                    "%s reaches PostgreSQL through a connection pooler (PgBouncer): prepared "
+                    "statements are off (README: Scaling out on PostgreSQL)",
+                    self.settings.safe_database_url,
+                )
+            self._pooled = True
+
+    @property
+    def behind_pooler(self) -> bool:
+        """Whether the connections pass through a transaction pooler such as PgBouncer.
+
+        True with ``Settings(pgbouncer=True)``, or once a new connection was
+        found to (``pgbouncer=None``, the default); prepared statements are
+        then off and units of work set their session settings per transaction.
+        """
+        return self._pooled
 
     def __repr__(self) -> str:
         state = "closed" if self._pool.closed else "open"
@@ -337,6 +383,8 @@ class Database(Repositories):
             conn.isolation_level = _ISOLATION[isolation] if isolation else None
             conn.read_only = True if read_only else None
             with conn.transaction():
+                if self._pooled:  # startup options never reached this server connection
+                    conn.execute(LOCAL_SETTINGS, self._local_settings)
                 uow = UnitOfWork(conn, cache=self.cache)
                 yield uow
         except psycopg.Error as exc:

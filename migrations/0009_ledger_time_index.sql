@@ -12,3 +12,7 @@ SET statement_timeout = '30min';
 -- used by: get_monthly_revenue
 CREATE INDEX CONCURRENTLY IF NOT EXISTS ledger_transactions_occurred_idx
     ON ledger_transactions (occurred_at);
+
+-- Back to the session defaults: the settings above must not outlive this migration.
+RESET lock_timeout;
+RESET statement_timeout;

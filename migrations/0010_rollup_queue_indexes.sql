@@ -16,3 +16,7 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS usage_rollup_queue_account_idx
 -- used by: list_pending_analytics_days
 CREATE INDEX CONCURRENTLY IF NOT EXISTS analytics_rollup_queue_account_idx
     ON analytics_rollup_queue (account_id, day);
+
+-- Back to the session defaults: the settings above must not outlive this migration.
+RESET lock_timeout;
+RESET statement_timeout;

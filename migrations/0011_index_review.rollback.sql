@@ -14,3 +14,7 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS invoices_account_created_idx
     ON invoices (account_id, created_at, id);
 CREATE INDEX CONCURRENTLY IF NOT EXISTS ledger_transactions_history_idx
     ON ledger_transactions (account_id, occurred_at, id);
+
+-- Back to the session defaults: the settings above must not outlive this migration.
+RESET lock_timeout;
+RESET statement_timeout;

@@ -26,3 +26,7 @@ DROP INDEX CONCURRENTLY IF EXISTS api_keys_account_idx;
 DROP INDEX CONCURRENTLY IF EXISTS invoices_open_due_idx;
 DROP INDEX CONCURRENTLY IF EXISTS invoices_account_created_idx;
 DROP INDEX CONCURRENTLY IF EXISTS ledger_transactions_history_idx;
+
+-- Back to the session defaults: the settings above must not outlive this migration.
+RESET lock_timeout;
+RESET statement_timeout;

@@ -98,7 +98,8 @@ WITH old AS (
     UPDATE api_keys
     SET expires_at = least(
         expires_at,
-        greatest(now() + :overlap::interval, created_at + interval '1 microsecond')
+        greatest((now() AT TIME ZONE 'UTC' + :overlap::interval) AT TIME ZONE 'UTC',
+                 created_at + interval '1 microsecond')
     )
     WHERE account_id = :account_id
       AND id = :id

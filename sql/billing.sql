@@ -151,7 +151,7 @@ SET status = CASE WHEN i.total_minor = :credit_applied THEN 'paid' ELSE 'open' E
              || lpad(k.last_number::text, greatest(6, length(k.last_number::text)), '0'),
     credit_applied_minor = :credit_applied,
     finalized_at = d.at,
-    due_at = d.at + :due_in::interval,
+    due_at = (d.at AT TIME ZONE 'UTC' + :due_in::interval) AT TIME ZONE 'UTC',
     paid_at = CASE WHEN i.total_minor = :credit_applied THEN d.at END,
     updated_at = now()
 FROM draft d, counter k
@@ -352,7 +352,7 @@ ORDER BY p.period_start;
 -- of it can be accepted or cancelled any more.
 UPDATE billing_periods
 SET checked_at = :now::timestamptz,
-    settled = :now::timestamptz >= closes_at + :horizon::interval
+    settled = :now::timestamptz >= (closes_at AT TIME ZONE 'UTC' + :horizon::interval) AT TIME ZONE 'UTC'
 WHERE account_id = :account_id AND id = ANY(:ids::bigint[]);
 
 -- name: list_billed_usage :many
@@ -429,7 +429,9 @@ FOR UPDATE OF p SKIP LOCKED;
 -- skipped by others, with the instant their grace period ends: the close of
 -- their period plus :grace, or (a standalone adjustment invoice) their
 -- creation plus :grace. Oldest first.
-SELECT i.account_id, i.id, coalesce(p.closes_at, i.created_at) + :grace::interval AS due_at
+SELECT i.account_id, i.id,
+       (coalesce(p.closes_at, i.created_at) AT TIME ZONE 'UTC' + :grace::interval) AT TIME ZONE 'UTC'
+           AS due_at
 FROM invoices i
 LEFT JOIN billing_periods p ON p.account_id = i.account_id AND p.id = i.billing_period_id
 WHERE i.status = 'draft' AND i.id > :after_id

@@ -132,7 +132,8 @@ WITH uploaded AS (
 UPDATE files
 SET status = CASE WHEN attempts < max_attempts THEN 'processing' ELSE 'failed' END,
     lease_expires_at = CASE
-        WHEN attempts < max_attempts THEN statement_timestamp() + CAST(:lease AS interval)
+        WHEN attempts < max_attempts
+            THEN (statement_timestamp() AT TIME ZONE 'UTC' + CAST(:lease AS interval)) AT TIME ZONE 'UTC'
     END,
     last_error = CASE
         WHEN status = 'processing'
@@ -150,7 +151,8 @@ RETURNING account_id, id, uploaded_by, storage_key, file_name, content_type, siz
 -- Extend the lease of the claim with attempt number :attempt to :lease from now;
 -- no row when the file is not processing under that attempt.
 UPDATE files
-SET lease_expires_at = statement_timestamp() + CAST(:lease AS interval),
+SET lease_expires_at
+        = (statement_timestamp() AT TIME ZONE 'UTC' + CAST(:lease AS interval)) AT TIME ZONE 'UTC',
     updated_at = now()
 WHERE account_id = :account_id AND id = :id AND status IN ('processing')
   AND attempts = :attempt

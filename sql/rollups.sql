@@ -73,7 +73,7 @@ WITH days AS (
      AND r.meter_code = d.meter_code
      AND r.granularity = 'hour'
      AND r.bucket_start >= d.day_start
-     AND r.bucket_start < d.day_start + interval '1 day'
+     AND r.bucket_start < d.day_start + interval '24 hours'  -- a UTC day, in any session
     GROUP BY d.account_id, d.meter_code, d.day_start
 ), emptied AS (
     DELETE FROM usage_rollups r

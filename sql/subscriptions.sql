@@ -22,13 +22,17 @@ WITH new AS (
     SELECT new.id, new.id, :account_id, p.id,
            CASE WHEN t.trial THEN 'trialing' ELSE 'active' END,
            c.at,
-           c.at + make_interval(
+           -- Calendar arithmetic in UTC whatever the session's time zone (DOMAIN.md).
+           (c.at AT TIME ZONE 'UTC' + make_interval(
                months => (CASE p.billing_interval WHEN 'month' THEN 1 WHEN 'year' THEN 12 ELSE 0 END
                           * p.interval_count)::int,
                days => (CASE p.billing_interval WHEN 'day' THEN 1 WHEN 'week' THEN 7 ELSE 0 END
-                        * p.interval_count)::int),
+                        * p.interval_count)::int)) AT TIME ZONE 'UTC',
            c.at,
-           CASE WHEN t.trial THEN c.at + make_interval(days => p.trial_days::int) END
+           CASE WHEN t.trial
+               THEN (c.at AT TIME ZONE 'UTC' + make_interval(days => p.trial_days::int))
+                    AT TIME ZONE 'UTC'
+           END
     FROM plans p
     CROSS JOIN new
     CROSS JOIN LATERAL (SELECT coalesce(:now::timestamptz, now()) AS at) c
@@ -249,12 +253,16 @@ WITH due AS (
                 ELSE s.status END AS next_status,
            g.anchor,
            s.current_period_end AS next_start,
+           -- Calendar arithmetic in UTC whatever the session's time zone (DOMAIN.md).
            CASE WHEN g.step_months = 0
-                    THEN s.current_period_end + make_interval(days => g.step_days)
-                WHEN g.anchor + make_interval(months => k.whole * g.step_months)
-                     > s.current_period_end
-                    THEN g.anchor + make_interval(months => k.whole * g.step_months)
-                ELSE g.anchor + make_interval(months => (k.whole + 1) * g.step_months)
+                    THEN (s.current_period_end AT TIME ZONE 'UTC'
+                          + make_interval(days => g.step_days)) AT TIME ZONE 'UTC'
+                WHEN (g.anchor AT TIME ZONE 'UTC' + make_interval(months => k.whole * g.step_months))
+                     AT TIME ZONE 'UTC' > s.current_period_end
+                    THEN (g.anchor AT TIME ZONE 'UTC'
+                          + make_interval(months => k.whole * g.step_months)) AT TIME ZONE 'UTC'
+                ELSE (g.anchor AT TIME ZONE 'UTC'
+                      + make_interval(months => (k.whole + 1) * g.step_months)) AT TIME ZONE 'UTC'
            END AS next_end
     FROM subscriptions s
     JOIN plans cp ON cp.id = s.plan_id

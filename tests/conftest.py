@@ -31,7 +31,8 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from datalayer import Database, Settings, UnitOfWork
 from datalayer._ops.migrate import migrate
 
-pytest_plugins = ["query_coverage"]  # tests/query_coverage.py: DATALAYER_QUERY_COVERAGE
+# tests/query_coverage.py: DATALAYER_QUERY_COVERAGE; tests/scaleout_servers.py: PgBouncer, replicas
+pytest_plugins = ["query_coverage", "scaleout_servers"]
 
 PG_HOST = os.environ.get("DATALAYER_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("DATALAYER_TEST_PG_PORT", "5432"))

@@ -76,7 +76,8 @@ def export_account(database_url: str, account_id: int, out: Path) -> ExportResul
         raise DataLayerError(f"{out} exists; choose another file")
     files: dict[str, bytes] = {}
     counts: dict[str, int] = {}
-    with psycopg.connect(database_url) as conn:
+    # One transaction, nothing prepared: safe through a transaction pooler too.
+    with psycopg.connect(database_url, prepare_threshold=None) as conn:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         found = conn.execute("SELECT 1 FROM accounts WHERE id = %s", (account_id,)).fetchone()
         if found is None:

@@ -25,8 +25,10 @@ from .roles import (
     admin_url,
     application_user_problem,
     apply_grants,
+    connect_admin,
     hand_to_owner,
     prepare_roles,
+    set_session_defaults,
 )
 
 __all__ = [
@@ -110,7 +112,7 @@ def _locked(settings: Settings, timeout_s: float) -> Iterator[psycopg.Connection
     CONCURRENTLY in the other process waits for every such snapshot, so the
     two would wait on each other.
     """
-    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
+    with connect_admin(settings) as conn:  # a pooler would share the lock: refused
         deadline = time.monotonic() + timeout_s
         while True:
             row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_MIGRATE_LOCK_KEY,)).fetchone()
@@ -180,6 +182,8 @@ def migrate(
         if roles.owner is not None:
             hand_to_owner(conn, roles.owner)
             apply_grants(conn, roles)
+            if roles.app:  # what holds behind PgBouncer, which drops startup options
+                set_session_defaults(conn, roles.app, settings)
             problem = application_user_problem(conn, roles, settings.database_url)
             if problem:
                 log.warning("%s", problem)

@@ -18,7 +18,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .._conninfo import conninfo_params
+from .._conninfo import conninfo_params, redact
+from .._pooler import refuse_pooler
 from .._settings import Settings
 from ..errors import DataLayerError, map_error
 from .partitions import PARTITIONED_TABLES
@@ -30,9 +31,12 @@ __all__ = [
     "application_user_problem",
     "apply_grants",
     "apply_roles",
+    "connect_admin",
     "excess_privileges",
     "hand_to_owner",
     "prepare_roles",
+    "session_defaults",
+    "set_session_defaults",
     "table_privileges",
 ]
 
@@ -105,6 +109,32 @@ def admin_url(settings: Settings) -> str:
     advisory locks and run as the owner role for the whole session.
     """
     return settings.admin_url or settings.database_url
+
+
+def connect_admin(
+    settings: Settings, *, url: str | None = None, autocommit: bool = True
+) -> psycopg.Connection[Any]:
+    """A direct connection for an admin command, to ``url`` (default ``admin_url(settings)``).
+
+    Prepares statements as ``settings.prepare_threshold`` says. Raises
+    ``DataLayerError`` when the URL reaches PostgreSQL through a connection
+    pooler (PgBouncer): admin commands keep session state (advisory locks,
+    ``SET``, prepared statements) that a transaction pooler would hand to other
+    clients, so they need a direct URL (``DATALAYER_ADMIN_URL``).
+    """
+    target = url or admin_url(settings)
+    conn = psycopg.connect(
+        target,
+        autocommit=autocommit,
+        prepare_threshold=settings.prepare_threshold,
+        connect_timeout=settings.connect_timeout,
+    )
+    try:
+        refuse_pooler(conn, f"the admin URL {redact(target)}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,7 +481,43 @@ def apply_roles(conn: psycopg.Connection[Any], settings: Settings) -> Roles:
         return roles
     hand_to_owner(conn, roles.owner)
     apply_grants(conn, roles)
+    if roles.app:
+        set_session_defaults(conn, roles.app, settings)
     return roles
+
+
+def session_defaults(settings: Settings) -> dict[str, str]:
+    """The session settings the pool's startup options give, as the role defaults to store."""
+    return {
+        "statement_timeout": f"{settings.statement_timeout_ms}ms",
+        "lock_timeout": f"{settings.lock_timeout_ms}ms",
+        "jit": "on" if settings.jit else "off",
+        "TimeZone": "UTC",
+    }
+
+
+def set_session_defaults(conn: psycopg.Connection[Any], role: str, settings: Settings) -> bool:
+    """Make ``role``'s sessions on this database start with ``session_defaults(settings)``.
+
+    ``ALTER ROLE … IN DATABASE … SET``: what holds behind PgBouncer, which
+    drops or refuses the startup options that set them on a direct
+    connection. Returns False (with a warning) when the admin may not alter
+    the role. A database cloned from a template does not inherit them.
+    """
+    database = sql.Identifier(conn.info.dbname)
+    try:
+        for name, value in session_defaults(settings).items():
+            conn.execute(
+                sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} = {}").format(
+                    sql.Identifier(role), database, sql.Identifier(name), sql.Literal(value)
+                )
+            )
+    except psycopg.errors.InsufficientPrivilege as exc:
+        log.warning("cannot set the session defaults of %s: %s", role, exc.diag.message_primary)
+        return False
+    except psycopg.Error as exc:
+        raise map_error(exc) from exc
+    return True
 
 
 def application_user_problem(conn: psycopg.Connection[Any], roles: Roles, url: str) -> str | None:

@@ -39,7 +39,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "datalayer.models.*",
         },
     ),
-    ("I/O primitives", {"datalayer._exec", "datalayer._cache"}),
+    ("I/O primitives", {"datalayer._exec", "datalayer._cache", "datalayer._pooler"}),
     ("declarations", {"datalayer._repository"}),
     ("repositories", {"datalayer.repositories", "datalayer.repositories.*"}),
     ("compositions", {"datalayer._cached", "datalayer._uow"}),

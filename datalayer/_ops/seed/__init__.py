@@ -53,16 +53,41 @@ def seed_database(
     rng = random.Random(seed)
     bar = Progress(progress)
     result = SeedResult()
+    # Bulk-load settings for this session: hash aggregates in memory, and no
+    # waiting on WAL flushes (a crash mid-seed loses the seed, nothing else).
+    # Reset afterwards, whatever happens: the caller may hand the connection on.
+    for name, value in _BULK_SETTINGS:
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+    try:
+        return _seed(conn, accounts, events, analytics, reset, anchor, rng, bar, result)
+    finally:
+        if not conn.closed:
+            for name, _ in _BULK_SETTINGS:
+                conn.execute("SELECT set_config(%s, NULL, false)", (name,))
 
+
+_BULK_SETTINGS = (
+    ("work_mem", "256MB"),
+    ("maintenance_work_mem", "512MB"),
+    ("synchronous_commit", "off"),
+)
+
+
+def _seed(
+    conn: psycopg.Connection[Any],
+    accounts: int,
+    events: int,
+    analytics: int,
+    reset: bool,
+    anchor: datetime,
+    rng: random.Random,
+    bar: Progress,
+    result: SeedResult,
+) -> SeedResult:
     def step(name: str, started: float) -> None:
         result.timings[name] = round(time.monotonic() - started, 2)
 
     t = time.monotonic()
-    # Bulk-load settings for this session: hash aggregates in memory, and no
-    # waiting on WAL flushes (a crash mid-seed loses the seed, nothing else).
-    conn.execute("SET work_mem = '256MB'")
-    conn.execute("SET maintenance_work_mem = '512MB'")
-    conn.execute("SET synchronous_commit = off")
     existing = conn.execute("SELECT count(*) FROM accounts").fetchone()
     if existing and existing[0] and not reset:
         raise DataLayerError(
