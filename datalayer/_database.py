@@ -23,6 +23,7 @@ from ._cached import CachedReads
 from ._exec import Session
 from ._health import HealthThresholds, assess
 from ._pooler import LOCAL_SETTINGS, behind_pooler, local_settings, options_refused
+from ._replicas import CURRENT_LSN, LsnMarks, ReplicaReads, Replicas
 from ._settings import Settings
 from ._uow import UnitOfWork
 from ._validation import Instant, validated
@@ -137,19 +138,28 @@ class _Pool(ConnectionPool[psycopg.Connection[Any]]):
 
 
 class _Lease:
-    """A pooled connection for one ``with`` block (a class: cheaper than a generator)."""
+    """A pooled connection for one ``with`` block (a class: cheaper than a generator).
 
-    __slots__ = ("_conn", "_db")
+    With ``wrote`` (an account written, replicas configured), the primary's WAL
+    position after the statement is remembered for that account.
+    """
 
-    def __init__(self, db: Database):
+    __slots__ = ("_conn", "_db", "_wrote")
+
+    def __init__(self, db: Database, wrote: int | None = None):
         self._db = db
+        self._wrote = wrote
 
     def __enter__(self) -> psycopg.Connection[Any]:
         self._conn = self._db._acquire()
         return self._conn
 
-    def __exit__(self, *exc: object) -> None:
-        self._db._pool.putconn(self._conn)
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            if self._wrote is not None and exc_type is None:
+                self._db._remember_writes(self._conn, [self._wrote])
+        finally:
+            self._db._pool.putconn(self._conn)
 
 
 class _PoolSession:
@@ -177,8 +187,9 @@ class _PoolSession:
                 "a cache invalidation outside a transaction; run the change in _changing()"
             )
 
-    def connection(self) -> _Lease:
-        return _Lease(self._db)
+    def connection(self, *, account_id: int | None = None, writes: bool = False) -> _Lease:
+        track = writes and account_id is not None and self._db._replicas is not None
+        return _Lease(self._db, account_id if track else None)
 
     @contextmanager
     def atomic(self) -> Iterator[Session]:
@@ -247,6 +258,35 @@ class Database(Repositories):
         journal = self.cache_invalidations
         self.cache.attach_journal(lambda limit: journal.pending(limit=limit), journal._forget)
         self.cached = CachedReads(self, self.cache)
+        self._replicas: Replicas | None = None
+        if settings.replica_urls:
+            pools = [
+                _Pool(
+                    url,
+                    kwargs=_connection_kwargs(settings),
+                    min_size=0,
+                    max_size=settings.pool_max_size,
+                    open=False,
+                    name=f"{settings.application_name}-replica{i}",
+                    timeout=settings.pool_timeout,
+                    max_lifetime=settings.pool_max_lifetime,
+                    max_idle=settings.pool_max_idle,
+                    reconnect_timeout=settings.pool_reconnect_timeout,
+                    reconnect_max_delay=settings.pool_reconnect_max_delay,
+                    configure=self._configure if settings.pgbouncer is None else None,
+                )
+                for i, url in enumerate(settings.replica_urls)
+            ]
+            self._replicas = Replicas(
+                pools,
+                LsnMarks(settings.redis_url),
+                wait_ms=settings.replica_wait_ms,
+                max_lag_ms=settings.replica_max_lag_ms,
+            )
+        # Reads that may lag: on a replica when there is one fit to read (module _replicas).
+        self.replica = (
+            ReplicaReads(self._replicas, lambda: _Lease(self)) if self._replicas else self
+        )
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         """Probe each new connection for a pooler; behind one, never prepare on it."""
@@ -282,6 +322,8 @@ class Database(Repositories):
         the background and the first call waits at most ``pool_timeout``.
         """
         self._pool.open(wait=False)
+        if self._replicas is not None:
+            self._replicas.open()
         if wait:
             try:
                 self._pool.wait(timeout=self._timeout)
@@ -295,6 +337,8 @@ class Database(Repositories):
     def close(self) -> None:
         """Close the pool and every connection in it, and the cache's connections."""
         self._pool.close()
+        if self._replicas is not None:
+            self._replicas.close()
         self.cache.close()
 
     def __enter__(self) -> Self:
@@ -307,6 +351,15 @@ class Database(Repositories):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def _remember_writes(self, conn: psycopg.Connection[Any], accounts: Sequence[int]) -> None:
+        """Committed writes to ``accounts`` on ``conn``: remember where the primary's WAL is."""
+        if self._replicas is None or not accounts:
+            return
+        self._replicas.marks.learn_scope(conn)
+        row = conn.execute(CURRENT_LSN, prepare=False).fetchone()
+        if row is not None:
+            self._replicas.marks.remember(accounts, int(row[0]))
 
     def _acquire(self) -> psycopg.Connection[Any]:
         started = time.monotonic()
@@ -387,6 +440,8 @@ class Database(Repositories):
                     conn.execute(LOCAL_SETTINGS, self._local_settings)
                 uow = UnitOfWork(conn, cache=self.cache)
                 yield uow
+            if self._replicas is not None:  # committed: where its writes end
+                self._remember_writes(conn, sorted(uow._conn_session.touched))
         except psycopg.Error as exc:
             raise map_error(exc) from exc
         finally:
@@ -478,5 +533,10 @@ class Database(Repositories):
 
     def stats(self) -> dict[str, int]:
         """The pool's counters (``psycopg_pool`` names: pool_size, pool_available,
-        requests_waiting, requests_num, requests_errors, connections_lost, …)."""
-        return dict(self._pool.get_stats())
+        requests_waiting, requests_num, requests_errors, connections_lost, …), and
+        with replicas where ``db.replica`` reads went: ``replica_reads``,
+        ``replica_waited``, ``replica_fell_back_stale``, ``replica_fell_back_down``."""
+        stats = dict(self._pool.get_stats())
+        if self._replicas is not None:
+            stats.update(self._replicas.counts)
+        return stats

@@ -8,6 +8,7 @@ psycopg error leaves here as a datalayer error (``errors.map_error``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -22,16 +23,41 @@ from .errors import DataLayerError, InvalidInput, map_error
 if TYPE_CHECKING:
     from ._cache import Cache
 
-__all__ = ["Session", "check_params", "copy_rows", "execute", "model_rows"]
+__all__ = ["Session", "check_params", "copy_rows", "execute", "is_write", "model_rows"]
 
 T = TypeVar("T")
 
+_WRITE = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE)\b", re.IGNORECASE)
+# id(query) -> (whether it writes, the parameter naming its account); queries live for good.
+_ROUTES: dict[int, tuple[bool, str]] = {}
+
+
+def is_write(query: Query) -> bool:
+    """Whether ``query`` may change rows (its SQL names INSERT, UPDATE, DELETE or MERGE)."""
+    return _route(query)[0]
+
+
+def _route(query: Query) -> tuple[bool, str]:
+    found = _ROUTES.get(id(query))
+    if found is None:
+        # The account a statement is about: its account_id (on the accounts table, its id).
+        param = "id" if query.aggregate == "accounts" else "account_id"
+        found = _ROUTES[id(query)] = (_WRITE.search(query.sql) is not None, param)
+    return found
+
 
 class Session(Protocol):
-    """Where a repository gets its connection: a pool (autocommit) or a unit of work."""
+    """Where a repository gets its connection: a pool (autocommit), a unit of work, replicas."""
 
-    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
-        """Lend a connection for one statement; errors raised are datalayer errors."""
+    def connection(
+        self, *, account_id: int | None = None, writes: bool = False
+    ) -> AbstractContextManager[psycopg.Connection[Any]]:
+        """Lend a connection for one statement; errors raised are datalayer errors.
+
+        ``account_id`` is the account the statement reads or ``writes``: a
+        replica session picks a replica that has replayed that account's
+        writes, and the primary's sessions remember where its writes end.
+        """
         ...
 
     def atomic(self) -> AbstractContextManager[Session]:
@@ -119,7 +145,11 @@ def execute(
     for text that cannot be encoded, and datalayer errors for the rest.
     """
     check_params(query, params)
-    with session.connection() as conn:
+    writes, param = _route(query)
+    account = params.get(param)
+    with session.connection(
+        account_id=account if type(account) is int else None, writes=writes
+    ) as conn:
         telemetry = _telemetry.ACTIVE
         if telemetry is None:
             return _run(conn, query, params, rows)
@@ -150,7 +180,7 @@ def copy_rows(
     Binary COPY needs the PostgreSQL type name of every column (``types``), in
     the statement's column order.
     """
-    with session.connection() as conn:
+    with session.connection(writes=True) as conn:
         telemetry = _telemetry.ACTIVE
         if telemetry is None:
             return _copy(conn, query, rows, types)

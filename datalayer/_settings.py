@@ -41,6 +41,9 @@ _ENV = {
     "DATALAYER_JIT": "jit",
     "DATALAYER_OTEL": "otel",
     "DATALAYER_PGBOUNCER": "pgbouncer",
+    "DATALAYER_REPLICA_URLS": "replica_urls",
+    "DATALAYER_REPLICA_WAIT_MS": "replica_wait_ms",
+    "DATALAYER_REPLICA_MAX_LAG_MS": "replica_max_lag_ms",
 }
 
 # Words that mean None for the settings that may be None.
@@ -118,6 +121,12 @@ class Settings(BaseModel):
     # OpenTelemetry spans and metrics (the otel extra): Database calls datalayer.instrument().
     otel: bool = False
     pgbouncer: bool | None = None
+    # Read replicas for db.replica (DATALAYER_REPLICA_URLS: separated by spaces).
+    replica_urls: tuple[str, ...] = Field(default=(), repr=False)
+    # How long a replica read of an account waits for its writes to be replayed,
+    # and the replay lag past which a replica is skipped (README: Scaling out).
+    replica_wait_ms: int = Field(default=200, ge=0, le=60_000)
+    replica_max_lag_ms: int = Field(default=10_000, ge=0)
 
     def __init__(self, **values: Any) -> None:
         # pydantic's ValidationError is not a DataLayerError: refuse with InvalidInput
@@ -140,6 +149,18 @@ class Settings(BaseModel):
         if value is None:
             return None
         check_redis_url(value)
+        return value
+
+    @field_validator("replica_urls", mode="before")
+    @classmethod
+    def _split_replica_urls(cls, value: Any) -> Any:
+        return tuple(value.split()) if isinstance(value, str) else value
+
+    @field_validator("replica_urls")
+    @classmethod
+    def _usable_replica_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            check_conninfo(url)  # its message never holds the password
         return value
 
     @field_validator("pool_max_size")
@@ -201,13 +222,14 @@ class Settings(BaseModel):
         fields = ", ".join(
             f"{name}={getattr(self, name)!r}"
             for name in type(self).model_fields
-            if name not in {"database_url", "redis_url", "admin_url"}
+            if name not in {"database_url", "redis_url", "admin_url", "replica_urls"}
         )
         redis = redact(self.redis_url) if self.redis_url else None
         admin = redact(self.admin_url) if self.admin_url else None
         return (
             f"Settings(database_url={self.safe_database_url!r}, redis_url={redis!r}, "
-            f"admin_url={admin!r}, {fields})"
+            f"admin_url={admin!r}, replica_urls={tuple(map(redact, self.replica_urls))!r}, "
+            f"{fields})"
         )
 
     __str__ = __repr__

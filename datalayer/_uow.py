@@ -20,13 +20,14 @@ __all__ = ["UnitOfWork"]
 class _ConnectionSession:
     """Lends the unit of work's own connection, while the unit of work is open."""
 
-    __slots__ = ("_cache", "_conn", "_journaled", "closed")
+    __slots__ = ("_cache", "_conn", "_journaled", "closed", "touched")
 
     def __init__(self, conn: psycopg.Connection[Any], cache: Cache | None = None):
         self._conn = conn
         self._cache = cache
         self._journaled: list[PendingInvalidation] = []
         self.closed = False
+        self.touched: set[int] = set()  # accounts written: read-your-writes on replicas
 
     @property
     def cache(self) -> Cache | None:
@@ -41,9 +42,13 @@ class _ConnectionSession:
             return
         self._journaled.extend(CacheInvalidationRepository(self)._journal(pairs))
 
-    def connection(self) -> _ConnectionSession:
+    def connection(
+        self, *, account_id: int | None = None, writes: bool = False
+    ) -> _ConnectionSession:
         if self.closed:
             raise DataLayerError("this unit of work has ended; open a new one")
+        if writes and account_id is not None:
+            self.touched.add(account_id)
         return self
 
     @contextmanager

@@ -172,3 +172,147 @@ def pgbouncer(_server_reachable: None) -> Iterator[Bouncer]:
         port=BOUNCER_PORT_BASE + worker_number(),
     ) as bouncer:
         yield bouncer
+
+
+# -- PostgreSQL clusters of their own: a primary and its streaming replica --------------------
+
+PRIMARY_PORT_BASE = 55420  # + the xdist worker number
+REPLICA_PORT_BASE = 55430
+
+
+def pg_bindir() -> Path:
+    """Where the server binaries are (``pg_config --bindir``, else Debian's 15)."""
+    with suppress(OSError, subprocess.CalledProcessError):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True)
+        candidate = Path(out.stdout.strip())
+        if (candidate / "initdb").exists():
+            return candidate
+    fallback = Path("/usr/lib/postgresql/15/bin")
+    if not (fallback / "initdb").exists():
+        message = "PostgreSQL server binaries (initdb, pg_ctl) are not installed"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return fallback
+
+
+@dataclass
+class Cluster:
+    """A PostgreSQL server of the tests' own, in ``directory/data``, trusting local users."""
+
+    port: int
+    directory: Path
+
+    @property
+    def data(self) -> Path:
+        return self.directory / "data"
+
+    def url(self, dbname: str = "postgres", *, user: str = "postgres", **extra: Any) -> str:
+        return make_conninfo(
+            "", host="127.0.0.1", port=self.port, user=user, dbname=dbname, **extra
+        )
+
+    def pg_ctl(self, *args: str, check: bool = True) -> None:
+        subprocess.run(
+            as_postgres([str(pg_bindir() / "pg_ctl"), "-D", str(self.data), *args]),
+            check=check,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def start(self) -> None:
+        self.pg_ctl("-l", str(self.directory / "server.log"), "-w", "-t", "30", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self.pg_ctl("-m", mode, "-w", "-t", "30", "stop", check=False)
+
+
+_CONF = """
+listen_addresses = '127.0.0.1'
+port = {port}
+unix_socket_directories = '{directory}'
+fsync = off
+full_page_writes = off
+shared_buffers = 16MB
+max_connections = 60
+wal_level = replica
+max_wal_senders = 6
+wal_keep_size = 64MB
+hot_standby = on
+max_standby_streaming_delay = -1
+wal_receiver_status_interval = 1s
+timezone = 'UTC'
+{extra}
+"""
+
+
+def make_primary(port: int, *, extra: str = "") -> Cluster:
+    """A new, stopped primary cluster (initdb as ``postgres``) listening on ``port``."""
+    cluster = Cluster(port, owned_tempdir(f"dl-primary-{port}-"))
+    subprocess.run(
+        as_postgres(
+            [str(pg_bindir() / "initdb"), "-D", str(cluster.data), "-U", "postgres",
+             "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C"]
+        ),
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    with (cluster.data / "postgresql.conf").open("a") as conf:
+        conf.write(_CONF.format(port=port, directory=cluster.directory, extra=extra))
+    return cluster
+
+
+def make_standby(primary: Cluster, port: int, *, extra: str = "") -> Cluster:
+    """A streaming standby of the running ``primary`` (``pg_basebackup -R``), not yet started."""
+    standby = Cluster(port, owned_tempdir(f"dl-standby-{port}-"))
+    subprocess.run(
+        as_postgres(
+            [str(pg_bindir() / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port),
+             "-U", "postgres", "-D", str(standby.data), "-R", "-X", "stream", "--no-sync",
+             "-c", "fast"]
+        ),
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    with (standby.data / "postgresql.conf").open("a") as conf:
+        conf.write(f"\nport = {port}\nunix_socket_directories = '{standby.directory}'\n{extra}\n")
+    (standby.directory).chmod(0o700)
+    return standby
+
+
+def destroy(*clusters: Cluster) -> None:
+    for cluster in clusters:
+        cluster.stop("immediate")
+        shutil.rmtree(cluster.directory, ignore_errors=True)
+
+
+@dataclass
+class ReplicatedDatabase:
+    """A migrated database ``datalayer`` on ``primary``, streamed to ``replica``."""
+
+    primary: Cluster
+    replica: Cluster
+    dbname: str = "datalayer"
+
+    def app_url(self, cluster: Cluster) -> str:
+        from conftest import APP_ROLE
+
+        return cluster.url(self.dbname, user=APP_ROLE)
+
+
+@pytest.fixture(scope="session")
+def replicated() -> Iterator[ReplicatedDatabase]:
+    """A primary with the migrated schema and a streaming replica of it, for the session."""
+    from datalayer import Settings
+    from datalayer._ops.migrate import migrate
+
+    n = worker_number()
+    primary = make_primary(PRIMARY_PORT_BASE + n)
+    replica: Cluster | None = None
+    try:
+        primary.start()
+        migrate(Settings(database_url=primary.url("datalayer")), ensure_ahead=1)
+        replica = make_standby(primary, REPLICA_PORT_BASE + n)
+        replica.start()
+        wait_until_connectable(replica.url("datalayer"))
+        yield ReplicatedDatabase(primary, replica)
+    finally:
+        destroy(*([replica] if replica else []), primary)

@@ -77,7 +77,7 @@ def widget_repository(**overrides: Any) -> type[Repository]:
 class ExplodingSession:
     """A session that must not be used: the parameter check comes before the connection."""
 
-    def connection(self) -> AbstractContextManager[Any]:
+    def connection(self, **_: Any) -> AbstractContextManager[Any]:
         raise AssertionError("the session was touched")
 
 

@@ -42,7 +42,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("I/O primitives", {"datalayer._exec", "datalayer._cache", "datalayer._pooler"}),
     ("declarations", {"datalayer._repository"}),
     ("repositories", {"datalayer.repositories", "datalayer.repositories.*"}),
-    ("compositions", {"datalayer._cached", "datalayer._uow"}),
+    ("compositions", {"datalayer._cached", "datalayer._uow", "datalayer._replicas"}),
     ("database", {"datalayer._database"}),
     ("public face", {"datalayer"}),
     ("ops wing", {"datalayer._ops", "datalayer._ops.*"}),

@@ -1,0 +1,170 @@
+"""Read replicas with read-your-writes by WAL LSN, against a real streaming replica.
+
+``replicated`` (tests/scaleout_servers.py) is a primary of the tests' own with
+the migrated schema and a ``pg_basebackup -R`` replica of it. Staleness is made
+deterministic by pausing the replica's replay (``pg_wal_replay_pause()``).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from conftest import CACHE_KEYS
+from scaleout_servers import ReplicatedDatabase
+
+from datalayer import Database, DataLayerError, Settings
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _settings(rep: ReplicatedDatabase, **changes: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": rep.app_url(rep.primary),
+        "replica_urls": (rep.app_url(rep.replica),),
+        "pool_min_size": 0,
+        "pool_max_size": 4,
+        "replica_wait_ms": 300,
+        "replica_max_lag_ms": 600_000,
+    }
+    values.update(changes)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _replay(rep: ReplicatedDatabase, action: str) -> None:
+    with psycopg.connect(rep.replica.url(rep.dbname), autocommit=True) as conn:
+        if action == "pause":
+            conn.execute("SELECT pg_wal_replay_pause()")
+            deadline = time.monotonic() + 10
+            while conn.execute("SELECT pg_get_wal_replay_pause_state()").fetchone() != ("paused",):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        else:
+            conn.execute("SELECT pg_wal_replay_resume()")
+
+
+def _caught_up(rep: ReplicatedDatabase) -> None:
+    """Wait until the replica has replayed everything the primary wrote so far."""
+    with psycopg.connect(rep.primary.url(rep.dbname), autocommit=True) as primary:
+        row = primary.execute("SELECT pg_current_wal_lsn()").fetchone()
+    assert row is not None
+    with psycopg.connect(rep.replica.url(rep.dbname), autocommit=True) as replica:
+        deadline = time.monotonic() + 10
+        query = "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn"
+        while replica.execute(query, (row[0],)).fetchone() != (True,):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+
+def _on_replica(rep: ReplicatedDatabase, account_id: int) -> str:
+    with psycopg.connect(rep.replica.url(rep.dbname), autocommit=True) as conn:
+        row = conn.execute("SELECT name FROM accounts WHERE id = %s", (account_id,)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+@pytest.fixture
+def rdb(replicated: ReplicatedDatabase) -> Iterator[Database]:
+    with Database(_settings(replicated)) as db:
+        yield db
+    _replay(replicated, "resume")
+
+
+def test_a_write_then_a_replica_read_of_that_account_never_sees_the_old_value(
+    replicated: ReplicatedDatabase, rdb: Database
+) -> None:
+    mine = rdb.accounts.create(name="before")
+    other = rdb.accounts.create(name="other")
+    _caught_up(replicated)
+    _replay(replicated, "pause")
+    rdb.accounts.update(account_id=mine.id, name="after")
+    assert _on_replica(replicated, mine.id) == "before"  # the replica is stale
+    before = rdb.stats()
+    got = rdb.replica.accounts.get(account_id=mine.id)
+    assert got is not None
+    assert got.name == "after"
+    after = rdb.stats()
+    assert after["replica_fell_back_stale"] == before["replica_fell_back_stale"] + 1
+    # Another account's read still uses the (stale, but not for it) replica.
+    assert rdb.replica.accounts.get(account_id=other.id) == other
+    assert rdb.stats()["replica_reads"] == after["replica_reads"] + 1
+    _replay(replicated, "resume")
+    got = rdb.replica.accounts.get(account_id=mine.id)  # the replica catches up: served there
+    assert got is not None
+    assert got.name == "after"
+    assert rdb.stats()["replica_reads"] == after["replica_reads"] + 2
+
+
+def test_a_write_in_a_unit_of_work_is_remembered_when_it_commits(
+    replicated: ReplicatedDatabase, rdb: Database
+) -> None:
+    account = rdb.accounts.create(name="uow-before")
+    _caught_up(replicated)
+    _replay(replicated, "pause")
+    with rdb.unit_of_work() as uow:
+        uow.accounts.update(account_id=account.id, name="uow-after")
+    got = rdb.replica.accounts.get(account_id=account.id)
+    assert got is not None
+    assert got.name == "uow-after"
+
+
+def test_another_process_honours_the_marks_through_redis(
+    replicated: ReplicatedDatabase,
+) -> None:
+    settings = _settings(replicated, redis_url=REDIS, cache_keys=CACHE_KEYS)
+    with Database(settings) as writer, Database(settings) as reader:
+        account = writer.accounts.create(name=f"redis-{uuid.uuid4().hex[:6]}")
+        _caught_up(replicated)
+        _replay(replicated, "pause")
+        try:
+            writer.accounts.update(account_id=account.id, name="seen-elsewhere")
+            got = reader.replica.accounts.get(account_id=account.id)
+            assert got is not None
+            assert got.name == "seen-elsewhere"
+            assert reader.stats()["replica_fell_back_stale"] == 1
+        finally:
+            _replay(replicated, "resume")
+
+
+def test_a_replica_lagging_past_the_bound_is_skipped(replicated: ReplicatedDatabase) -> None:
+    with Database(_settings(replicated, replica_max_lag_ms=0)) as db:
+        account = db.accounts.create(name="lagging")
+        _caught_up(replicated)
+        _replay(replicated, "pause")
+        try:
+            time.sleep(0.05)
+            db.accounts.create(name="more WAL the replica receives but does not replay")
+            time.sleep(0.05)
+            assert db.replica.accounts.get(account_id=account.id) == account
+            stats = db.stats()
+            assert (stats["replica_reads"], stats["replica_fell_back_down"]) == (0, 1)
+        finally:
+            _replay(replicated, "resume")
+
+
+def test_writes_through_the_replica_attribute_are_refused(rdb: Database) -> None:
+    with pytest.raises(DataLayerError, match=r"db\.replica is for reads"):
+        rdb.replica.accounts.create(name="nope")
+
+
+def test_a_database_without_replicas_reads_the_primary_through_the_same_attribute(
+    db: Database,
+) -> None:
+    account = db.accounts.create(name="no replicas")
+    assert db.replica.accounts.get(account_id=account.id) == account
+
+
+def test_with_the_replica_killed_reads_continue_on_the_primary(
+    replicated: ReplicatedDatabase, rdb: Database
+) -> None:
+    account = rdb.accounts.create(name="survivor")
+    replicated.replica.stop("immediate")
+    try:
+        for _ in range(3):
+            assert rdb.replica.accounts.get(account_id=account.id) == account
+        assert rdb.stats()["replica_fell_back_down"] == 3
+    finally:
+        replicated.replica.start()
