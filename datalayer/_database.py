@@ -27,7 +27,14 @@ from ._replicas import CURRENT_LSN, LsnMarks, ReplicaReads, Replicas
 from ._settings import Settings
 from ._uow import UnitOfWork
 from ._validation import Instant, validated
-from .errors import ConcurrencyConflict, DataLayerError, InvalidInput, Unavailable, map_error
+from .errors import (
+    ConcurrencyConflict,
+    DataLayerError,
+    InvalidInput,
+    ReadOnlyTransaction,
+    Unavailable,
+    map_error,
+)
 from .models.maintenance import Health
 from .repositories import Repositories
 
@@ -71,6 +78,20 @@ def _connection_kwargs(settings: Settings) -> dict[str, Any]:
     if options and not pooled:
         kwargs["options"] = " ".join(options)
     return kwargs
+
+
+# The server is gone or no longer the primary (a demoted one refuses writes: 25006).
+_SERVER_LOST = frozenset({"57P01", "57P02", "57P03", "25006"})
+
+
+def _server_lost(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) says the connection's server is gone or demoted."""
+    while exc is not None:
+        state = getattr(exc, "sqlstate", None)
+        if state is not None and (state.startswith("08") or state in _SERVER_LOST):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def _alive(conn: psycopg.Connection[Any]) -> bool:
@@ -154,12 +175,14 @@ class _Lease:
         self._conn = self._db._acquire()
         return self._conn
 
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
         try:
             if self._wrote is not None and exc_type is None:
                 self._db._remember_writes(self._conn, [self._wrote])
         finally:
-            self._db._pool.putconn(self._conn)
+            self._db._release(self._conn, exc)
 
 
 class _PoolSession:
@@ -361,6 +384,24 @@ class Database(Repositories):
         if row is not None:
             self._replicas.marks.remember(accounts, int(row[0]))
 
+    def _release(self, conn: psycopg.Connection[Any], exc: BaseException | None) -> None:
+        """Return ``conn`` to the pool; after a failover signal, drop every idle one too.
+
+        On 57P01-57P03 (shutdown), class 08 (connection lost), 25006 (a read-only
+        transaction: the primary was demoted) or a broken connection, the other
+        idle connections reach the same server: the pool closes them at once
+        and connects anew (to the new primary, with a multi-host URL and
+        ``target_session_attrs=read-write``) instead of lending them again.
+        """
+        lost = exc is not None and (conn.broken or _server_lost(exc))
+        if lost:
+            with suppress(Exception):
+                conn.close()
+        self._pool.putconn(conn)
+        if lost:
+            log.warning("the server went away or was demoted: dropping the idle connections")
+            self._pool.drain()
+
     def _acquire(self) -> psycopg.Connection[Any]:
         started = time.monotonic()
         deadline = started + self._timeout
@@ -432,6 +473,7 @@ class Database(Repositories):
             raise InvalidInput("must be a bool", field="read_only")
         conn = self._acquire()
         uow: UnitOfWork | None = None
+        failed: BaseException | None = None
         try:
             conn.isolation_level = _ISOLATION[isolation] if isolation else None
             conn.read_only = True if read_only else None
@@ -443,14 +485,20 @@ class Database(Repositories):
             if self._replicas is not None:  # committed: where its writes end
                 self._remember_writes(conn, sorted(uow._conn_session.touched))
         except psycopg.Error as exc:
+            failed = exc
             raise map_error(exc) from exc
+        except BaseException as exc:
+            failed = exc
+            raise
         finally:
             if uow is not None:
                 uow._close()
             with suppress(Exception):
                 conn.isolation_level = None
                 conn.read_only = None
-            self._pool.putconn(conn)
+            if read_only and getattr(failed, "sqlstate", None) == "25006":
+                failed = None  # this unit of work's own read-only refusal, not a demotion
+            self._release(conn, failed)
         # Committed: now (never before, never after a rollback) invalidate caches.
         uow._run_after_commit()
 
@@ -495,6 +543,48 @@ class Database(Repositories):
                     attempt,
                     attempts,
                     delay,
+                )
+                time.sleep(delay)
+                attempt += 1
+
+    def retry(
+        self,
+        fn: Callable[[], T],
+        *,
+        attempts: int = 20,
+        base_delay: float = 0.05,
+        max_delay: float = 1.0,
+    ) -> T:
+        """Call ``fn()`` until it succeeds, retrying while the database is unreachable.
+
+        For a failover: retries on ``Unavailable`` (connection lost, server
+        shutting down, no connection within ``pool_timeout``) and
+        ``ReadOnlyTransaction`` (a demoted primary), up to ``attempts`` tries
+        with a random sleep of up to ``base_delay * 2**n`` seconds (capped at
+        ``max_delay``) between them. A call that failed this way may or may
+        not have committed, so ``fn`` must be idempotent: ``usage.record`` and
+        ``record_batch`` with idempotency keys, ``billing.generate_invoice``,
+        ``billing.record_payment`` with its key (README: Scaling out on
+        PostgreSQL). Raises ``InvalidInput`` for a bad argument, the last
+        error after the last attempt, any other error at once.
+        """
+        if not callable(fn):
+            raise InvalidInput("must be a function of no arguments", field="fn")
+        if type(attempts) is not int or not 1 <= attempts <= 1000:
+            raise InvalidInput("must be an int from 1 to 1000", field="attempts")
+        for name, delay in (("base_delay", base_delay), ("max_delay", max_delay)):
+            if type(delay) not in (int, float) or not 0 <= delay <= 60:
+                raise InvalidInput("must be a number of seconds from 0 to 60", field=name)
+        attempt = 1
+        while True:
+            try:
+                return fn()
+            except (Unavailable, ReadOnlyTransaction) as exc:
+                if attempt >= attempts:
+                    raise
+                delay = random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
+                log.info(
+                    "retrying after %s (attempt %d of %d)", type(exc).__name__, attempt, attempts
                 )
                 time.sleep(delay)
                 attempt += 1
