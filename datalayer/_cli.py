@@ -9,6 +9,7 @@ backup, restore, and bench's migrate and seed steps) connect with the admin URL
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -383,8 +384,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print("Redis is unreachable: auth_cached and auth_uncached are skipped")
         settings = settings.model_copy(update={"redis_url": None})
     probe.close()
-    with Database(settings) as db:
-        results = run_bench(db, profile)
+    bouncer = None
+    if args.pgbouncer_url:  # the same database through PgBouncer: pgbouncer_pk_lookup
+        bouncer = Database(settings, database_url=args.pgbouncer_url, replica_urls=())
+    with Database(settings) as db, bouncer or contextlib.nullcontext():
+        results = run_bench(db, profile, pgbouncer=bouncer)
         cache = db.cache.stats.as_dict() if db.cache.enabled else None
     print(format_table(results))
     if cache is not None:
@@ -696,6 +700,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--no-peers", action="store_true", help="skip SQLAlchemy and aiosql")
     bench.add_argument(
+        "--pgbouncer-url",
+        help="the same database through PgBouncer: adds pgbouncer_pk_lookup (replica_pk_lookup"
+        " runs when DATALAYER_REPLICA_URLS is set)",
+    )
+    bench.add_argument(
         "--iterations", type=_ranged(10, 10_000_000), help="calls per latency scenario (3000; 800)"
     )
     bench.add_argument(
@@ -773,7 +782,13 @@ def _secrets(args: argparse.Namespace) -> list[str]:
     Shorter than 4 characters, a password would be replaced inside ordinary
     words; those are left to the checks that keep libpq from quoting it.
     """
-    given = [args.database_url, os.environ.get("DATABASE_URL"), getattr(args, "into", None)]
+    given = [
+        args.database_url,
+        os.environ.get("DATABASE_URL"),
+        getattr(args, "into", None),
+        getattr(args, "pgbouncer_url", None),
+        *os.environ.get("DATALAYER_REPLICA_URLS", "").split(),
+    ]
     found = {secret for conninfo in given if conninfo for secret in secrets_in(conninfo)}
     return sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
 

@@ -112,35 +112,27 @@ def running_pgbouncer(
     directory = owned_tempdir("dl-pgbouncer-")
     userlist = "".join(f'"{user}" "{password}"\n' for user, password in users.items())
     (directory / "userlist.txt").write_text(userlist)
-    (directory / "pgbouncer.ini").write_text(
-        f"""[databases]
-* = host={server_host} port={server_port}
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {directory}/userlist.txt
-pool_mode = transaction
-default_pool_size = {pool_size}
-max_client_conn = 400
-logfile = {directory}/pgbouncer.log
-pidfile = {directory}/pgbouncer.pid
-{extra}
-"""
-    )
-    if os.geteuid() == 0:
-        for child in directory.iterdir():
-            shutil.chown(child, "postgres", "postgres")
     bouncer = Bouncer("127.0.0.1", port, directory)
     try:
-        subprocess.run(
-            as_postgres([program, "-d", "-q", str(directory / "pgbouncer.ini")]),
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
+        # Ports of this range are also ephemeral client ports: move on when one is taken.
+        for _ in range(5):
+            server = (server_host, server_port)
+            _write_pgbouncer_ini(directory, server, bouncer.port, pool_size, extra)
+            if os.geteuid() == 0:
+                for child in directory.iterdir():
+                    shutil.chown(child, "postgres", "postgres")
+            subprocess.run(
+                as_postgres([program, "-d", "-q", str(directory / "pgbouncer.ini")]),
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+            time.sleep(0.1)
+            log = (directory / "pgbouncer.log").read_text(errors="replace")
+            if "nowhere to listen" not in log:
+                break
+            (directory / "pgbouncer.log").unlink()
+            bouncer.port = bouncer.port + 2 if (bouncer.port % 10) + 2 < 10 else bouncer.port - 8
         user = next(iter(users))
         wait_until_connectable(bouncer.url("postgres", user=user, password=users[user]))
         yield bouncer
@@ -157,6 +149,29 @@ pidfile = {directory}/pgbouncer.pid
                     break
                 time.sleep(0.05)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _write_pgbouncer_ini(
+    directory: Path, server: tuple[str, int], port: int, pool_size: int, extra: str
+) -> None:
+    (directory / "pgbouncer.ini").write_text(
+        f"""[databases]
+* = host={server[0]} port={server[1]}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {directory}/userlist.txt
+pool_mode = transaction
+default_pool_size = {pool_size}
+max_client_conn = 400
+logfile = {directory}/pgbouncer.log
+pidfile = {directory}/pgbouncer.pid
+{extra}
+"""
+    )
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ from .._ops.rollups import refresh_rollups
 from ..models.plans import PlanMeterSpec
 from ..models.usage import UsageEventIn
 
-__all__ = ["Profile", "Result", "machine", "run_bench"]
+__all__ = ["Profile", "Result", "machine", "run_bench", "scale_out_lookups"]
 
 Fn = Callable[[], object]
 THREADS = (1, 4)
@@ -162,18 +162,25 @@ def _throughput(name: str, events: int, seconds: float) -> Result:
 
 
 def run_bench(
-    db: Database, profile: Profile | None = None, *, database_url: str | None = None
+    db: Database,
+    profile: Profile | None = None,
+    *,
+    database_url: str | None = None,
+    pgbouncer: Database | None = None,
 ) -> list[Result]:
     """Run every scenario on ``db`` (seeded); return the results.
 
     ``database_url`` (default: ``db``'s) is where the peers connect; they run
-    when ``profile.peers`` and their libraries are installed.
+    when ``profile.peers`` and their libraries are installed. With replicas in
+    ``db.settings`` and/or ``pgbouncer`` (the same database through PgBouncer),
+    the scale-out lookups run too.
     """
     profile = profile or Profile()
     results: list[Result] = []
     refresh_rollups(db)  # measure reads against rolled-up data, as a running system has
     heavy = _heavy_account(db)
     _pk_lookups(db, results, profile, heavy, database_url or db.settings.database_url)
+    scale_out_lookups(db, results, profile, heavy, pgbouncer=pgbouncer)
     _usage_summaries(db, results, profile, heavy)
     if db.cache.enabled:
         _auth(db, results, profile, heavy)
@@ -289,6 +296,36 @@ def _traced(call: Fn) -> Fn | None:
             _telemetry.ACTIVE = None
 
     return run
+
+
+def scale_out_lookups(
+    db: Database,
+    results: list[Result],
+    profile: Profile,
+    account_id: int,
+    *,
+    pgbouncer: Database | None = None,
+) -> None:
+    """The cost of each hop: ``accounts.get`` through PgBouncer (``pgbouncer_pk_lookup``) and
+    on a replica (``replica_pk_lookup``, the account marked as written so that every read
+    checks the replica's replay LSN first), against the same call on ``db`` directly.
+
+    Does nothing when ``db`` has no replicas and ``pgbouncer`` is ``None``.
+    """
+    scenarios: list[tuple[str, Fn]] = []
+    if pgbouncer is not None:
+        scenarios.append(
+            ("pgbouncer_pk_lookup", lambda: pgbouncer.accounts.get(account_id=account_id))
+        )
+    if db._replicas is not None:
+        with db.connection() as conn:  # the account "was written": reads check the LSN
+            db._remember_writes(conn, [account_id])
+        scenarios.append(
+            ("replica_pk_lookup", lambda: db.replica.accounts.get(account_id=account_id))
+        )
+    if scenarios:
+        direct = ("pk_lookup_direct", lambda: db.accounts.get(account_id=account_id))
+        _group(results, scenarios, profile, baseline=direct)
 
 
 _RAW_SUMMARY = (

@@ -8,16 +8,28 @@ the same load, with the default settings, must find the bouncer and run clean.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import APP_PASSWORD, APP_ROLE, PG_PASSWORD, PG_USER, app_url, pg_url
-from scaleout_servers import Bouncer
+from conftest import (
+    APP_PASSWORD,
+    APP_ROLE,
+    PG_HOST,
+    PG_PASSWORD,
+    PG_PORT,
+    PG_USER,
+    app_url,
+    pg_url,
+)
+from scaleout_servers import BOUNCER_PORT_BASE, Bouncer, running_pgbouncer, worker_number
 
 from datalayer import Database, DataLayerError, Settings
+from datalayer._bench.scenarios import Profile, Result, scale_out_lookups
 from datalayer._cli import main
 from datalayer._ops.migrate import migrate
 from datalayer._ops.roles import connect_admin, session_defaults, set_session_defaults
@@ -205,3 +217,46 @@ def test_admin_commands_run_with_a_direct_admin_url_while_the_application_uses_t
     with psycopg.connect(through, autocommit=True, prepare_threshold=None) as conn:
         for _ in range(8):
             assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+
+
+def test_the_bench_times_a_read_through_the_bouncer_against_the_direct_read(
+    bounced_db: Database, fresh_url: str
+) -> None:
+    account = bounced_db.accounts.create(name="bench")
+    results: list[Result] = []
+    with Database(Settings(database_url=fresh_url, pool_min_size=0)) as direct:
+        scale_out_lookups(direct, results, Profile(iterations=20), account.id, pgbouncer=bounced_db)
+    assert {(r.name, r.threads) for r in results} == {
+        (name, threads)
+        for name in ("pk_lookup_direct", "pgbouncer_pk_lookup")
+        for threads in (1, 4)
+    }
+    assert all(r.p50_us > 0 for r in results)
+
+
+def test_the_readme_pgbouncer_ini_and_environment_work_as_written(fresh_dbname: str) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    ini = re.search(r"```ini\n(.*?)```", readme, re.DOTALL)
+    env = re.search(r"```sh\n(DATABASE_URL=.*?)```", readme, re.DOTALL)
+    assert ini is not None
+    assert env is not None
+    section = ini.group(1).split("[pgbouncer]", 1)[1]
+    assert "pool_mode = transaction" in section
+    lines = dict(re.findall(r"^(\w+)=(\S+)", env.group(1), re.MULTILINE))
+    settings = Settings.from_env(lines)  # as written: both URLs are valid
+    assert ":6432/" in settings.database_url
+    assert settings.admin_url is not None
+    assert ":5432/" in settings.admin_url
+    with running_pgbouncer(
+        server_host=PG_HOST,
+        server_port=PG_PORT,
+        users={PG_USER: PG_PASSWORD, APP_ROLE: APP_PASSWORD},
+        port=BOUNCER_PORT_BASE + 5 + worker_number(),
+        extra=section,  # the README's lines, after (and so over) the fixture's
+    ) as bouncer:
+        url = _app_through(bouncer, fresh_dbname)
+        with Database(Settings(database_url=url, pool_min_size=0)) as db:
+            account = db.accounts.create(name="readme")
+            for _ in range(8):
+                assert db.accounts.get(account_id=account.id) == account
+            assert db.behind_pooler

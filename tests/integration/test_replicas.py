@@ -17,6 +17,7 @@ from conftest import CACHE_KEYS
 from scaleout_servers import ReplicatedDatabase
 
 from datalayer import Database, DataLayerError, Settings
+from datalayer._bench.scenarios import Profile, Result, scale_out_lookups
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -168,3 +169,17 @@ def test_with_the_replica_killed_reads_continue_on_the_primary(
         assert rdb.stats()["replica_fell_back_down"] == 3
     finally:
         replicated.replica.start()
+
+
+def test_the_bench_times_a_replica_read_with_its_lsn_check_against_the_direct_read(
+    rdb: Database,
+) -> None:
+    account = rdb.accounts.create(name="bench")
+    results: list[Result] = []
+    scale_out_lookups(rdb, results, Profile(iterations=20), account.id)
+    assert {(r.name, r.threads, r.baseline) for r in results} == {
+        (name, threads, None if name == "pk_lookup_direct" else "pk_lookup_direct")
+        for name in ("pk_lookup_direct", "replica_pk_lookup")
+        for threads in (1, 4)
+    }
+    assert rdb.stats()["replica_reads"] > 0
