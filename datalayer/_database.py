@@ -220,6 +220,27 @@ class _PoolSession:
             yield uow._conn_session
 
 
+def _read_only_work(
+    conn: psycopg.Connection[Any], isolation: Isolation | None
+) -> Iterator[UnitOfWork]:
+    """A read-only unit of work on ``conn`` (a replica's): nothing to commit or invalidate."""
+    uow: UnitOfWork | None = None
+    try:
+        conn.isolation_level = _ISOLATION[isolation] if isolation else None
+        conn.read_only = True
+        with conn.transaction():
+            uow = UnitOfWork(conn)
+            yield uow
+    except psycopg.Error as exc:
+        raise map_error(exc) from exc
+    finally:
+        if uow is not None:
+            uow._close()
+        with suppress(Exception):
+            conn.isolation_level = None
+            conn.read_only = None
+
+
 class Database(Repositories):
     """A PostgreSQL database reached through a connection pool.
 
@@ -439,31 +460,43 @@ class Database(Repositories):
 
     @contextmanager
     def unit_of_work(
-        self, *, isolation: Isolation | None = None, read_only: bool = False
+        self,
+        *,
+        isolation: Isolation | None = None,
+        read_only: bool = False,
+        replica: bool = False,
+        account_id: int | None = None,
     ) -> Iterator[UnitOfWork]:
         """One connection, one transaction: commit when the block ends, roll back on any exception.
 
         Repositories reached through the yielded ``UnitOfWork`` share the
         transaction. Errors at COMMIT (deferred constraints, serialization
         failures) are raised as datalayer errors; nothing was committed then.
-        Raises ``InvalidInput`` for an unknown ``isolation`` or a non-bool
-        ``read_only``, before connecting. With telemetry on, a
+
+        ``replica=True`` (with ``read_only=True``) runs it on a replica, as
+        ``db.replica`` reads do: one that has replayed ``account_id``'s writes
+        (read-your-writes), else on the primary; without replicas, on the
+        primary. Raises ``InvalidInput`` for an unknown ``isolation``, a
+        non-bool flag, ``replica`` without ``read_only`` or a bad
+        ``account_id``, before connecting. With telemetry on, a
         ``datalayer.unit_of_work`` span holds the spans of its statements.
         """
         telemetry = _telemetry.ACTIVE
         if telemetry is None:
-            with self._unit_of_work(isolation, read_only) as uow:
+            with self._unit_of_work(isolation, read_only, replica, account_id) as uow:
                 yield uow
             return
         attributes = {"db.system.name": "postgresql", "datalayer.read_only": read_only is True}
         with (
             telemetry.span("datalayer.unit_of_work", **attributes),
-            self._unit_of_work(isolation, read_only) as uow,
+            self._unit_of_work(isolation, read_only, replica, account_id) as uow,
         ):
             yield uow
 
     @contextmanager
-    def _unit_of_work(self, isolation: Isolation | None, read_only: bool) -> Iterator[UnitOfWork]:
+    def _unit_of_work(
+        self, isolation: Isolation | None, read_only: bool, replica: bool, account_id: int | None
+    ) -> Iterator[UnitOfWork]:
         """``unit_of_work`` without its span."""
         if isolation is not None and (type(isolation) is not str or isolation not in _ISOLATION):
             raise InvalidInput(
@@ -471,6 +504,18 @@ class Database(Repositories):
             )
         if type(read_only) is not bool:
             raise InvalidInput("must be a bool", field="read_only")
+        if type(replica) is not bool:
+            raise InvalidInput("must be a bool", field="replica")
+        if replica and not read_only:
+            raise InvalidInput(
+                "a unit of work on a replica must be read_only=True", field="replica"
+            )
+        if account_id is not None and (type(account_id) is not int or account_id < 1):
+            raise InvalidInput("must be a positive int or None", field="account_id")
+        if replica and self._replicas is not None:
+            with self._replicas.connection(account_id, lambda: _Lease(self)) as conn:
+                yield from _read_only_work(conn, isolation)
+            return
         conn = self._acquire()
         uow: UnitOfWork | None = None
         failed: BaseException | None = None

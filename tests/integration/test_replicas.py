@@ -16,7 +16,7 @@ import pytest
 from conftest import CACHE_KEYS
 from scaleout_servers import ReplicatedDatabase
 
-from datalayer import Database, DataLayerError, Settings
+from datalayer import Database, DataLayerError, InvalidInput, Settings
 from datalayer._bench.scenarios import Profile, Result, scale_out_lookups
 
 REDIS = "redis://127.0.0.1:6379/0"
@@ -144,6 +144,32 @@ def test_a_replica_lagging_past_the_bound_is_skipped(replicated: ReplicatedDatab
             assert (stats["replica_reads"], stats["replica_fell_back_down"]) == (0, 1)
         finally:
             _replay(replicated, "resume")
+
+
+def test_a_read_only_unit_of_work_on_a_replica_reads_its_accounts_writes_and_only_reads(
+    replicated: ReplicatedDatabase, rdb: Database
+) -> None:
+    mine = rdb.accounts.create(name="uow-mine")
+    other = rdb.accounts.create(name="uow-other")
+    _caught_up(replicated)
+    _replay(replicated, "pause")
+    rdb.accounts.update(account_id=mine.id, name="uow-mine-after")
+    before = rdb.stats()
+    with rdb.unit_of_work(read_only=True, replica=True, account_id=mine.id) as uow:
+        got = uow.accounts.get(account_id=mine.id)
+        assert got is not None
+        assert got.name == "uow-mine-after"  # from the primary: the replica had not replayed it
+    with rdb.unit_of_work(read_only=True, replica=True, account_id=other.id) as uow:
+        assert uow.accounts.get(account_id=other.id) == other
+        with pytest.raises(DataLayerError):  # read-only, and a standby besides
+            uow.accounts.create(name="nope")
+    after = rdb.stats()
+    assert after["replica_fell_back_stale"] == before["replica_fell_back_stale"] + 1
+    assert after["replica_reads"] == before["replica_reads"] + 1
+    with pytest.raises(InvalidInput, match="read_only"), rdb.unit_of_work(replica=True):
+        pass
+    with pytest.raises(InvalidInput), rdb.unit_of_work(read_only=True, replica=True, account_id=0):
+        pass
 
 
 def test_writes_through_the_replica_attribute_are_refused(rdb: Database) -> None:
