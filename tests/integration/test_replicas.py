@@ -138,7 +138,12 @@ def test_a_replica_lagging_past_the_bound_is_skipped(replicated: ReplicatedDatab
         try:
             time.sleep(0.05)
             db.accounts.create(name="more WAL the replica receives but does not replay")
-            time.sleep(0.05)
+            with psycopg.connect(replicated.replica.url(replicated.dbname)) as replica:
+                received = "SELECT pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()"
+                deadline = time.monotonic() + 10
+                while replica.execute(received).fetchone() != (True,):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
             assert db.replica.accounts.get(account_id=account.id) == account
             stats = db.stats()
             assert (stats["replica_reads"], stats["replica_fell_back_down"]) == (0, 1)
