@@ -264,7 +264,7 @@ def _cmd_check_distribution(args: argparse.Namespace) -> int:
     from .repositories import REPOSITORIES
 
     settings = _settings(args)
-    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
+    with connect_admin(settings) as conn:
         findings = check_distribution(conn, REPOSITORIES)
     for finding in findings:
         print(finding)
@@ -283,7 +283,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
     baseline = load(Path(args.compare)) if args.compare else None  # refused before connecting
     settings = _settings(args)
-    with psycopg.connect(admin_url(settings), autocommit=True) as conn:
+    with connect_admin(settings) as conn:
         stats = collect_stats(conn, REPOSITORIES)
     if args.save:
         save(stats, Path(args.save))

@@ -53,7 +53,9 @@ from typing import Any
 
 import psycopg
 
+from .._conninfo import redact
 from .._database import Database, _connection_kwargs
+from .._pooler import refuse_pooler
 from .._settings import Settings
 from ..errors import ConcurrencyConflict, DataLayerError, InvalidInput, map_error
 from ..models.maintenance import MaintenanceRun, RunOutcome
@@ -276,6 +278,7 @@ class Worker:
         """An autocommit connection with the admin URL, for DDL jobs."""
         try:
             conn = psycopg.connect(self.admin_url, **_connection_kwargs(self.settings))
+            refuse_pooler(conn, f"the admin URL {redact(self.admin_url)}")  # DDL, SETs
         except psycopg.Error as exc:
             raise map_error(exc) from None
         with conn:
@@ -382,7 +385,10 @@ class Worker:
         if self._lock_conn is None or self._lock_conn.closed:
             kwargs = {**_connection_kwargs(self.settings), "prepare_threshold": None}
             try:
-                self._lock_conn = psycopg.connect(self.admin_url, **kwargs)
+                conn = psycopg.connect(self.admin_url, **kwargs)
+                # A session advisory lock through a transaction pooler is no lock at all.
+                refuse_pooler(conn, f"the admin URL {redact(self.admin_url)}")
+                self._lock_conn = conn
             except psycopg.Error as exc:
                 raise map_error(exc) from None
         return self._lock_conn

@@ -191,6 +191,8 @@ def test_every_admin_command_refuses_a_pooler_with_a_clear_message(
     for command in (
         ["migrate"],
         ["check-sql"],
+        ["check-distribution"],
+        ["stats"],
         ["partitions", "ensure"],
         ["seed", "--accounts", "1", "--events", "0", "--analytics", "0"],
         ["archive", "--dry-run"],
@@ -236,7 +238,7 @@ def test_the_bench_times_a_read_through_the_bouncer_against_the_direct_read(
 
 def test_the_readme_pgbouncer_ini_and_environment_work_as_written(fresh_dbname: str) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    ini = re.search(r"```ini\n(.*?)```", readme, re.DOTALL)
+    ini = re.search(r"```ini\n(\[databases\].*?)```", readme, re.DOTALL)
     env = re.search(r"```sh\n(DATABASE_URL=.*?)```", readme, re.DOTALL)
     assert ini is not None
     assert env is not None
