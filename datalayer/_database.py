@@ -397,6 +397,7 @@ class Database(Repositories):
 
     def close(self) -> None:
         """Close the pool and every connection in it, and the cache's connections."""
+        _telemetry.unregister_pool(self.pool_name)
         self._pool.close()
         if self._replicas is not None:
             self._replicas.close()
