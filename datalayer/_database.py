@@ -6,6 +6,7 @@ import logging
 import random
 import select
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -220,6 +221,19 @@ class _PoolSession:
             yield uow._conn_session
 
 
+def _probe_through(
+    ref: weakref.ReferenceType[Database],
+) -> Callable[[psycopg.Connection[Any]], None]:
+    """A pool's ``configure`` callback that probes for a pooler while the database lives."""
+
+    def configure(conn: psycopg.Connection[Any]) -> None:
+        db = ref()
+        if db is not None:
+            db._configure(conn)
+
+    return configure
+
+
 def _read_only_work(
     conn: psycopg.Connection[Any], isolation: Isolation | None
 ) -> Iterator[UnitOfWork]:
@@ -274,6 +288,9 @@ class Database(Repositories):
         # Whether connections pass through a transaction pooler (settings, or found out).
         self._pooled = settings.pgbouncer is True
         self._local_settings = local_settings(settings)
+        # The pools hold their probe through a weak reference, not a bound method: a cycle
+        # (Database -> pool -> Database) would keep closed pools alive until a full GC.
+        configure = _probe_through(weakref.ref(self)) if settings.pgbouncer is None else None
         self._pool = _Pool(
             settings.database_url,
             kwargs=_connection_kwargs(settings),
@@ -286,7 +303,7 @@ class Database(Repositories):
             max_idle=settings.pool_max_idle,
             reconnect_timeout=settings.pool_reconnect_timeout,
             reconnect_max_delay=settings.pool_reconnect_max_delay,
-            configure=self._configure if settings.pgbouncer is None else None,
+            configure=configure,
         )
         self.pool_name = _telemetry.register_pool(self._pool)
         if settings.otel and _telemetry.ACTIVE is None:
@@ -317,7 +334,7 @@ class Database(Repositories):
                     max_idle=settings.pool_max_idle,
                     reconnect_timeout=settings.pool_reconnect_timeout,
                     reconnect_max_delay=settings.pool_reconnect_max_delay,
-                    configure=self._configure if settings.pgbouncer is None else None,
+                    configure=configure,
                 )
                 for i, url in enumerate(settings.replica_urls)
             ]
@@ -380,6 +397,7 @@ class Database(Repositories):
 
     def close(self) -> None:
         """Close the pool and every connection in it, and the cache's connections."""
+        _telemetry.unregister_pool(self.pool_name)
         self._pool.close()
         if self._replicas is not None:
             self._replicas.close()
@@ -596,42 +614,6 @@ class Database(Repositories):
                 time.sleep(delay)
                 attempt += 1
 
-    @validated
-    def health(
-        self, *, now: Instant | None = None, thresholds: HealthThresholds | None = None
-    ) -> Health:
-        """Whether this database, its pool, its cache and its periodic work are healthy.
-
-        Reads the pool's counters, pings Redis (when configured), asks each
-        replica (when configured) for its replay lag, and reads the
-        lags of what the maintenance jobs drain (rollup queues, partitions
-        ahead, overdue renewals, uninvoiced closed periods, the last backup)
-        and the jobs' state; ``thresholds`` (default ``HealthThresholds()``)
-        mark each ``ok``, ``warning`` or ``failing``. Never raises for an
-        unreachable database: that is a failing check. ``InvalidInput`` for a
-        bad argument.
-        """
-        moment = now or datetime.now(UTC)
-        lags, jobs, error = None, [], None
-        try:
-            lags = self.maintenance.lags(now=moment)
-            jobs = self.maintenance.jobs()
-        except DataLayerError as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        cache = self.cache.ping() if self.cache.enabled else None
-        replicas = self._replicas
-        return assess(
-            moment,
-            pool=self.stats(),
-            lags=lags,
-            jobs=jobs,
-            database_error=error,
-            cache_reachable=cache,
-            replicas=replicas.lags() if replicas is not None else (),
-            replica_max_lag_ms=replicas.max_lag_ms if replicas is not None else 0,
-            thresholds=thresholds,
-        )
-
     def retry(
         self,
         fn: Callable[[], T],
@@ -673,6 +655,42 @@ class Database(Repositories):
                 )
                 time.sleep(delay)
                 attempt += 1
+
+    @validated
+    def health(
+        self, *, now: Instant | None = None, thresholds: HealthThresholds | None = None
+    ) -> Health:
+        """Whether this database, its pool, its cache and its periodic work are healthy.
+
+        Reads the pool's counters, pings Redis (when configured), asks each
+        replica (when configured) for its replay lag, and reads the
+        lags of what the maintenance jobs drain (rollup queues, partitions
+        ahead, overdue renewals, uninvoiced closed periods, the last backup)
+        and the jobs' state; ``thresholds`` (default ``HealthThresholds()``)
+        mark each ``ok``, ``warning`` or ``failing``. Never raises for an
+        unreachable database: that is a failing check. ``InvalidInput`` for a
+        bad argument.
+        """
+        moment = now or datetime.now(UTC)
+        lags, jobs, error = None, [], None
+        try:
+            lags = self.maintenance.lags(now=moment)
+            jobs = self.maintenance.jobs()
+        except DataLayerError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        cache = self.cache.ping() if self.cache.enabled else None
+        replicas = self._replicas
+        return assess(
+            moment,
+            pool=self.stats(),
+            lags=lags,
+            jobs=jobs,
+            database_error=error,
+            cache_reachable=cache,
+            replicas=replicas.lags() if replicas is not None else (),
+            replica_max_lag_ms=replicas.max_lag_ms if replicas is not None else 0,
+            thresholds=thresholds,
+        )
 
     def stats(self) -> dict[str, int]:
         """The pool's counters (``psycopg_pool`` names: pool_size, pool_available,

@@ -290,6 +290,16 @@ def register_pool(pool: Any) -> str:
     return name
 
 
+def unregister_pool(name: str) -> None:
+    """Stop observing the pool registered as ``name`` (it was closed).
+
+    A closed pool may live on until a full garbage collection (its database is
+    in reference cycles); observed meanwhile, hundreds of them pushed the live
+    pools' gauges past the SDK's cardinality limit (2000 attribute sets).
+    """
+    _POOLS.pop(name, None)
+
+
 def instrument(*, tracer_provider: Any = None, meter_provider: Any = None) -> None:
     """Turn telemetry on for every ``Database`` of this process.
 

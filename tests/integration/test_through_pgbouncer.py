@@ -29,6 +29,9 @@ from datalayer import Settings
 from datalayer._ops.roles import set_session_defaults
 from datalayer._pooler import LOCAL_SETTINGS, local_settings
 
+# Needs a part a bare machine may lack: skipped there, a failure under CI (tests/servers.py).
+pytestmark = pytest.mark.requires_parts("pgbouncer")
+
 # Retries of conflicts and deadlocks: about PostgreSQL's locks, not the bouncer (and slow).
 _RETRIES = ("run_in_transaction_retries", "gives_up_after")
 # Cache tests about Redis outages, signing, TTLs and races between readers: nothing there
