@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL
+from conftest import PG_HOST, PG_PORT, REDIS_URL
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -93,8 +93,8 @@ def test_a_named_query_is_a_client_span_with_the_stable_database_attributes(
         "db.collection.name": "accounts",
         "db.query.summary": "SELECT accounts",
         "db.query.text": query_sql("get_account"),
-        "server.address": "127.0.0.1",
-        "server.port": 5432,
+        "server.address": PG_HOST,
+        "server.port": PG_PORT,
     }
     assert "Traced" not in str(span.attributes)  # parameter values are never recorded
 
