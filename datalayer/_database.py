@@ -590,29 +590,13 @@ class Database(Repositories):
         """
         if not callable(fn):
             raise InvalidInput("must be a function of the unit of work", field="fn")
-        if type(attempts) is not int or not 1 <= attempts <= 100:
-            raise InvalidInput("must be an int from 1 to 100", field="attempts")
-        for name, delay in (("base_delay", base_delay), ("max_delay", max_delay)):
-            if type(delay) not in (int, float) or not 0 <= delay <= 60:
-                raise InvalidInput("must be a number of seconds from 0 to 60", field=name)
-        attempt = 1
-        while True:
-            try:
-                with self.unit_of_work(isolation=isolation, read_only=read_only) as uow:
-                    return fn(uow)
-            except ConcurrencyConflict as exc:
-                if attempt >= attempts:
-                    raise
-                delay = random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
-                log.info(
-                    "retrying transaction after %s (attempt %d of %d, sleeping %.3fs)",
-                    exc.sqlstate,
-                    attempt,
-                    attempts,
-                    delay,
-                )
-                time.sleep(delay)
-                attempt += 1
+        _check_backoff(attempts, 100, base_delay, max_delay)
+
+        def once() -> T:
+            with self.unit_of_work(isolation=isolation, read_only=read_only) as uow:
+                return fn(uow)
+
+        return _with_backoff(once, (ConcurrencyConflict,), attempts, base_delay, max_delay)
 
     def retry(
         self,
@@ -637,24 +621,9 @@ class Database(Repositories):
         """
         if not callable(fn):
             raise InvalidInput("must be a function of no arguments", field="fn")
-        if type(attempts) is not int or not 1 <= attempts <= 1000:
-            raise InvalidInput("must be an int from 1 to 1000", field="attempts")
-        for name, delay in (("base_delay", base_delay), ("max_delay", max_delay)):
-            if type(delay) not in (int, float) or not 0 <= delay <= 60:
-                raise InvalidInput("must be a number of seconds from 0 to 60", field=name)
-        attempt = 1
-        while True:
-            try:
-                return fn()
-            except (Unavailable, ReadOnlyTransaction) as exc:
-                if attempt >= attempts:
-                    raise
-                delay = random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
-                log.info(
-                    "retrying after %s (attempt %d of %d)", type(exc).__name__, attempt, attempts
-                )
-                time.sleep(delay)
-                attempt += 1
+        _check_backoff(attempts, 1000, base_delay, max_delay)
+        retry_on = (Unavailable, ReadOnlyTransaction)
+        return _with_backoff(fn, retry_on, attempts, base_delay, max_delay)
 
     @validated
     def health(
@@ -701,3 +670,43 @@ class Database(Repositories):
         if self._replicas is not None:
             stats.update(self._replicas.counts)
         return stats
+
+
+def _check_backoff(attempts: Any, most: int, base_delay: Any, max_delay: Any) -> None:
+    """Refuse retry arguments out of range, naming the argument."""
+    if type(attempts) is not int or not 1 <= attempts <= most:
+        raise InvalidInput(f"must be an int from 1 to {most}", field="attempts")
+    for name, delay in (("base_delay", base_delay), ("max_delay", max_delay)):
+        if type(delay) not in (int, float) or not 0 <= delay <= 60:
+            raise InvalidInput("must be a number of seconds from 0 to 60", field=name)
+
+
+def _with_backoff(
+    call: Callable[[], T],
+    retry_on: tuple[type[DataLayerError], ...],
+    attempts: int,
+    base_delay: float,
+    max_delay: float,
+) -> T:
+    """``call()``, again after a random sleep of up to ``base_delay * 2**n`` seconds (capped at
+    ``max_delay``: "full jitter") while it raises one of ``retry_on``, ``attempts`` times at
+    most; the last error is raised."""
+    attempt = 1
+    while True:
+        try:
+            return call()
+        except retry_on as exc:
+            if attempt >= attempts:
+                raise
+            delay = random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
+            sqlstate = getattr(exc, "sqlstate", None)
+            log.info(
+                "retrying after %s%s (attempt %d of %d, sleeping %.3fs)",
+                type(exc).__name__,
+                f" ({sqlstate})" if sqlstate else "",
+                attempt,
+                attempts,
+                delay,
+            )
+            time.sleep(delay)
+            attempt += 1
