@@ -8,10 +8,12 @@ the overall status; ``datalayer health`` exits non-zero when it is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from .errors import InvalidInput
 from .models.maintenance import Health, HealthCheck, HealthStatus, MaintenanceJob, MaintenanceLags
 
 __all__ = ["HealthThresholds", "assess"]
@@ -37,6 +39,21 @@ class HealthThresholds:
     job_overdue: tuple[float, float] = (300, 3600)
     job_failures: tuple[float, float] = (3, 10)
     pool_waiting: tuple[float, float] = (1, 50)
+
+    def __post_init__(self) -> None:
+        """Refuse anything but a pair of finite numbers, naming the field."""
+        for name in self.__slots__:
+            pair = getattr(self, name)
+            numbers = (
+                isinstance(pair, tuple)
+                and len(pair) == 2
+                and all(
+                    isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+                    for x in pair
+                )
+            )
+            if not numbers:
+                raise InvalidInput("must be a (warning, failing) pair of numbers", field=name)
 
 
 def _above(value: float, limits: tuple[float, float]) -> HealthStatus:

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import DataLayerError
+from .errors import DataLayerError, InvalidInput
 
 if TYPE_CHECKING:
     import psycopg
@@ -304,10 +304,16 @@ def instrument(*, tracer_provider: Any = None, meter_provider: Any = None) -> No
     """Turn telemetry on for every ``Database`` of this process.
 
     Uses the global OpenTelemetry providers unless given others (tests pass
-    the SDK's in-memory ones). Raises ``DataLayerError`` when OpenTelemetry is
-    not installed (``pip install "datalayer[otel]"``).
+    the SDK's in-memory ones). Raises ``InvalidInput`` for something that is not a
+    provider, ``DataLayerError`` when OpenTelemetry is not installed
+    (``pip install "datalayer[otel]"``).
     """
     global ACTIVE
+    for name, provider, method in (("tracer_provider", tracer_provider, "get_tracer"),
+                                   ("meter_provider", meter_provider, "get_meter")):  # fmt: skip
+        if provider is not None and not callable(getattr(provider, method, None)):
+            raise InvalidInput(f"must be an OpenTelemetry provider (with {method}) or None",
+                               field=name)  # fmt: skip
     try:
         ACTIVE = Telemetry(tracer_provider, meter_provider)
     except ImportError:

@@ -271,3 +271,11 @@ def test_without_opentelemetry_installed_the_library_works_and_instrument_says_h
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines == ['refused: OpenTelemetry is not installed: pip install "datalayer[otel]"'] * 2
+
+
+@pytest.mark.parametrize("field", ["tracer_provider", "meter_provider"])
+def test_instrument_refuses_what_is_not_a_provider(field: str) -> None:
+    with pytest.raises(datalayer.InvalidInput) as info:
+        datalayer.instrument(**{field: "not a provider"})
+    assert info.value.field == field
+    assert datalayer._telemetry.ACTIVE is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -183,3 +184,12 @@ def test_a_replica_down_promoted_or_lagging_is_a_warning(
 ) -> None:
     status = status_of("replica:1", lags=lags(), jobs=[], replicas=[replica])
     assert status == expected
+
+
+@pytest.mark.parametrize(
+    "pair", [("5", 10), (5,), (5, 10, 20), (math.nan, 10), (True, 10), [5, 10], None]
+)
+def test_thresholds_refuse_anything_but_a_pair_of_finite_numbers(pair: object) -> None:
+    with pytest.raises(InvalidInput) as info:
+        HealthThresholds(backup_age=pair)  # type: ignore[arg-type]
+    assert info.value.field == "backup_age"
