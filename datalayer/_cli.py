@@ -126,8 +126,15 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
 
 def _cmd_rollups(args: argparse.Namespace) -> int:
     from ._database import Database
-    from ._ops.rollups import refresh_rollups
+    from ._ops.rollups import rebuild_rollups, refresh_rollups
 
+    if args.action == "rebuild":
+        # TRUNCATE of the rollups and queues: an admin command (the admin URL).
+        with connect_admin(_settings(args), autocommit=False) as conn:
+            rebuild_rollups(conn)
+            conn.commit()
+        print("rollups rebuilt from the raw events; the queues are empty")
+        return 0
     with Database(_settings(args)) as db:
         result = refresh_rollups(db, batch_size=args.batch_size)
     print(
@@ -627,7 +634,12 @@ def build_parser() -> argparse.ArgumentParser:
     partitions.add_argument("--columns", help="add-index: comma-separated column names")
     partitions.set_defaults(func=_cmd_partitions)
     rollups = sub.add_parser("rollups", help="recompute usage and analytics rollups")
-    rollups.add_argument("action", choices=["refresh"])
+    rollups.add_argument(
+        "action",
+        choices=["refresh", "rebuild"],
+        help="refresh: drain the queues; rebuild: recompute every rollup from the raw events"
+        " (admin URL; for events written outside the library)",
+    )
     rollups.add_argument(
         "--batch-size", type=_ranged(1, 100_000), default=5000, help="queue rows per transaction"
     )

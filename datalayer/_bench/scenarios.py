@@ -395,6 +395,7 @@ def _grow_usage(
             " WHERE e.account_id = %(a)s AND e.occurred_at >= %(lo)s AND e.occurred_at < %(hi)s",
             {"a": account, "lo": lo, "hi": hi, "copies": factor - 1},
         ).rowcount
+        _queue_hours(conn, account, lo, hi)
     with _owner(db, admin_url) as conn:
         conn.execute("ANALYZE usage_events")
     refresh_rollups(db)
@@ -405,13 +406,35 @@ def _delete_events(db: Database, admin_url: str | None, account: int, *patterns:
     """Remove the bench's own events (and their keys) from ``account``; roll up again."""
     with _owner(db, admin_url) as conn, conn.transaction():
         conn.execute("SET LOCAL statement_timeout = 0")
+        hours = conn.execute(
+            "SELECT min(occurred_at), max(occurred_at) FROM usage_events"
+            " WHERE account_id = %s AND idempotency_key LIKE ANY(%s)",
+            (account, list(patterns)),
+        ).fetchone()
         for table in ("usage_events", "usage_event_keys"):
             conn.execute(
                 f"DELETE FROM {table} WHERE account_id = %s"  # noqa: S608 - fixed names
                 " AND idempotency_key LIKE ANY(%s)",
                 (account, list(patterns)),
             )
+        if hours and hours[0] is not None:
+            _queue_hours(conn, account, hours[0], hours[1] + timedelta(microseconds=1))
     refresh_rollups(db)
+
+
+def _queue_hours(conn: psycopg.Connection[Any], account: int, lo: datetime, hi: datetime) -> None:
+    """Queue every hour of ``account`` with events in [lo, hi) for the rollups.
+
+    The bench writes events with its own SQL (the library's statements queue
+    what they store), so it queues their hours itself (migration 0018).
+    """
+    conn.execute(
+        "INSERT INTO usage_rollup_queue (account_id, meter_code, hour_start)"
+        " SELECT DISTINCT %(a)s::bigint, meter_code, date_trunc('hour', occurred_at, 'UTC')"
+        " FROM usage_events"
+        " WHERE account_id = %(a)s AND occurred_at >= %(lo)s AND occurred_at < %(hi)s",
+        {"a": account, "lo": lo, "hi": hi},
+    )
 
 
 def _auth(db: Database, results: list[Result], profile: Profile, heavy: int) -> None:

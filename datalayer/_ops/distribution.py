@@ -14,8 +14,10 @@ It reports, with the file and line that defines the object or the query:
 
 * a primary key or unique constraint of a distributed table without the
   distribution column (Citus cannot enforce it across shards);
-* an identity column on a distributed table ("cannot complete operation on a
-  table with identity column");
+* an identity column on a distributed table that is not ``bigint`` (Citus
+  gives each node its own range of a bigint identity; "cannot complete
+  operation on a table with identity column" otherwise, and also when a table
+  with one became a "Citus local" table first: ``_ops/citus.py`` avoids that);
 * a trigger on a distributed or reference table (Citus refuses to distribute a
   table with triggers unless ``citus.enable_unsafe_triggers``, which is no
   answer), statement triggers with transition tables above all;
@@ -43,7 +45,13 @@ from .._loader import Query
 from .._repository import Repository
 from .._resources import migrations_dir
 
-__all__ = ["REFERENCE_TABLES", "Finding", "check_distribution"]
+__all__ = [
+    "DISTRIBUTION_COLUMN",
+    "REFERENCE_TABLES",
+    "Finding",
+    "check_distribution",
+    "table_layout",
+]
 
 # Shared tables that would be replicated to every node, and the coordinator's own.
 REFERENCE_TABLES = frozenset({"meters", "plans", "plan_meters", "invoice_number_counters"})
@@ -91,7 +99,7 @@ class _Sources:
         return "migrations/?"
 
 
-def _tables(conn: psycopg.Connection[Any]) -> dict[str, str]:
+def table_layout(conn: psycopg.Connection[Any]) -> dict[str, str]:
     """Every ordinary or partitioned table of the schema (not partitions), by its layout."""
     rows = conn.execute(
         "SELECT c.relname,"
@@ -115,7 +123,7 @@ def _tables(conn: psycopg.Connection[Any]) -> dict[str, str]:
 
 
 def _catalog_findings(conn: psycopg.Connection[Any], sources: _Sources) -> list[Finding]:
-    layout = _tables(conn)
+    layout = table_layout(conn)
     distributed = {t for t, kind in layout.items() if kind == "distributed"}
     findings: list[Finding] = []
     for table, name, kind, columns in conn.execute(
@@ -162,6 +170,7 @@ def _catalog_findings(conn: psycopg.Connection[Any], sources: _Sources) -> list[
     for table, column in conn.execute(
         "SELECT c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
         " WHERE c.relnamespace = current_schema()::regnamespace AND a.attidentity <> ''"
+        "   AND a.atttypid <> 'bigint'::regtype"
         "   AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1, 2"
     ).fetchall():
         if table in distributed:
@@ -169,7 +178,7 @@ def _catalog_findings(conn: psycopg.Connection[Any], sources: _Sources) -> list[
                 Finding(
                     sources.find(rf"CREATE TABLE {table}\b"),
                     f"{table}.{column}",
-                    "identity column: Citus cannot distribute a table with one",
+                    "identity column that is not bigint: Citus distributes bigint ones only",
                 )
             )
     for table, trigger, transition in conn.execute(
@@ -325,7 +334,7 @@ def check_distribution(
     distribute by account on Citus; empty when all would."""
     sources = _Sources(migrations_dir())
     findings = _catalog_findings(conn, sources)
-    distributed = {t for t, kind in _tables(conn).items() if kind == "distributed"}
+    distributed = {t for t, kind in table_layout(conn).items() if kind == "distributed"}
     seen: set[str] = set()
     for repo in repositories:
         for ref in repo.query_refs.values():

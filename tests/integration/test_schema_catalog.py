@@ -279,7 +279,9 @@ def test_a_documented_global_exception_is_a_unique_index_of_its_table(
 @pytest.mark.parametrize("table", QUEUE_TABLES)
 def test_a_rollup_queue_is_a_plain_work_log(conn: Conn, table: str) -> None:
     keys = _unique_keys(conn, table)
-    assert list(keys.values()) == [(True, ["id"])], "only the primary key is unique"
+    assert list(keys.values()) == [(True, ["account_id", "id"])], (
+        "only the primary key is unique, and it leads with the tenant (Citus: migration 0018)"
+    )
     id_column = [
         (type_, identity)
         for t, column, type_, _, _, identity in _columns(conn)
