@@ -232,14 +232,18 @@ ORDER BY id;
 -- name: insert_ledger_transaction :one
 -- Book one financial event at :occurred_at (NULL: now): the transaction and
 -- one entry per element of :ledger_accounts / :amounts_minor, all in
--- :currency, returned with its entries. The entries must sum to zero (the
--- deferred trigger ledger_entries_balanced checks at commit); a second event
--- with the same idempotency key is refused (ledger_transactions_idempotency_key).
+-- :currency, returned with its entries. The entries must sum to zero: this
+-- statement refuses them otherwise before writing anything (check_violation
+-- naming ledger_entries_balanced, raised by ledger_entries_refuse_unbalanced:
+-- it holds on Citus too; on plain PostgreSQL the deferred trigger of that name
+-- also checks any SQL at commit). A second event with the same idempotency key
+-- is refused (ledger_transactions_idempotency_key).
 WITH tx AS (
     INSERT INTO ledger_transactions (account_id, kind, idempotency_key, invoice_id, payment_id,
                                      description, occurred_at)
-    VALUES (:account_id, :kind, :idempotency_key, :invoice_id::bigint, :payment_id::bigint,
-            :description, coalesce(:occurred_at::timestamptz, now()))
+    SELECT :account_id, :kind, :idempotency_key, :invoice_id::bigint, :payment_id::bigint,
+           :description, coalesce(:occurred_at::timestamptz, now())
+    WHERE ledger_entries_refuse_unbalanced(:account_id, :currency, :amounts_minor::bigint[])
     RETURNING account_id, id, kind, idempotency_key, invoice_id, payment_id, description,
               occurred_at
 ), entries AS (

@@ -27,6 +27,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from datalayer import UnitOfWork
 from datalayer.errors import (
     AlreadyExists,
     CheckViolation,
@@ -763,6 +764,36 @@ def test_a_balanced_ledger_transaction_commits(ledger_url: str) -> None:
         )
         conn.commit()
     assert _ledger_entry_count(ledger_url, account) == 4
+
+
+@pytest.mark.parametrize(
+    "amounts", [[500], [500, -499], [1, 1, -1]], ids=["one entry", "off by one", "three entries"]
+)
+def test_the_librarys_booking_statement_refuses_an_unbalanced_transaction_before_writing(
+    ledger_url: str, amounts: list[int]
+) -> None:
+    """insert_ledger_transaction checks the balance itself (migration 0020).
+
+    The deferred trigger checks at commit on plain PostgreSQL only; Citus has
+    no trigger, so the statement must refuse at once, and write nothing.
+    """
+    with psycopg.connect(ledger_url) as conn:
+        account, _ = _ledger_setup(conn)
+        conn.commit()
+        with pytest.raises(CheckViolation) as info:
+            UnitOfWork(conn).billing._book(
+                account_id=account, kind="adjustment", idempotency_key="adj:unbalanced",
+                invoice_id=None, payment_id=None, description="", occurred_at=None,
+                currency="EUR", ledger_accounts=["cash"] * len(amounts), amounts_minor=amounts,
+            )  # fmt: skip
+        conn.rollback()
+        assert info.value.constraint == "ledger_entries_balanced"
+        booked = conn.execute(
+            "SELECT count(*) FROM ledger_transactions WHERE account_id = %s"
+            " AND idempotency_key = 'adj:unbalanced'",
+            [account],
+        ).fetchone()
+    assert booked == (0,)
 
 
 # --- unique constraints -----------------------------------------------------------------------
