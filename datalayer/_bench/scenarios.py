@@ -37,7 +37,7 @@ from .._ops.rollups import refresh_rollups
 from ..models.plans import PlanMeterSpec
 from ..models.usage import UsageEventIn
 
-__all__ = ["Profile", "Result", "machine", "run_bench", "scale_out_lookups"]
+__all__ = ["Profile", "Result", "against_plain", "machine", "run_bench", "scale_out_lookups"]
 
 Fn = Callable[[], object]
 THREADS = (1, 4)
@@ -188,6 +188,37 @@ def run_bench(
     _billing_run(db, results)
     _ingestion(db, results, profile, heavy)
     return results
+
+
+def against_plain(plain: Sequence[Result], cluster: Sequence[Result]) -> list[Result]:
+    """``cluster``'s results (the same scenarios on Citus) as ratios to ``plain``'s.
+
+    Each becomes ``citus_<name>`` with the plain run's scenario of the same
+    name and threads as its baseline: the ratio is what a call costs on the
+    cluster relative to plain PostgreSQL (for throughput scenarios, plain
+    events/s over the cluster's). The cluster's own ratios to its raw
+    baselines are in the ``citus_raw_*`` rows' figures.
+    """
+    by_key = {(r.name, r.threads): r for r in plain}
+    out = []
+    for r in cluster:
+        base = by_key.get((r.name, r.threads))
+        ratio = None
+        if base is not None:
+            if r.name in _THROUGHPUT:
+                ratio = round(base.ops_per_s / r.ops_per_s, 3) if r.ops_per_s else None
+            elif base.p50_us:
+                ratio = round(r.p50_us / base.p50_us, 3)
+        out.append(
+            Result(
+                f"citus_{r.name}", r.p50_us, r.p95_us, r.p99_us, r.ops_per_s, r.threads,
+                baseline=base.name if base else None, ratio=ratio,
+            )
+        )  # fmt: skip
+    return out
+
+
+_THROUGHPUT = frozenset({"raw_copy", "ingest_exactly_once"})
 
 
 METER = "api_calls"
