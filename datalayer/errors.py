@@ -220,13 +220,40 @@ _BY_SQLSTATE: dict[str, type[DatabaseError]] = {
 
 
 # Constraints whose violation means something in the domain get their own class.
+_PUBLISHED = "published plan versions are immutable: publish a new version instead"
 _BY_CONSTRAINT: dict[str, tuple[type[DatabaseError], str]] = {
     "subscriptions_one_live_per_account": (
         LiveSubscriptionExists,
         "the account already has a live subscription (trialing, active or past_due); "
         "cancel or change it instead",
     ),
+    # The price book's seals (migration 0021): foreign keys that hold what the
+    # triggers of 0002 held, reported as the check violations those raised.
+    "plans_published_immutable": (CheckViolation, _PUBLISHED),
+    "plan_meters_published_immutable": (CheckViolation, _PUBLISHED),
+    "plan_meters_plan_seal_fkey": (
+        CheckViolation,
+        "a meter row must carry its plan's seal state, and a published version takes no new meter",
+    ),
+    "plan_meters_seal_fkey": (CheckViolation, _PUBLISHED),
+    "plans_seal_fkey": (
+        CheckViolation,
+        "a published plan version needs its seal (publish it with plans.publish)",
+    ),
+    "plans_archival_fkey": (
+        CheckViolation,
+        "an archived plan version needs its archival row (archive it with plans.archive)",
+    ),
+    "plans_archived_final": (CheckViolation, "an archived plan version stays archived"),
 }
+
+# Citus names a shard's constraint and table with the shard id appended
+# ("plans_published_immutable_102009", "plans_102008"); errors name the logical ones.
+_SHARD_SUFFIX = re.compile(r"_\d{6,}$")
+
+
+def _logical(name: str | None) -> str | None:
+    return None if name is None else _SHARD_SUFFIX.sub("", name)
 
 
 def map_error(exc: BaseException) -> DataLayerError:
@@ -256,20 +283,24 @@ def map_error(exc: BaseException) -> DataLayerError:
         # No SQLSTATE: the client lost the server (closed socket, EOF).
         cls = Unavailable
     message = (diag.message_primary or str(exc)).strip()
+    constraint, table = _logical(diag.constraint_name), _logical(diag.table_name)
+    for raw, name in ((diag.constraint_name, constraint), (diag.table_name, table)):
+        if raw and name and raw != name:
+            message = message.replace(f'"{raw}"', f'"{name}"')
     if sqlstate == "23514" and message.startswith("no partition of relation"):
-        return _partition_missing(message, diag.message_detail, diag.table_name)
-    if diag.constraint_name and diag.constraint_name not in message:
-        message = f"{message} (constraint {diag.constraint_name})"
+        return _partition_missing(message, diag.message_detail, table)
+    if constraint and constraint not in message:
+        message = f"{message} (constraint {constraint})"
     if diag.message_detail:
         message = f"{message}: {diag.message_detail}"
-    if diag.constraint_name in _BY_CONSTRAINT:
-        cls, meaning = _BY_CONSTRAINT[diag.constraint_name]
-        message = f"{meaning} (constraint {diag.constraint_name})"
+    if constraint in _BY_CONSTRAINT:
+        cls, meaning = _BY_CONSTRAINT[constraint]
+        message = f"{meaning} (constraint {constraint})"
     return cls(
         message,
         sqlstate=sqlstate,
-        constraint=diag.constraint_name,
-        table=diag.table_name,
+        constraint=constraint,
+        table=table,
         column=diag.column_name,
     )
 

@@ -5,8 +5,9 @@ Citus coordinator; on a coordinator (the ``citus`` extension is installed in
 the database) it then runs ``distribute``, which gives every table its place,
 with the layout ``datalayer check-distribution`` assumes (``distribution.py``):
 
-* **reference** tables (replicated to every node): the price book and meters,
-  invoice number counters, and the global lookups;
+* **reference** tables (replicated to every node): the price book (plans,
+  their meters and seals) and meters, invoice number counters, and the global
+  lookups;
 * **distributed** tables: ``accounts`` by ``id``, every other table with an
   ``account_id`` by it, all colocated with ``accounts`` (an account's rows of
   every table live in one shard group, so tenant-scoped statements, joins and
@@ -61,8 +62,6 @@ class Placement:
 # The plain layout's triggers that Citus refuses on distributed and reference
 # tables, by table. Their guarantees on a cluster: README, Scaling out with Citus.
 PLAIN_ONLY_TRIGGERS = {
-    "plans": ("plans_published_immutable",),
-    "plan_meters": ("plan_meters_published_immutable",),
     "usage_events": ("usage_events_append_only",),
     "analytics_events": ("analytics_events_append_only",),
     "ledger_transactions": ("ledger_transactions_append_only", "ledger_transactions_no_truncate"),

@@ -54,7 +54,10 @@ __all__ = [
 ]
 
 # Shared tables that would be replicated to every node, and the coordinator's own.
-REFERENCE_TABLES = frozenset({"meters", "plans", "plan_meters", "invoice_number_counters"})
+REFERENCE_TABLES = frozenset(
+    {"meters", "plans", "plan_meters", "plan_seals", "plan_meter_seals", "plan_archivals",
+     "invoice_number_counters"}
+)  # fmt: skip
 LOCAL_TABLES = frozenset(
     {"maintenance_jobs", "maintenance_runs", "_yoyo_migration", "_yoyo_log", "_yoyo_version",
      "yoyo_lock"}

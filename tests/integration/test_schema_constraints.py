@@ -28,6 +28,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from datalayer import UnitOfWork
+from datalayer._ops.seed._tenants import seal_plan
 from datalayer.errors import (
     AlreadyExists,
     CheckViolation,
@@ -293,6 +294,7 @@ def w(conn: Conn) -> World:
         "UPDATE plans SET status = 'published', published_at = now() WHERE id = %s",
         [published_plan["id"]],
     )
+    seal_plan(conn, published_plan["id"])  # as publish_plan does
     user = new("users", account_id=acme, email="ada@example.com")["id"]
     subscription = new(
         "subscriptions",
@@ -920,9 +922,8 @@ def test_a_soft_deleted_users_email_can_be_used_again(conn: Conn, w: World) -> N
         "UPDATE plans SET currency = 'USD' WHERE id = %s",
         "UPDATE plans SET status = 'draft', published_at = NULL WHERE id = %s",
         "UPDATE plans SET status = 'archived', base_price_minor = 0 WHERE id = %s",
-        "DELETE FROM plans WHERE id = %s",
     ],
-    ids=["name", "price", "trial", "currency", "unpublish", "archive and reprice", "delete"],
+    ids=["name", "price", "trial", "currency", "unpublish", "archive and reprice"],
 )
 def test_changing_a_published_plan_is_refused(conn: Conn, w: World, statement: str) -> None:
     refused(
@@ -930,23 +931,36 @@ def test_changing_a_published_plan_is_refused(conn: Conn, w: World, statement: s
     )
 
 
+def test_deleting_a_published_plan_is_refused(conn: Conn, w: World) -> None:
+    # With nothing else referring to it, its seal refuses;
+    lone = insert(conn, "plans", {**base_row("plans", w), "code": "lone"})["id"]
+    conn.execute(
+        "UPDATE plans SET status = 'published', published_at = now() WHERE id = %s", [lone]
+    )
+    seal_plan(conn, lone)
+    refused(
+        conn, "plans", "DELETE FROM plans WHERE id = %s", [lone], CheckViolation,
+        "plans_published_immutable",
+    )  # fmt: skip
+    # with meters and subscriptions, whichever foreign key the server checks first.
+    error = refused(
+        conn, "plans", "DELETE FROM plans WHERE id = %s", [w.published_plan], ReferenceViolation,
+        None,
+    )  # fmt: skip
+    assert error.constraint in {"plan_meters_plan_id_fkey", "subscriptions_plan_id_fkey"}
+
+
 def test_archiving_a_published_plan_is_allowed_and_then_final(conn: Conn, w: World) -> None:
     row = conn.execute(
         "UPDATE plans SET status = 'archived' WHERE id = %s RETURNING status", [w.published_plan]
     ).fetchall()
     assert row == [("archived",)]
-    for statement in (
-        "UPDATE plans SET status = 'published' WHERE id = %s",
-        "UPDATE plans SET name = 'Pro (old)' WHERE id = %s",
+    conn.execute("INSERT INTO plan_archivals (plan_id) VALUES (%s)", [w.published_plan])
+    for statement, constraint in (
+        ("UPDATE plans SET status = 'published' WHERE id = %s", "plans_archived_final"),
+        ("UPDATE plans SET name = 'Pro (old)' WHERE id = %s", "plans_published_immutable"),
     ):
-        refused(
-            conn,
-            "plans",
-            statement,
-            [w.published_plan],
-            CheckViolation,
-            "plans_published_immutable",
-        )
+        refused(conn, "plans", statement, [w.published_plan], CheckViolation, constraint)
 
 
 def test_editing_then_publishing_a_draft_plan_is_allowed(conn: Conn, w: World) -> None:
@@ -972,26 +986,38 @@ def test_deleting_a_draft_plan_deletes_it(conn: Conn, w: World) -> None:
 
 
 @pytest.mark.parametrize(
-    "statement",
+    ("statement", "constraint"),
     [
-        "INSERT INTO plan_meters (plan_id, meter_code) VALUES (%s, 'storage_gb')",
-        "UPDATE plan_meters SET included_quantity = 1000000 WHERE plan_id = %s",
-        "UPDATE plan_meters SET limit_kind = 'none' WHERE plan_id = %s",
-        "UPDATE plan_meters SET meter_code = 'storage_gb' WHERE plan_id = %s",
-        "DELETE FROM plan_meters WHERE plan_id = %s",
+        ("INSERT INTO plan_meters (plan_id, meter_code) VALUES (%s, 'storage_gb')",
+         "plan_meters_plan_seal_fkey"),
+        ("UPDATE plan_meters SET included_quantity = 1000000 WHERE plan_id = %s",
+         "plan_meters_published_immutable"),
+        ("UPDATE plan_meters SET limit_kind = 'none' WHERE plan_id = %s",
+         "plan_meters_published_immutable"),
+        ("UPDATE plan_meters SET meter_code = 'storage_gb' WHERE plan_id = %s",
+         "plan_meters_published_immutable"),
+        ("DELETE FROM plan_meters WHERE plan_id = %s", "plan_meters_published_immutable"),
     ],
     ids=["add meter", "raise quota", "drop limit", "swap meter", "remove meter"],
-)
+)  # fmt: skip
 def test_changing_the_meters_of_a_published_plan_is_refused(
-    conn: Conn, w: World, statement: str
+    conn: Conn, w: World, statement: str, constraint: str
 ) -> None:
+    refused(conn, "plan_meters", statement, [w.published_plan], CheckViolation, constraint)
+
+
+def test_adding_a_meter_to_a_published_plan_with_its_seal_state_is_refused(
+    conn: Conn, w: World
+) -> None:
+    conn.execute("SET CONSTRAINTS plan_meters_seal_fkey IMMEDIATE")  # else checked at commit
     refused(
         conn,
         "plan_meters",
-        statement,
+        "INSERT INTO plan_meters (plan_id, meter_code, plan_seal_state)"
+        " SELECT id, 'storage_gb', published_at FROM plans WHERE id = %s",
         [w.published_plan],
         CheckViolation,
-        "plans_published_immutable",
+        "plan_meters_seal_fkey",
     )
 
 
@@ -1002,8 +1028,44 @@ def test_moving_a_meter_out_of_a_published_plan_is_refused(conn: Conn, w: World)
         "UPDATE plan_meters SET plan_id = %s WHERE plan_id = %s",
         [w.draft_plan, w.published_plan],
         CheckViolation,
-        "plans_published_immutable",
+        "plan_meters_published_immutable",
     )
+
+
+@pytest.mark.parametrize(
+    ("statement", "constraint"),
+    [
+        ("UPDATE plans SET status = 'published', published_at = now() WHERE id = %s",
+         "plans_seal_fkey"),
+        ("UPDATE plans SET status = 'published', published_at = now() WHERE id = %s;"
+         " UPDATE plans SET status = 'archived' WHERE id = %s", "plans_archival_fkey"),
+    ],
+    ids=["published without a seal", "archived without its archival"],
+)  # fmt: skip
+def test_a_plan_published_or_archived_with_plain_sql_alone_is_refused_at_commit(
+    ledger_url: str, statement: str, constraint: str
+) -> None:
+    with psycopg.connect(ledger_url) as conn:
+        plan = conn.execute(
+            "INSERT INTO plans (code, version, name, billing_interval, base_price_minor, currency)"
+            " VALUES ('seal' || (SELECT count(*) FROM plans), 1, 'S', 'month', 100, 'EUR')"
+            " RETURNING id"
+        ).fetchone()
+        assert plan is not None
+        conn.commit()
+        if "archived" in statement:
+            conn.execute(statement.split(";")[0], [plan[0]])
+            seal_plan(conn, plan[0])
+            conn.execute(statement.split(";")[1], [plan[0]])
+        else:
+            conn.execute(statement, [plan[0]])
+        with pytest.raises(psycopg.Error) as info:
+            conn.commit()
+        status = conn.execute("SELECT status FROM plans WHERE id = %s", [plan[0]]).fetchone()
+    error = map_error(info.value)
+    assert type(error) is CheckViolation, repr(error)
+    assert error.constraint == constraint
+    assert status == ("draft",)
 
 
 def test_the_meters_of_a_draft_plan_can_change(conn: Conn, w: World) -> None:
