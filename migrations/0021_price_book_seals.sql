@@ -1,4 +1,4 @@
--- depends: 0020_ledger_balance_in_statement
+-- depends: 0020_ledger_booking
 -- Published plan versions are immutable by constraints, not triggers (issue 16).
 --
 -- plans and plan_meters are Citus reference tables on a cluster, and Citus

@@ -232,39 +232,19 @@ ORDER BY id;
 -- name: insert_ledger_transaction :one
 -- Book one financial event at :occurred_at (NULL: now): the transaction and
 -- one entry per element of :ledger_accounts / :amounts_minor, all in
--- :currency, returned with its entries. The entries must sum to zero: this
--- statement refuses them otherwise before writing anything (check_violation
--- naming ledger_entries_balanced, raised by ledger_entries_refuse_unbalanced:
--- it holds on Citus too; on plain PostgreSQL the deferred trigger of that name
--- also checks any SQL at commit). A second event with the same idempotency key
--- is refused (ledger_transactions_idempotency_key).
-WITH tx AS (
-    INSERT INTO ledger_transactions (account_id, kind, idempotency_key, invoice_id, payment_id,
-                                     description, occurred_at)
-    SELECT :account_id, :kind, :idempotency_key, :invoice_id::bigint, :payment_id::bigint,
-           :description, coalesce(:occurred_at::timestamptz, now())
-    WHERE ledger_entries_refuse_unbalanced(:account_id, :currency, :amounts_minor::bigint[])
-    RETURNING account_id, id, kind, idempotency_key, invoice_id, payment_id, description,
-              occurred_at
-), entries AS (
-    INSERT INTO ledger_entries (account_id, transaction_id, ledger_account, amount_minor,
-                                currency)
-    SELECT tx.account_id, tx.id, e.ledger_account, e.amount_minor, :currency
-    FROM tx,
-         unnest(:ledger_accounts::text[], :amounts_minor::bigint[])
-             WITH ORDINALITY AS e (ledger_account, amount_minor, n)
-    ORDER BY e.n
-    RETURNING id, ledger_account, amount_minor, currency
-)
-SELECT tx.account_id, tx.id, tx.kind, tx.idempotency_key, tx.invoice_id, tx.payment_id,
-       tx.description, tx.occurred_at,
-       (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                   'id', e.id,
-                   'ledger_account', e.ledger_account,
-                   'amount_minor', e.amount_minor,
-                   'currency', e.currency) ORDER BY e.id), '[]'::jsonb)
-        FROM entries e) AS entries
-FROM tx;
+-- :currency, returned with its entries, through book_ledger_transaction
+-- (migration 0020): the entries must sum to zero, or it refuses before
+-- writing anything (check_violation naming ledger_entries_balanced; on plain
+-- PostgreSQL the deferred trigger of that name also checks at commit). A
+-- second event with the same idempotency key is refused
+-- (ledger_transactions_idempotency_key). The application role may book only
+-- through this function: it has no INSERT on the ledger tables.
+SELECT account_id, id, kind, idempotency_key, invoice_id, payment_id, description, occurred_at,
+       entries
+FROM book_ledger_transaction(
+    :account_id::bigint, :kind::text, :idempotency_key::text, :invoice_id::bigint,
+    :payment_id::bigint, :description::text, :occurred_at::timestamptz, :currency::text,
+    :ledger_accounts::text[], :amounts_minor::bigint[]);
 
 -- name: list_ledger_transactions :many
 -- A page of an account's ledger transactions with their entries, newest
