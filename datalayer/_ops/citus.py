@@ -38,7 +38,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .distribution import DISTRIBUTION_COLUMN, REFERENCE_TABLES, table_layout
+from .distribution import (
+    DISTRIBUTION_COLUMN,
+    PLAIN_ONLY_TRIGGERS,
+    REFERENCE_TABLES,
+    table_layout,
+)
 
 __all__ = ["Placement", "distribute", "has_citus"]
 
@@ -57,20 +62,6 @@ class Placement:
     reference: list[str] = field(default_factory=list)
     distributed: list[str] = field(default_factory=list)
     dropped_triggers: list[str] = field(default_factory=list)
-
-
-# The plain layout's triggers that Citus refuses on distributed and reference
-# tables, by table. Their guarantees on a cluster: README, Scaling out with Citus.
-PLAIN_ONLY_TRIGGERS = {
-    "usage_events": ("usage_events_append_only",),
-    "analytics_events": ("analytics_events_append_only",),
-    "ledger_transactions": ("ledger_transactions_append_only", "ledger_transactions_no_truncate"),
-    "ledger_entries": (
-        "ledger_entries_append_only",
-        "ledger_entries_no_truncate",
-        "ledger_entries_balanced",
-    ),
-}
 
 
 def _citus_tables(conn: psycopg.Connection[Any]) -> dict[str, str]:
