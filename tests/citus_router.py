@@ -8,12 +8,18 @@ other parameter, either NULL or a sample value of its type (two passes: a NULL
 can fold a condition away and a value can keep it, so each pass may prune
 shards the other does not). The ``Task Count`` lines of the plan say how many
 shards each Citus scan runs on: 1 is routed to one shard, 0 is pruned to none,
-the shard count is all of them. ``assert_every_tenant_query_is_routed`` is the
-test body: every tenant-scoped query routed, except ``MULTI_SHARD_ON_PURPOSE``.
+the shard count is all of them. A plan with none runs on the coordinator (the
+local tables), or is an INSERT ... SELECT from parameters that the coordinator
+sends to the shards of its rows (the account's only, for a tenant statement).
+``assert_every_tenant_query_is_routed`` is the test body: every tenant-scoped
+query routed, except ``MULTI_SHARD_ON_PURPOSE``.
 
-Everything runs in one transaction that is rolled back. The staging queries
-need their temporary table: the probe runs ``create_usage_staging`` and
-``create_analytics_staging`` first, in that transaction.
+Each query is explained in a transaction of its own, rolled back (Citus runs
+the subplans of a plan, the writes of data-modifying CTEs among them, while
+explaining it). The staging
+queries need their temporary table: the probe runs the query that creates it
+(``create_usage_staging``, ``create_analytics_staging``) first, in that
+transaction.
 """
 
 from __future__ import annotations
@@ -32,12 +38,21 @@ Fill = Literal["null", "sample"]
 
 # Named queries that run on every shard on purpose, with the reason. A tenant
 # query (one with the tenant key among its parameters) listed here may have a
-# task count above 1; every other tenant query must not.
+# task count above 1; every other tenant query must not. The global ones are
+# listed too, so that this is the one list of what is multi-shard and why.
+# (finalize_invoice is not here: its invoice update is routed; the counter it
+# bumps is a reference table, which every write updates on every node.)
 MULTI_SHARD_ON_PURPOSE: dict[str, str] = {
-    "finalize_invoice": (
-        "takes the year's next number from invoice_number_counters, a reference table"
-        " (gap-free numbering): a write to every node"
-    ),
+    "get_accounts_by_ids": "batch read of many accounts, one id list across shards",
+    "find_known_accounts": "batch validation of an ingestion batch's accounts, across shards",
+    "list_accounts": "a keyset page of every account, across shards",
+    "queued_usage_accounts": "lists the accounts with queued usage hours, across shards",
+    "queued_analytics_accounts": "lists the accounts with queued analytics days, across shards",
+    "maintenance_lags": "the operator's view of every queue and backlog, across shards",
+    "get_top_accounts": "a cross-tenant report: the largest accounts of a meter",
+    "get_monthly_revenue": "a cross-tenant report: revenue of every account by month",
+    "list_ended_chain_periods": "the billing run's scan for ended chains of every account",
+    "list_plan_subscriber_cache_keys": "every account subscribed to a plan (cache invalidation)",
 }
 
 # Parameters of these types get a sample value in the "sample" pass; any other
@@ -72,7 +87,7 @@ _SAMPLES: dict[str, str] = {
 
 # Statements that cannot be prepared (utility commands).
 _UTILITY = ("CREATE ", "DROP ", "COPY ")
-_STAGING_CREATORS = ("create_usage_staging", "create_analytics_staging")
+_CREATE_TEMP = re.compile(r"CREATE\s+TEMP(?:ORARY)?\s+TABLE\s+(\w+)", re.IGNORECASE)
 _TASK_COUNT = re.compile(r"Task Count: (\d+)")
 _STATEMENT = "datalayer_router_probe"
 
@@ -150,40 +165,57 @@ def _parameter_types(conn: psycopg.Connection[Any]) -> list[str] | None:
 
 
 def _explain(
-    conn: psycopg.Connection[Any], query: Query, account_id: int, fill: Fill
+    conn: psycopg.Connection[Any],
+    query: Query,
+    account_id: int,
+    fill: Fill,
+    setup: Iterable[Query] = (),
 ) -> QueryProbe:
-    def probe(
-        task_counts: Iterable[int] = (), error: str | None = None, plan: str = ""
-    ) -> QueryProbe:
-        return QueryProbe(query, fill, tuple(task_counts), error, plan)
+    """Prepare and explain ``query`` in a transaction of its own, rolled back.
 
-    # psycopg deallocates every prepared statement after a rollback (of a
-    # savepoint too) when it has prepared some of its own: prepare=False keeps
-    # it from preparing these, and the statement is deallocated only if it
-    # still exists.
+    A transaction per query: Citus runs a plan's subplans (the writes of
+    data-modifying CTEs) while explaining it, and an error there can leave the
+    whole distributed transaction unusable, not only a savepoint. ``setup``
+    runs first in the same transaction (the staging table a query reads).
+    """
+    # psycopg deallocates every prepared statement after a rollback when it has
+    # prepared some of its own: prepare=False keeps it from preparing these, and
+    # the probe's statement is deallocated only if it still exists.
     statement = sql.Identifier(_STATEMENT)
     try:
-        with conn.transaction():
+        with conn.transaction(force_rollback=True):
+            for statement_before in setup:
+                conn.execute(statement_before.sql, prepare=False)
             prepare = sql.SQL("PREPARE {} AS ").format(statement).as_bytes(conn)
             conn.execute(prepare + query.positional_sql.encode(), prepare=False)
-        try:
-            with conn.transaction():
-                types = _parameter_types(conn) or []
-                arguments = [
-                    _argument(name, type_name, query, account_id, fill)
-                    for name, type_name in zip(query.params, types, strict=True)
-                ]
-                execute = sql.SQL("EXPLAIN (COSTS OFF) EXECUTE {}").format(statement)
-                if arguments:
-                    execute = sql.SQL("{} ({})").format(execute, sql.SQL(", ").join(arguments))
-                rows = conn.execute(execute, prepare=False).fetchall()
-                plan = "\n".join(str(line) for (line,) in rows)
-        finally:
+            types = _parameter_types(conn) or []
+            arguments = [
+                _argument(name, type_name, query, account_id, fill)
+                for name, type_name in zip(query.params, types, strict=True)
+            ]
+            execute = sql.SQL("EXPLAIN (COSTS OFF) EXECUTE {}").format(statement)
+            if arguments:
+                execute = sql.SQL("{} ({})").format(execute, sql.SQL(", ").join(arguments))
+            rows = conn.execute(execute, prepare=False).fetchall()
+    except psycopg.Error as exc:
+        return QueryProbe(query, fill, (), str(exc).strip(), "")
+    finally:
+        with conn.transaction():
             if _parameter_types(conn) is not None:
                 conn.execute(sql.SQL("DEALLOCATE {}").format(statement), prepare=False)
-    except psycopg.Error as exc:
-        return probe(error=str(exc).strip())
-    return probe((int(n) for n in _TASK_COUNT.findall(plan)), plan=plan)
+    plan = "\n".join(str(line) for (line,) in rows)
+    counts = tuple(int(n) for n in _TASK_COUNT.findall(plan))
+    return QueryProbe(query, fill, counts, None, plan)
+
+
+def _staging_tables(queries: Iterable[Query]) -> dict[str, Query]:
+    """The temporary tables the staging queries create, with the query that creates each."""
+    tables = {}
+    for query in queries:
+        match = _CREATE_TEMP.match(query.positional_sql.lstrip())
+        if match:
+            tables[match.group(1)] = query
+    return tables
 
 
 def probe_queries(
@@ -192,19 +224,23 @@ def probe_queries(
     """EXPLAIN every preparable named query on the coordinator ``conn`` (see the module doc).
 
     ``account_id`` is the tenant key's value (the account need not exist:
-    routing depends on its hash alone). ``conn`` must be idle; everything runs
-    in a transaction that is rolled back. COPY and the utility statements
-    (``CREATE TEMP TABLE``, ``DROP TABLE``) are left out.
+    routing depends on its hash alone). ``conn`` must be idle (autocommit or
+    not); each query is explained in a transaction of its own that is rolled
+    back, after the ``CREATE TEMP TABLE`` of any staging table it reads. COPY
+    and the utility statements (``CREATE TEMP TABLE``, ``DROP TABLE``) are left
+    out.
     """
     queries = named_queries()
-    by_name = {query.name: query for query in queries}
+    staging = _staging_tables(queries)
     probes: dict[str, QueryProbe] = {}
-    with conn.transaction(force_rollback=True):
-        for creator in _STAGING_CREATORS:
-            conn.execute(by_name[creator].sql, prepare=False)
-        for query in queries:
-            if _preparable(query):
-                probes[query.name] = _explain(conn, query, account_id, fill)
+    for query in queries:
+        if _preparable(query):
+            setup = [
+                creator
+                for table, creator in staging.items()
+                if re.search(rf"\b{table}\b", query.positional_sql)
+            ]
+            probes[query.name] = _explain(conn, query, account_id, fill, setup)
     return probes
 
 
