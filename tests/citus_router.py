@@ -16,10 +16,12 @@ query routed, except ``MULTI_SHARD_ON_PURPOSE``.
 
 Each query is explained in a transaction of its own, rolled back (Citus runs
 the subplans of a plan, the writes of data-modifying CTEs among them, while
-explaining it). The staging
-queries need their temporary table: the probe runs the query that creates it
-(``create_usage_staging``, ``create_analytics_staging``) first, in that
-transaction.
+explaining it). The staging queries need their temporary table: the probe runs
+the query that creates it (``create_usage_staging``,
+``create_analytics_staging``) first, in that transaction, then *executes* the
+query on the empty table instead of explaining it: Citus explains the
+coordinator's part of a plan over a connection of its own, which cannot see
+the transaction's temporary table (while executing it reads it in place).
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ class QueryProbe:
     ``task_counts`` holds the ``Task Count`` of every Citus scan of the plan
     (empty when the plan has none: it runs on the coordinator alone, or pulls
     rows to it); ``error`` is Citus's (or PostgreSQL's) refusal, if any.
+    ``explained`` is false for a staging query, which was executed instead
+    (no plan, no task counts).
     """
 
     query: Query
@@ -106,6 +110,7 @@ class QueryProbe:
     task_counts: tuple[int, ...]
     error: str | None
     plan: str
+    explained: bool = True
 
     @property
     def tenant(self) -> bool:
@@ -170,13 +175,16 @@ def _explain(
     account_id: int,
     fill: Fill,
     setup: Iterable[Query] = (),
+    *,
+    explain: bool = True,
 ) -> QueryProbe:
-    """Prepare and explain ``query`` in a transaction of its own, rolled back.
+    """Prepare ``query`` and explain (or execute) it in a transaction of its own, rolled back.
 
     A transaction per query: Citus runs a plan's subplans (the writes of
     data-modifying CTEs) while explaining it, and an error there can leave the
     whole distributed transaction unusable, not only a savepoint. ``setup``
-    runs first in the same transaction (the staging table a query reads).
+    runs first in the same transaction (the staging table a query reads);
+    with ``explain`` false the query is executed instead of explained.
     """
     # psycopg deallocates every prepared statement after a rollback when it has
     # prepared some of its own: prepare=False keeps it from preparing these, and
@@ -193,12 +201,16 @@ def _explain(
                 _argument(name, type_name, query, account_id, fill)
                 for name, type_name in zip(query.params, types, strict=True)
             ]
-            execute = sql.SQL("EXPLAIN (COSTS OFF) EXECUTE {}").format(statement)
+            execute = sql.SQL("EXECUTE {}").format(statement)
             if arguments:
                 execute = sql.SQL("{} ({})").format(execute, sql.SQL(", ").join(arguments))
-            rows = conn.execute(execute, prepare=False).fetchall()
+            if not explain:
+                conn.execute(execute, prepare=False)
+                return QueryProbe(query, fill, (), None, "", explained=False)
+            explained = sql.SQL("EXPLAIN (COSTS OFF) {}").format(execute)
+            rows = conn.execute(explained, prepare=False).fetchall()
     except psycopg.Error as exc:
-        return QueryProbe(query, fill, (), str(exc).strip(), "")
+        return QueryProbe(query, fill, (), str(exc).strip(), "", explained=explain)
     finally:
         with conn.transaction():
             if _parameter_types(conn) is not None:
@@ -226,9 +238,9 @@ def probe_queries(
     ``account_id`` is the tenant key's value (the account need not exist:
     routing depends on its hash alone). ``conn`` must be idle (autocommit or
     not); each query is explained in a transaction of its own that is rolled
-    back, after the ``CREATE TEMP TABLE`` of any staging table it reads. COPY
-    and the utility statements (``CREATE TEMP TABLE``, ``DROP TABLE``) are left
-    out.
+    back; one that reads a staging table is executed instead, on the empty
+    table created first in its transaction. COPY and the utility statements
+    (``CREATE TEMP TABLE``, ``DROP TABLE``) are left out.
     """
     queries = named_queries()
     staging = _staging_tables(queries)
@@ -240,7 +252,8 @@ def probe_queries(
                 for table, creator in staging.items()
                 if re.search(rf"\b{table}\b", query.positional_sql)
             ]
-            probes[query.name] = _explain(conn, query, account_id, fill, setup)
+            # A staging query is executed: see the module doc.
+            probes[query.name] = _explain(conn, query, account_id, fill, setup, explain=not setup)
     return probes
 
 
