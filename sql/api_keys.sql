@@ -67,9 +67,11 @@ WHERE k.account_id = due.account_id AND k.id = due.id;
 
 -- name: revoke_api_key :one
 -- Revoke a key of the account and return it; revoking again keeps the first revoked_at.
--- No row when the account has no such key.
+-- No row when the account has no such key. (now() is read in FROM: Citus refuses
+-- a non-immutable function in a COALESCE of an UPDATE's SET.)
 UPDATE api_keys
-SET revoked_at = coalesce(revoked_at, now())
+SET revoked_at = coalesce(revoked_at, c.at)
+FROM (SELECT now() AS at) c
 WHERE account_id = :account_id AND id = :id
 RETURNING account_id, id, name, display_prefix, environment, scopes, created_by,
           rotated_from_id, expires_at, revoked_at, last_used_at, created_at;
@@ -93,13 +95,16 @@ FOR UPDATE;
 -- already would. A key created in this same transaction gets created_at plus 1 µs at
 -- least, since the schema wants expires_at > created_at. No row when the old key is not
 -- live, or not in :environment (the one the new secret was made for). Returns the new
--- key (no hash).
+-- key (no hash). For Citus: the microsecond is added in UTC, as the overlap is
+-- (timestamptz + interval is STABLE, which Citus refuses on a column in an
+-- UPDATE), and the insert is a CTE under a SELECT (Citus cannot plan a
+-- top-level INSERT ... SELECT from a CTE with parameters).
 WITH old AS (
     UPDATE api_keys
     SET expires_at = least(
         expires_at,
         greatest((now() AT TIME ZONE 'UTC' + :overlap::interval) AT TIME ZONE 'UTC',
-                 created_at + interval '1 microsecond')
+                 (created_at AT TIME ZONE 'UTC' + interval '1 microsecond') AT TIME ZONE 'UTC')
     )
     WHERE account_id = :account_id
       AND id = :id
@@ -107,15 +112,19 @@ WITH old AS (
       AND revoked_at IS NULL
       AND (expires_at IS NULL OR expires_at > now())
     RETURNING account_id, id, name, environment, scopes, created_by
+), successor AS (
+    INSERT INTO api_keys
+        (account_id, name, display_prefix, secret_hash, environment, scopes, created_by,
+         rotated_from_id)
+    SELECT account_id, name, :display_prefix::text, :secret_hash::bytea, environment, scopes,
+           coalesce(:created_by::bigint, created_by), id
+    FROM old
+    RETURNING account_id, id, name, display_prefix, environment, scopes, created_by,
+              rotated_from_id, expires_at, revoked_at, last_used_at, created_at
 )
-INSERT INTO api_keys
-    (account_id, name, display_prefix, secret_hash, environment, scopes, created_by,
-     rotated_from_id)
-SELECT account_id, name, :display_prefix::text, :secret_hash::bytea, environment, scopes,
-       coalesce(:created_by::bigint, created_by), id
-FROM old
-RETURNING account_id, id, name, display_prefix, environment, scopes, created_by,
-          rotated_from_id, expires_at, revoked_at, last_used_at, created_at;
+SELECT account_id, id, name, display_prefix, environment, scopes, created_by, rotated_from_id,
+       expires_at, revoked_at, last_used_at, created_at
+FROM successor;
 
 -- name: list_api_key_hashes :many
 -- The secret hashes of an account's keys (all, or only :key_id when not null):

@@ -6,15 +6,22 @@
 -- name: create_plan :one
 -- Insert a draft plan as the next version of :code (the highest version of
 -- the code plus one, or 1). Two concurrent creates of one code collide on
--- plans_code_version_key: one of them fails and may retry.
-INSERT INTO plans (code, version, name, billing_interval, interval_count, base_price_minor,
-                   currency, trial_days, is_public)
-SELECT :code, coalesce(max(p.version), 0) + 1, :name, :billing_interval, :interval_count,
-       :base_price_minor, :currency, :trial_days, :is_public
-FROM plans p
-WHERE p.code = :code
-RETURNING id, code, version, name, status, billing_interval, interval_count, base_price_minor,
-          currency, trial_days, is_public, published_at, created_at;
+-- plans_code_version_key: one of them fails and may retry. The insert is a
+-- CTE under a SELECT: Citus cannot plan a top-level INSERT ... SELECT into
+-- the reference table with parameters.
+WITH created AS (
+    INSERT INTO plans (code, version, name, billing_interval, interval_count, base_price_minor,
+                       currency, trial_days, is_public)
+    SELECT :code, coalesce(max(p.version), 0) + 1, :name, :billing_interval, :interval_count,
+           :base_price_minor, :currency, :trial_days, :is_public
+    FROM plans p
+    WHERE p.code = :code
+    RETURNING id, code, version, name, status, billing_interval, interval_count,
+              base_price_minor, currency, trial_days, is_public, published_at, created_at
+)
+SELECT id, code, version, name, status, billing_interval, interval_count, base_price_minor,
+       currency, trial_days, is_public, published_at, created_at
+FROM created;
 
 -- name: add_plan_meters :many
 -- Attach meters to a draft plan, one row per element of the parallel arrays.

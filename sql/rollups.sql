@@ -63,15 +63,18 @@ WITH claimed AS (
       AND r.granularity = 'hour' AND r.bucket_start = f.hour_start
 ), upserted AS (
     INSERT INTO usage_rollups
-        (account_id, meter_code, granularity, bucket_start, event_count, quantity_sum, quantity_max)
-    SELECT account_id, meter_code, 'hour', hour_start, event_count, quantity_sum, quantity_max
+        (account_id, meter_code, granularity, bucket_start, event_count, quantity_sum,
+         quantity_max, refreshed_at)
+    SELECT account_id, meter_code, 'hour', hour_start, event_count, quantity_sum, quantity_max,
+           now()
     FROM fresh
     WHERE event_count > 0
     ON CONFLICT (account_id, meter_code, granularity, bucket_start) DO UPDATE
     SET event_count = EXCLUDED.event_count,
         quantity_sum = EXCLUDED.quantity_sum,
         quantity_max = EXCLUDED.quantity_max,
-        refreshed_at = now()
+        -- now(), from the insert: Citus refuses a non-immutable function in DO UPDATE SET.
+        refreshed_at = EXCLUDED.refreshed_at
 )
 SELECT DISTINCT account_id, meter_code, date_trunc('day', hour_start, 'UTC') AS day_start
 FROM buckets;
@@ -103,15 +106,17 @@ WITH days AS (
       AND r.granularity = 'day' AND r.bucket_start = f.day_start
 )
 INSERT INTO usage_rollups
-    (account_id, meter_code, granularity, bucket_start, event_count, quantity_sum, quantity_max)
-SELECT account_id, meter_code, 'day', day_start, event_count, quantity_sum, quantity_max
+    (account_id, meter_code, granularity, bucket_start, event_count, quantity_sum, quantity_max,
+     refreshed_at)
+SELECT account_id, meter_code, 'day', day_start, event_count, quantity_sum, quantity_max, now()
 FROM fresh
 WHERE event_count > 0
 ON CONFLICT (account_id, meter_code, granularity, bucket_start) DO UPDATE
 SET event_count = EXCLUDED.event_count,
     quantity_sum = EXCLUDED.quantity_sum,
     quantity_max = EXCLUDED.quantity_max,
-    refreshed_at = now();
+    -- now(), from the insert: Citus refuses a non-immutable function in DO UPDATE SET.
+    refreshed_at = EXCLUDED.refreshed_at;
 
 -- name: queued_analytics_accounts :scalar
 -- Up to :limit accounts with queued account-days, the longest waiting first.

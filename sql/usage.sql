@@ -134,12 +134,16 @@ SELECT set_config('work_mem', '32MB', true), set_config('jit', 'off', true);
 -- go in sorted in byte order, as on the fast path, so two batches sharing keys
 -- wait on each other in one order and cannot deadlock. The stored keys are matched back to their staged events by event id (a hash
 -- join on a bigint). The stored events' hour buckets are queued for the rollups
--- in the same statement. Returns how many events were stored.
+-- in the same statement. Returns how many events were stored. The accounts are
+-- looked up by the batch's account ids, not joined to the staging rows: Citus
+-- cannot join a distributed table to a temporary one, but reads the accounts
+-- of a list it is given.
 WITH new_keys AS (
     INSERT INTO usage_event_keys (account_id, idempotency_key, event_id, occurred_at)
     SELECT s.account_id, s.idempotency_key, s.event_id, s.occurred_at
     FROM usage_staging s
-    WHERE EXISTS (SELECT 1 FROM accounts a WHERE a.id = s.account_id)
+    WHERE s.account_id IN (
+              SELECT a.id FROM accounts a WHERE a.id IN (SELECT account_id FROM usage_staging))
       AND EXISTS (SELECT 1 FROM meters m WHERE m.code = s.meter_code)
     ORDER BY s.account_id, s.idempotency_key COLLATE "C"
     ON CONFLICT (account_id, idempotency_key) DO NOTHING
