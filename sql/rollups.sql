@@ -104,19 +104,25 @@ WITH days AS (
     WHERE f.event_count = 0
       AND r.account_id = :account_id AND r.meter_code = f.meter_code
       AND r.granularity = 'day' AND r.bucket_start = f.day_start
+), upserted AS (
+    -- A CTE under a SELECT: Citus refuses a top-level INSERT … SELECT from CTEs with
+    -- parameters. The rows written are the rows selected below.
+    INSERT INTO usage_rollups
+        (account_id, meter_code, granularity, bucket_start, event_count, quantity_sum,
+         quantity_max, refreshed_at)
+    SELECT account_id, meter_code, 'day', day_start, event_count, quantity_sum, quantity_max,
+           now()
+    FROM fresh
+    WHERE event_count > 0
+    ON CONFLICT (account_id, meter_code, granularity, bucket_start) DO UPDATE
+    SET event_count = EXCLUDED.event_count,
+        quantity_sum = EXCLUDED.quantity_sum,
+        quantity_max = EXCLUDED.quantity_max,
+        -- now(), from the insert: Citus refuses a non-immutable function in DO UPDATE SET.
+        refreshed_at = EXCLUDED.refreshed_at
+    RETURNING 1
 )
-INSERT INTO usage_rollups
-    (account_id, meter_code, granularity, bucket_start, event_count, quantity_sum, quantity_max,
-     refreshed_at)
-SELECT account_id, meter_code, 'day', day_start, event_count, quantity_sum, quantity_max, now()
-FROM fresh
-WHERE event_count > 0
-ON CONFLICT (account_id, meter_code, granularity, bucket_start) DO UPDATE
-SET event_count = EXCLUDED.event_count,
-    quantity_sum = EXCLUDED.quantity_sum,
-    quantity_max = EXCLUDED.quantity_max,
-    -- now(), from the insert: Citus refuses a non-immutable function in DO UPDATE SET.
-    refreshed_at = EXCLUDED.refreshed_at;
+SELECT FROM upserted;
 
 -- name: queued_analytics_accounts :scalar
 -- Up to :limit accounts with queued account-days, the longest waiting first.
