@@ -55,6 +55,27 @@ def test_a_schema_that_would_distribute_gives_no_finding(toy: psycopg.Connection
     assert problems(toy) == []
 
 
+def test_a_global_lookup_is_a_reference_table_that_tenant_rows_may_reference(
+    toy: psycopg.Connection[Any],
+) -> None:
+    """Keyed without account_id yet naming one: user_emails is laid out as a reference table."""
+    toy.execute(
+        "CREATE TABLE user_emails (email text PRIMARY KEY, account_id bigint NOT NULL,"
+        " UNIQUE (email, account_id));"
+        " ALTER TABLE notes ADD COLUMN email text,"
+        " ADD FOREIGN KEY (email, account_id) REFERENCES user_emails (email, account_id)"
+    )
+    assert problems(toy) == []
+    toy.execute(
+        "ALTER TABLE user_emails ADD CONSTRAINT user_emails_account_fkey"
+        " FOREIGN KEY (account_id) REFERENCES accounts (id)"
+    )
+    assert problems(toy) == [
+        "user_emails.user_emails_account_fkey: foreign key from a reference table to the"
+        " distributed accounts"
+    ]
+
+
 @pytest.mark.parametrize(
     ("ddl", "expected"),
     [
