@@ -258,20 +258,40 @@ def map_error(exc: BaseException) -> DataLayerError:
     message = (diag.message_primary or str(exc)).strip()
     if sqlstate == "23514" and message.startswith("no partition of relation"):
         return _partition_missing(message, diag.message_detail, diag.table_name)
-    if diag.constraint_name and diag.constraint_name not in message:
-        message = f"{message} (constraint {diag.constraint_name})"
+    constraint, table = _unsharded(diag.constraint_name, diag.table_name)
+    if constraint and (diag.constraint_name or "") not in message:
+        message = f"{message} (constraint {constraint})"
     if diag.message_detail:
         message = f"{message}: {diag.message_detail}"
-    if diag.constraint_name in _BY_CONSTRAINT:
-        cls, meaning = _BY_CONSTRAINT[diag.constraint_name]
-        message = f"{meaning} (constraint {diag.constraint_name})"
+    if constraint in _BY_CONSTRAINT:
+        cls, meaning = _BY_CONSTRAINT[constraint]
+        message = f"{meaning} (constraint {constraint})"
     return cls(
         message,
         sqlstate=sqlstate,
-        constraint=diag.constraint_name,
-        table=diag.table_name,
+        constraint=constraint,
+        table=table,
         column=diag.column_name,
     )
+
+
+_SHARD_SUFFIX = re.compile(r"_(\d+)$")
+
+
+def _unsharded(constraint: str | None, table: str | None) -> tuple[str | None, str | None]:
+    """The names of the schema for those of a Citus shard.
+
+    On Citus a worker reports the shard's names: ``users_email_key_102078`` on
+    table ``user_emails_102078``, the shard id appended to both. Stripped only
+    when both names end in the same ``_<digits>``, so a name of the schema that
+    merely ends in digits is left alone.
+    """
+    if constraint is None or table is None:
+        return constraint, table
+    on_constraint, on_table = _SHARD_SUFFIX.search(constraint), _SHARD_SUFFIX.search(table)
+    if on_constraint and on_table and on_constraint.group(1) == on_table.group(1):
+        return constraint[: on_constraint.start()], table[: on_table.start()]
+    return constraint, table
 
 
 _PARTITION_KEY = re.compile(r"\(([^)]*)\) = \((\d{4})-(\d{2})")
