@@ -247,13 +247,23 @@ _BY_CONSTRAINT: dict[str, tuple[type[DatabaseError], str]] = {
     "plans_archived_final": (CheckViolation, "an archived plan version stays archived"),
 }
 
-# Citus names a shard's constraint and table with the shard id appended
-# ("plans_published_immutable_102009", "plans_102008"); errors name the logical ones.
-_SHARD_SUFFIX = re.compile(r"_\d{6,}$")
+_SHARD_SUFFIX = re.compile(r"_(\d+)$")
 
 
-def _logical(name: str | None) -> str | None:
-    return None if name is None else _SHARD_SUFFIX.sub("", name)
+def _unsharded(constraint: str | None, table: str | None) -> tuple[str | None, str | None]:
+    """The names of the schema for those of a Citus shard.
+
+    On Citus a worker reports the shard's names: ``users_email_key_102078`` on
+    table ``user_emails_102078``, the shard id appended to both. Stripped only
+    when both names end in the same ``_<digits>``, so a name of the schema that
+    merely ends in digits is left alone.
+    """
+    if constraint is None or table is None:
+        return constraint, table
+    on_constraint, on_table = _SHARD_SUFFIX.search(constraint), _SHARD_SUFFIX.search(table)
+    if on_constraint and on_table and on_constraint.group(1) == on_table.group(1):
+        return constraint[: on_constraint.start()], table[: on_table.start()]
+    return constraint, table
 
 
 def map_error(exc: BaseException) -> DataLayerError:
@@ -283,7 +293,7 @@ def map_error(exc: BaseException) -> DataLayerError:
         # No SQLSTATE: the client lost the server (closed socket, EOF).
         cls = Unavailable
     message = (diag.message_primary or str(exc)).strip()
-    constraint, table = _logical(diag.constraint_name), _logical(diag.table_name)
+    constraint, table = _unsharded(diag.constraint_name, diag.table_name)
     for raw, name in ((diag.constraint_name, constraint), (diag.table_name, table)):
         if raw and name and raw != name:
             message = message.replace(f'"{raw}"', f'"{name}"')

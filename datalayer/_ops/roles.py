@@ -66,11 +66,14 @@ APPEND_ONLY = frozenset(
     }
 )
 # Rows the application never removes: deletion is a status or a timestamp.
-# (invoice_lines is not here: a draft's lines are deleted and made again.)
+# (invoice_lines is not here: a draft's lines are deleted and made again. Nor is
+# user_emails, the lookup of live users' emails: soft-deleting a user or changing
+# its email deletes its row, so it is read-write. api_key_hashes keeps the hash of
+# every key, revoked and expired ones too.)
 KEPT = frozenset(
     {
         "accounts", "users", "meters", "plans", "plan_meters", "subscriptions",
-        "quota_counters", "quota_reservations", "files", "api_keys",
+        "quota_counters", "quota_reservations", "files", "api_keys", "api_key_hashes",
         "invoice_number_counters", "invoices", "payments", "billing_periods",
         "pending_invoice_items", "credit_grants", "refunds",
     }

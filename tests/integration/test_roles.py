@@ -117,6 +117,7 @@ def test_the_application_role_may_not_delete_events_through_a_partition_either(
         "DELETE FROM invoices",
         "DELETE FROM payments",
         "DELETE FROM invoice_number_counters",
+        "DELETE FROM api_key_hashes",
     ],
 )
 def test_the_application_role_may_not_hard_delete_rows_it_only_ever_marks(
@@ -203,6 +204,9 @@ def test_the_policy_allows_appending_to_the_ledger_and_events_but_nothing_more()
     assert table_privileges("usage_events_2031_07", parent="usage_events") == {"SELECT", "INSERT"}
     assert table_privileges("accounts") == {"SELECT", "INSERT", "UPDATE"}
     assert table_privileges("usage_rollup_queue") == {"SELECT", "INSERT", "UPDATE", "DELETE"}
+    # The global lookups: a key's hash is kept for good; a live email moves with its user.
+    assert table_privileges("api_key_hashes") == {"SELECT", "INSERT", "UPDATE"}
+    assert table_privileges("user_emails") == {"SELECT", "INSERT", "UPDATE", "DELETE"}
     assert table_privileges("a_table_of_a_later_migration") == {
         "SELECT", "INSERT", "UPDATE", "DELETE",
     }  # fmt: skip

@@ -295,6 +295,12 @@ def w(conn: Conn) -> World:
         [published_plan["id"]],
     )
     seal_plan(conn, published_plan["id"])  # as publish_plan does
+    # A user's live email and a key's hash are reserved in the lookup tables first, as
+    # the library does (migrations/0019_global_lookups.sql); so are those of the base rows.
+    new("user_emails", email="ada@example.com", account_id=acme)
+    new("user_emails", email="grace@example.com", account_id=acme)
+    new("api_key_hashes", secret_hash=HASH, account_id=acme)
+    new("api_key_hashes", secret_hash=OTHER_HASH, account_id=acme)
     user = new("users", account_id=acme, email="ada@example.com")["id"]
     subscription = new(
         "subscriptions",
@@ -875,15 +881,33 @@ def test_a_provider_payment_recorded_twice_is_refused(conn: Conn, w: World) -> N
     )
 
 
+# A hash or a live email is reserved for one account by the lookup table's primary key
+# (api_keys_secret_hash_key, users_email_key); the tenant row references its lookup row.
+# A raw insert that skips the lookup is refused by that reference in another account,
+# and by the tenant table's own unique key in the same account.
+# Since 0019_global_lookups: before, both were refused by a unique index on the tenant
+# table (AlreadyExists, api_keys_secret_hash_key / users_email_key).
+OWNER_REFUSALS = {
+    "acme": (AlreadyExists, "api_keys_secret_hash_account_key", "users_live_email_key"),
+    "globex": (ReferenceViolation, "api_keys_secret_hash_fkey", "users_live_email_fkey"),
+}
+
+
 @pytest.mark.parametrize("owner", ["acme", "globex"])
 def test_an_api_key_hash_already_in_use_is_refused_in_any_account(
     conn: Conn, w: World, owner: str
 ) -> None:
+    account = getattr(w, owner)
+    error, constraint, _ = OWNER_REFUSALS[owner]
     insert_refused(
+        conn, w, "api_keys", {"secret_hash": HASH, "account_id": account}, error, constraint
+    )
+    # Reserving it again, as the library would before its insert:
+    refused(
         conn,
-        w,
-        "api_keys",
-        {"secret_hash": HASH, "account_id": getattr(w, owner)},
+        "api_key_hashes",
+        "INSERT INTO api_key_hashes (secret_hash, account_id) VALUES (%s, %s)",
+        [HASH, account],
         AlreadyExists,
         "api_keys_secret_hash_key",
     )
@@ -894,20 +918,95 @@ def test_an_api_key_hash_already_in_use_is_refused_in_any_account(
 def test_a_live_users_email_is_refused_again_whatever_its_case_and_account(
     conn: Conn, w: World, email: str, owner: str
 ) -> None:
-    insert_refused(
+    account = getattr(w, owner)
+    error, _, constraint = OWNER_REFUSALS[owner]
+    insert_refused(conn, w, "users", {"email": email, "account_id": account}, error, constraint)
+    refused(
         conn,
-        w,
-        "users",
-        {"email": email, "account_id": getattr(w, owner)},
+        "user_emails",
+        "INSERT INTO user_emails (email, account_id) VALUES (lower(%s), %s)",
+        [email, account],
         AlreadyExists,
         "users_email_key",
     )
 
 
-def test_a_soft_deleted_users_email_can_be_used_again(conn: Conn, w: World) -> None:
+def test_a_soft_deleted_users_email_can_be_used_again_once_released(conn: Conn, w: World) -> None:
     conn.execute("UPDATE users SET deleted_at = now() WHERE id = %s", [w.user])
+    # Until its lookup row is deleted, the address stays reserved for acme.
+    refused(
+        conn,
+        "users",
+        "INSERT INTO users (account_id, email) VALUES (%s, 'Ada@Example.com')",
+        [w.globex],
+        ReferenceViolation,
+        "users_live_email_fkey",
+    )
+    conn.execute("DELETE FROM user_emails WHERE email = 'ada@example.com'")
+    insert(conn, "user_emails", {"email": "ada@example.com", "account_id": w.globex})
     new = insert(conn, "users", {"account_id": w.globex, "email": "Ada@Example.com"})
     assert new["id"] != w.user
+    assert new["live_email"] == "ada@example.com"
+
+
+def test_a_live_users_email_cannot_change_without_its_lookup_row(conn: Conn, w: World) -> None:
+    refused(
+        conn,
+        "users",
+        "UPDATE users SET email = 'ada@elsewhere.com' WHERE id = %s",
+        [w.user],
+        ReferenceViolation,
+        "users_live_email_fkey",
+    )
+    conn.execute("UPDATE users SET email = 'ADA@example.com' WHERE id = %s", [w.user])  # case
+
+
+def test_a_user_cannot_be_restored_by_raw_sql_without_its_lookup_row(conn: Conn, w: World) -> None:
+    conn.execute("UPDATE users SET deleted_at = now() WHERE id = %s", [w.user])
+    conn.execute("DELETE FROM user_emails WHERE email = 'ada@example.com'")
+    refused(
+        conn,
+        "users",
+        "UPDATE users SET deleted_at = NULL WHERE id = %s",
+        [w.user],
+        ReferenceViolation,
+        "users_live_email_fkey",
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "statement", "constraint"),
+    [
+        ("user_emails", "DELETE FROM user_emails WHERE email = 'ada@example.com'",
+         "users_live_email_fkey"),
+        ("user_emails", "UPDATE user_emails SET account_id = %s WHERE email = 'ada@example.com'",
+         "users_live_email_fkey"),
+        ("api_key_hashes", "DELETE FROM api_key_hashes WHERE secret_hash = %s",
+         "api_keys_secret_hash_fkey"),
+        ("api_key_hashes", "UPDATE api_key_hashes SET account_id = %s WHERE secret_hash = %s",
+         "api_keys_secret_hash_fkey"),
+    ],
+    ids=["delete email", "move email", "delete hash", "move hash"],
+)  # fmt: skip
+def test_a_lookup_row_in_use_cannot_be_deleted_or_given_to_another_account(
+    conn: Conn, w: World, table: str, statement: str, constraint: str
+) -> None:
+    params = {
+        "user_emails": [w.globex] if "%s" in statement else [],
+        "api_key_hashes": ([w.globex] if "SET" in statement else []) + [HASH],
+    }[table]
+    refused(conn, table, statement, params, ReferenceViolation, constraint)
+
+
+def test_a_reserved_email_is_lower_case(conn: Conn, w: World) -> None:
+    refused(
+        conn,
+        "user_emails",
+        "INSERT INTO user_emails (email, account_id) VALUES ('Eve@example.com', %s)",
+        [w.globex],
+        CheckViolation,
+        "user_emails_email_check",
+    )
 
 
 # --- plans: published versions are immutable --------------------------------------------------

@@ -196,6 +196,17 @@ def seed_accounts(
             next_user += 1
         sizes.append((account_id, weight, ids, accounts[index][2]))
     result.counts["accounts"] = n
+    # Each live user's address is reserved in the lookup table first: users'
+    # foreign key users_live_email_fkey points at it (seed emails are lower case).
+    copy_rows(
+        conn,
+        "COPY user_emails (email, account_id) FROM STDIN (FORMAT BINARY)",
+        ["text", "int8"],
+        [(email, account_id) for account_id, email, *_, deleted in users if deleted is None],
+        progress=Progress(None),
+        label="user emails",
+        total=len(users),
+    )
     result.counts["users"] = copy_rows(
         conn,
         "COPY users (account_id, email, display_name, role, created_at, updated_at, deleted_at)"
