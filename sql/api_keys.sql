@@ -52,7 +52,9 @@ WHERE k.secret_hash = :secret_hash::bytea
 -- name: touch_api_key :execrows
 -- Record a use of the key, at most once a minute: a no-op when last_used_at is recent.
 -- A row locked by another writer (a concurrent touch, a revocation) is skipped rather
--- than waited for, so authentication never queues behind a lock.
+-- than waited for, so authentication never queues behind a lock. The update itself names
+-- the account too: on Citus a write joined to a pinned subquery is not pinned (the
+-- subquery ran first, and the update went to every shard).
 UPDATE api_keys AS k
 SET last_used_at = now()
 FROM (
@@ -63,7 +65,7 @@ FROM (
       AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
     FOR UPDATE SKIP LOCKED
 ) AS due
-WHERE k.account_id = due.account_id AND k.id = due.id;
+WHERE k.account_id = :account_id AND k.account_id = due.account_id AND k.id = due.id;
 
 -- name: revoke_api_key :one
 -- Revoke a key of the account and return it; revoking again keeps the first revoked_at.

@@ -155,7 +155,7 @@ SET status = CASE WHEN i.total_minor = :credit_applied THEN 'paid' ELSE 'open' E
     paid_at = CASE WHEN i.total_minor = :credit_applied THEN d.at END,
     updated_at = now()
 FROM draft d, counter k
-WHERE i.account_id = d.account_id AND i.id = d.id
+WHERE i.account_id = :account_id AND i.account_id = d.account_id AND i.id = d.id
 RETURNING i.account_id, i.id, i.subscription_id, i.chain_id, i.billing_period_id, i.number,
           i.status, i.currency, i.period_start, i.period_end, i.subtotal_minor, i.tax_minor,
           i.total_minor, i.credit_applied_minor,

@@ -100,7 +100,8 @@ WITH closed AS (
 UPDATE quota_counters c
 SET reserved = c.reserved - r.quantity, used = c.used + :used, updated_at = now()
 FROM closed r
-WHERE c.account_id = r.account_id
+WHERE c.account_id = :account_id
+  AND c.account_id = r.account_id
   AND c.meter_code = r.meter_code
   AND c.period_start = r.period_start
 RETURNING c.account_id, c.meter_code, c.period_start, c.period_end, c.limit_kind,

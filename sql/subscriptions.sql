@@ -117,8 +117,8 @@ WITH sub AS (
     UPDATE billing_periods b
     SET subscription_id = sub.id
     FROM sub
-    WHERE b.account_id = sub.account_id AND b.chain_id = sub.chain_id
-      AND b.period_start = sub.current_period_start
+    WHERE b.account_id = :account_id AND b.account_id = sub.account_id
+      AND b.chain_id = sub.chain_id AND b.period_start = sub.current_period_start
 )
 SELECT account_id, id, chain_id, plan_id, status, current_period_start, current_period_end,
        billing_anchor, trial_end, cancel_at_period_end, pending_plan_id, replaces_id,
@@ -208,8 +208,8 @@ WITH sub AS (
     UPDATE billing_periods b
     SET closes_at = greatest(b.period_start, least(b.closes_at, sub.ended_at))
     FROM sub
-    WHERE b.account_id = sub.account_id AND b.chain_id = sub.chain_id
-      AND b.period_start = sub.current_period_start
+    WHERE b.account_id = :account_id AND b.account_id = sub.account_id
+      AND b.chain_id = sub.chain_id AND b.period_start = sub.current_period_start
 )
 SELECT account_id, id, chain_id, plan_id, status, current_period_start, current_period_end,
        billing_anchor, trial_end, cancel_at_period_end, pending_plan_id, replaces_id,

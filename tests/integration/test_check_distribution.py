@@ -112,7 +112,7 @@ def test_the_projects_schema_lists_what_the_citus_redesign_must_change(
     # tenant-scoped queries are not reported
     assert "accounts.get_account" not in by_subject
     assert "accounts.update_account" not in by_subject  # accounts is pinned by its id
-    assert "quotas.settle_quota_reservation" not in by_subject  # joined to a pinned CTE
+    assert "quotas.settle_quota_reservation" not in by_subject  # its write names the account
 
 
 def test_the_command_exits_one_while_anything_would_not_distribute(
