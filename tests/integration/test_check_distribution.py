@@ -117,6 +117,7 @@ def test_the_projects_schema_lists_what_the_citus_redesign_must_change(
         "subscriptions.list_due_subscriptions", "subscriptions.renew_due_subscriptions",
         "billing.list_closed_periods", "billing.claim_closed_periods",
         "billing.list_drafts", "billing.claim_drafts",
+        "quotas.list_expired_reservation_accounts", "quotas.expire_quota_reservations",
     }  # fmt: skip
     assert not per_account & by_subject.keys()
 
