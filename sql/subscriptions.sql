@@ -229,6 +229,15 @@ RETURNING s.account_id, s.id, s.chain_id, s.plan_id, s.status, s.current_period_
           s.billing_anchor, s.trial_end, s.cancel_at_period_end, s.pending_plan_id,
           s.replaces_id, s.canceled_at, s.ended_at, s.created_at, s.updated_at;
 
+-- name: use_one_connection_per_node :exec
+-- For the rest of the transaction, on Citus: one connection per worker node. The renewal
+-- reads across accounts and then inserts through the coordinator (Citus router-plans only
+-- SELECT, UPDATE and DELETE CTEs); after a parallel multi-shard read such an insert
+-- deadlocked against the read's other connections on Citus 13.2 ("involved in a
+-- distributed deadlock", one renewer alone). PostgreSQL keeps it as an unused
+-- placeholder setting.
+SELECT set_config('citus.multi_shard_modify_mode', 'sequential', true);
+
 -- name: list_due_subscriptions :many
 -- The next :batch live subscriptions whose period ended by :now, across accounts,
 -- after the keyset cursor (:after_period_end, :after_account_id, :after_id) in

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .._fanout import EARLIEST, claim_per_account
 from .._paging import Page, PageRequest
-from .._repository import Repository, many, one
+from .._repository import Repository, execute, many, one
 from .._validation import Id, Instant, Limit, validated
 from ..errors import InvalidInput, InvalidTransition, NotFound
 from ..models.billing import PendingItem
@@ -69,6 +69,7 @@ class SubscriptionRepository(Repository):
     _schedule_downgrade = one("schedule_downgrade", Subscription)
     _cancel_now = one("cancel_subscription_now", Subscription)
     _cancel_at_end = one("cancel_subscription_at_period_end", Subscription)
+    _one_connection_per_node = execute("use_one_connection_per_node")
     _due = many("list_due_subscriptions", _DueSubscription)
     _renew_due = many("renew_due_subscriptions", _RenewedSubscription)
 
@@ -315,6 +316,7 @@ class SubscriptionRepository(Repository):
         Raises ``InvalidInput`` for a bad argument, before any SQL.
         """
         with self._atomic() as tx:
+            tx._one_connection_per_node()
             visited: set[int] = set()
 
             def due(after: _DueSubscription | None, n: int) -> list[_DueSubscription]:
