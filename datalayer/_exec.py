@@ -23,7 +23,15 @@ from .errors import DataLayerError, InvalidInput, map_error
 if TYPE_CHECKING:
     from ._cache import Cache
 
-__all__ = ["Session", "check_params", "copy_rows", "execute", "is_write", "model_rows"]
+__all__ = [
+    "Session",
+    "check_params",
+    "copy_rows",
+    "execute",
+    "execute_each",
+    "is_write",
+    "model_rows",
+]
 
 T = TypeVar("T")
 
@@ -154,6 +162,54 @@ def execute(
         if telemetry is None:
             return _run(conn, query, params, rows)
         return telemetry.run(conn, query, lambda: _run(conn, query, params, rows))
+
+
+def execute_each(
+    session: Session,
+    query: Query,
+    calls: Sequence[Mapping[str, Any]],
+    rows: BaseRowFactory[Any],
+) -> list[Any]:
+    """Run ``query`` once per parameter set of ``calls``, pipelined on one connection.
+
+    The statements run one after the other, as ``execute`` would run them,
+    but are sent together (psycopg's pipeline mode): one wait for the server
+    instead of one per statement, as when a claim across accounts runs one
+    statement per account (``datalayer._fanout``). Returns each statement's
+    result, in order. The first error stops the rest and leaves here as a
+    datalayer error; run it in a transaction, so that nothing of a failed
+    batch stays.
+    """
+    for params in calls:
+        check_params(query, params)
+    if not calls:
+        return []
+    writes, _ = _route(query)
+    with session.connection(writes=writes) as conn:
+        telemetry = _telemetry.ACTIVE
+        if telemetry is None:
+            return _run_each(conn, query, calls, rows)
+        return telemetry.run(conn, query, lambda: _run_each(conn, query, calls, rows))
+
+
+def _run_each(
+    conn: psycopg.Connection[Any],
+    query: Query,
+    calls: Sequence[Mapping[str, Any]],
+    rows: BaseRowFactory[Any],
+) -> list[Any]:
+    try:
+        with conn.pipeline():
+            cursors = []
+            for params in calls:
+                cur = conn.cursor(row_factory=rows)
+                cur.execute(query.sql, params)
+                cursors.append(cur)
+        return [_RESULT[query.cardinality](query, cur) for cur in cursors]
+    except psycopg.Error as exc:
+        raise map_error(exc) from exc
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"not encodable as UTF-8 text: {exc.reason}") from None
 
 
 def _run(

@@ -167,6 +167,18 @@ class Bound(Generic[R]):
         result: R = _exec.execute(self._session, ref.query or ref.bound_query(), params, ref.rows)
         return result
 
+    def each(self, calls: Sequence[Mapping[str, Any]]) -> list[R]:
+        """The query once per parameter set of ``calls``, pipelined on one connection.
+
+        Each result in order (``_exec.execute_each``): for one statement per
+        account of a claim across accounts. Use it in a transaction.
+        """
+        ref = self._ref
+        results: list[R] = _exec.execute_each(
+            self._session, ref.query or ref.bound_query(), calls, ref.rows
+        )
+        return results
+
 
 class one(QueryRef[T | None], Generic[T]):  # noqa: N801 - reads as a declaration
     """``:one`` → ``Model | None``; more than one row is an error in the SQL."""

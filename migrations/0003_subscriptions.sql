@@ -49,7 +49,8 @@ CREATE TABLE subscriptions (
 -- used by: get_live_subscription, consume_quota, reserve_quota, get_quota_states,
 --   open_quota_counter, replace_subscription, schedule_downgrade, cancel_subscription_now,
 --   cancel_subscription_at_period_end, start_subscription (uniqueness),
---   insert_upgrade (uniqueness), renew_due_subscriptions (uniqueness)
+--   insert_upgrade (uniqueness), renew_due_subscriptions (an account's live subscription;
+--   uniqueness)
 CREATE UNIQUE INDEX subscriptions_one_live_per_account ON subscriptions (account_id)
     WHERE status IN ('trialing', 'active', 'past_due');
 
@@ -60,7 +61,7 @@ CREATE UNIQUE INDEX subscriptions_replaces_key ON subscriptions (account_id, rep
     WHERE replaces_id IS NOT NULL;
 
 -- Renewal workers take live subscriptions whose period has ended.
--- used by: renew_due_subscriptions
+-- used by: list_due_subscriptions
 CREATE INDEX subscriptions_renewal_due_idx ON subscriptions (current_period_end)
     WHERE status IN ('trialing', 'active', 'past_due');
 

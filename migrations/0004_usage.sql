@@ -184,7 +184,8 @@ CREATE INDEX quota_counters_meter_code_idx ON quota_counters (meter_code);
 -- Long jobs reserve quota first and settle (or release) it later; a held
 -- reservation past expires_at is released by the reaper.
 -- indexes:
---   quota_reservations_pkey used by get_quota_reservation, settle_quota_reservation
+--   quota_reservations_pkey used by get_quota_reservation, settle_quota_reservation,
+--     expire_quota_reservations (an account's held reservations)
 CREATE TABLE quota_reservations (
     account_id    bigint NOT NULL,
     id            bigint GENERATED ALWAYS AS IDENTITY,
@@ -208,5 +209,5 @@ CREATE TABLE quota_reservations (
 CREATE INDEX quota_reservations_counter_idx
     ON quota_reservations (account_id, meter_code, period_start);
 -- The reaper's held reservations past their expiry.
--- used by: expire_quota_reservations
+-- used by: list_expired_reservation_accounts
 CREATE INDEX quota_reservations_expiry_idx ON quota_reservations (expires_at) WHERE status = 'held';

@@ -7,8 +7,10 @@
 --   any state -> deleted (soft)
 --
 -- Workers claim uploaded files (and processing files whose lease expired) with
--- FOR UPDATE SKIP LOCKED across accounts: files_claim_idx is the one query here
--- not scoped to an account, a documented exception like login.
+-- FOR UPDATE SKIP LOCKED: files_claim_idx serves the one query here not scoped to
+-- an account (the read of the queue across accounts, without locks), a documented
+-- exception like login; each account's share is then claimed on its own
+-- (0022_claims_per_account).
 
 -- A migration never waits long behind application locks, nor runs unbounded.
 SET LOCAL lock_timeout = '10s';
@@ -57,11 +59,11 @@ CREATE TABLE files (
     CONSTRAINT files_attempts_max_check CHECK (attempts <= max_attempts)
 );
 
--- The work queue: claimable files, oldest first.
--- used by: claim_files
+-- The work queue: claimable files, oldest first (keyed anew, and documented, in
+-- 0022_claims_per_account).
 CREATE INDEX files_claim_idx ON files (uploaded_at) WHERE status = 'uploaded';
 -- Processing files whose lease has expired, claimable again.
--- used by: claim_files
+-- used by: list_claimable_files, claim_files (an account's expired leases)
 CREATE INDEX files_lease_idx ON files (lease_expires_at) WHERE status = 'processing';
 -- An account's files by status, page by page.
 -- used by: list_files_by_status, count_files, sum_storage_used, mark_file_uploaded,

@@ -22,7 +22,7 @@ CREATE TABLE invoice_number_counters (
 
 -- indexes:
 --   invoices_pkey used by get_invoice, lock_invoice, list_invoices, finalize_invoice,
---     void_invoice, mark_invoice_uncollectible, apply_payment
+--     void_invoice, mark_invoice_uncollectible, apply_payment, claim_drafts
 --   invoices_number_key used by finalize_invoice (uniqueness of the number it assigns)
 CREATE TABLE invoices (
     account_id         bigint NOT NULL REFERENCES accounts (id),

@@ -48,9 +48,11 @@ CREATE INDEX subscriptions_chain_idx ON subscriptions (chain_id, account_id);
 
 -- -- billing periods -----------------------------------------------------------------------------
 -- indexes:
---   billing_periods_pkey used by lock_billing_period, set_period_invoice
+--   billing_periods_pkey used by lock_billing_period, set_period_invoice,
+--     claim_closed_periods (an account's periods)
 --   billing_periods_chain_start_key used by find_billing_period, list_adjustable_periods,
---     claim_closed_periods (no earlier open period), list_ended_chain_periods, insert_upgrade,
+--     list_closed_periods, claim_closed_periods (no earlier open period),
+--     list_ended_chain_periods, insert_upgrade,
 --     cancel_subscription_now, FK billing_periods_chain_fkey
 --   billing_periods_invoice_key used by FK billing_periods_invoice_fkey (one period per invoice)
 CREATE TABLE billing_periods (
@@ -90,7 +92,7 @@ CREATE TABLE billing_periods (
         CHECK (closes_at >= period_start AND closes_at <= period_end)
 );
 -- The billing run's work queue: closed periods without an invoice, oldest first.
--- used by: claim_closed_periods
+-- used by: list_closed_periods
 CREATE INDEX billing_periods_due_idx ON billing_periods (closes_at) WHERE invoice_id IS NULL;
 -- Issued periods whose usage may still change: the billing run checks them.
 -- used by: list_ended_chain_periods
@@ -178,7 +180,7 @@ CREATE INDEX invoices_subscription_idx ON invoices (subscription_id, account_id)
 -- used by: FK invoices_chain_fkey
 CREATE INDEX invoices_chain_idx ON invoices (chain_id, account_id);
 -- The billing run takes the drafts in id order.
--- used by: claim_drafts
+-- used by: list_drafts
 CREATE INDEX invoices_drafts_idx ON invoices (id) WHERE status = 'draft';
 
 -- -- invoice lines ----------------------------------------------------------------------------------

@@ -387,18 +387,18 @@ ORDER BY id;
 
 -- == the billing run ====================================================================
 
--- name: claim_closed_periods :many
--- Up to :batch closed billing periods without an invoice (closed by :now),
--- oldest first, locked for the claiming transaction and skipped by others:
--- only a chain's oldest uninvoiced period, and only when the chain has no
--- draft, so a chain's invoices are made in order; not the periods of
--- :skip_ids (items that failed earlier in this run).
-SELECT p.account_id, p.id, p.chain_id, p.subscription_id, p.base_plan_id,
-       s.plan_id AS pricing_plan_id, p.period_start, p.period_end, p.closes_at, p.trial_end,
-       p.invoice_id, p.legacy, p.checked_at, p.settled
+-- name: list_closed_periods :many
+-- The next :batch closed billing periods without an invoice (closed by :now), across
+-- accounts, after the keyset cursor (:after_closes_at, :after_account_id, :after_id)
+-- in (closes_at, account_id, id) order: only a chain's oldest uninvoiced period, and
+-- only when the chain has no draft; not the periods of :skip_ids. A read without locks
+-- (a multi-shard read on Citus) of what claim_closed_periods then locks one account at
+-- a time.
+SELECT p.account_id, p.id, p.closes_at
 FROM billing_periods p
-JOIN subscriptions s ON s.account_id = p.account_id AND s.id = p.subscription_id
 WHERE p.invoice_id IS NULL AND p.closes_at <= :now::timestamptz
+  AND p.closes_at >= :after_closes_at
+  AND (p.closes_at, p.account_id, p.id) > (:after_closes_at, :after_account_id, :after_id)
   AND p.id <> ALL(:skip_ids::bigint[])
   AND NOT EXISTS (
       SELECT 1 FROM billing_periods e
@@ -408,22 +408,57 @@ WHERE p.invoice_id IS NULL AND p.closes_at <= :now::timestamptz
       SELECT 1 FROM invoices d
       WHERE d.account_id = p.account_id AND d.chain_id = p.chain_id AND d.status = 'draft')
 ORDER BY p.closes_at, p.account_id, p.id
+LIMIT :batch;
+
+-- name: claim_closed_periods :many
+-- Up to :batch closed billing periods of the account without an invoice (closed by
+-- :now), oldest first, locked for the claiming transaction and skipped by others:
+-- only a chain's oldest uninvoiced period, and only when the chain has no draft, so
+-- a chain's invoices are made in order; not the periods of :skip_ids (items that
+-- failed earlier in this run, or claimed already). Pinned to one account, so that it
+-- routes to one shard on Citus (list_closed_periods says which accounts have work).
+SELECT p.account_id, p.id, p.chain_id, p.subscription_id, p.base_plan_id,
+       s.plan_id AS pricing_plan_id, p.period_start, p.period_end, p.closes_at, p.trial_end,
+       p.invoice_id, p.legacy, p.checked_at, p.settled
+FROM billing_periods p
+JOIN subscriptions s ON s.account_id = p.account_id AND s.id = p.subscription_id
+WHERE p.account_id = :account_id
+  AND p.invoice_id IS NULL AND p.closes_at <= :now::timestamptz
+  AND p.id <> ALL(:skip_ids::bigint[])
+  AND NOT EXISTS (
+      SELECT 1 FROM billing_periods e
+      WHERE e.account_id = p.account_id AND e.chain_id = p.chain_id
+        AND e.period_start < p.period_start AND e.invoice_id IS NULL)
+  AND NOT EXISTS (
+      SELECT 1 FROM invoices d
+      WHERE d.account_id = p.account_id AND d.chain_id = p.chain_id AND d.status = 'draft')
+ORDER BY p.closes_at, p.id
 LIMIT :batch
 FOR UPDATE OF p SKIP LOCKED;
 
+-- name: list_drafts :many
+-- The next :batch draft invoices across accounts, in id order after :after_id: a read
+-- without locks (a multi-shard read on Citus) of what claim_drafts then locks one
+-- account at a time.
+SELECT i.account_id, i.id
+FROM invoices i
+WHERE i.status = 'draft' AND i.id > :after_id
+ORDER BY i.id
+LIMIT :batch;
+
 -- name: claim_drafts :many
--- Up to :batch draft invoices, locked for the claiming transaction and
--- skipped by others, with the instant their grace period ends: the close of
--- their period plus :grace, or (a standalone adjustment invoice) their
--- creation plus :grace. Oldest first.
+-- The account's draft invoices among :ids, locked for the claiming transaction and
+-- skipped by others (and left out when no longer drafts), with the instant their grace
+-- period ends: the close of their period plus :grace, or (a standalone adjustment
+-- invoice) their creation plus :grace. In id order. Pinned to one account, so that it
+-- routes to one shard on Citus (list_drafts says which accounts have drafts).
 SELECT i.account_id, i.id,
        (coalesce(p.closes_at, i.created_at) AT TIME ZONE 'UTC' + :grace::interval) AT TIME ZONE 'UTC'
            AS due_at
 FROM invoices i
 LEFT JOIN billing_periods p ON p.account_id = i.account_id AND p.id = i.billing_period_id
-WHERE i.status = 'draft' AND i.id > :after_id
+WHERE i.account_id = :account_id AND i.id = ANY(:ids::bigint[]) AND i.status = 'draft'
 ORDER BY i.id
-LIMIT :batch
 FOR UPDATE OF i SKIP LOCKED;
 
 -- name: list_ended_chain_periods :many

@@ -18,8 +18,9 @@ ORDER BY account_id, id
 LIMIT :limit;
 
 -- name: delete_cache_invalidations :execrows
--- Forget the listed invalidations once Redis has them; rows already gone are skipped. An id
--- alone names a row (one identity); the accounts let a table distributed by account_id
--- prune its shards, and cache_invalidations_pkey serves both.
+-- Forget the listed invalidations of one account once Redis has them; rows already gone
+-- are skipped. Pinned to one account, so that on Citus it routes to the account's shard
+-- (a journal page of several accounts is forgotten one account at a time);
+-- cache_invalidations_pkey serves it.
 DELETE FROM cache_invalidations
-WHERE account_id = ANY(:account_ids::bigint[]) AND id = ANY(:ids::bigint[]);
+WHERE account_id = :account_id AND id = ANY(:ids::bigint[]);

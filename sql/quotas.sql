@@ -131,13 +131,25 @@ SELECT account_id, id, meter_code, period_start, quantity, status, expires_at, c
 FROM quota_reservations
 WHERE account_id = :account_id AND id = :id;
 
+-- name: list_expired_reservation_accounts :many
+-- Up to :limit accounts after :after_account_id, in account order, that hold a
+-- reservation past its expiry (a crashed job's): a read without locks (a multi-shard
+-- read on Citus) of where expire_quota_reservations then runs, one account at a time.
+SELECT DISTINCT account_id
+FROM quota_reservations
+WHERE status = 'held' AND expires_at <= statement_timestamp()
+  AND account_id > :after_account_id
+ORDER BY account_id
+LIMIT :limit;
+
 -- name: expire_quota_reservations :scalar
--- Release every held reservation past its expiry (a crashed job's), in one
--- statement; returns how many expired.
+-- Release every held reservation of the account past its expiry (a crashed job's), in
+-- one statement; returns how many expired. Pinned to one account, so that it routes to
+-- one shard on Citus.
 WITH expired AS (
     UPDATE quota_reservations
     SET status = 'expired', settled_at = statement_timestamp()
-    WHERE status = 'held' AND expires_at <= statement_timestamp()
+    WHERE account_id = :account_id AND status = 'held' AND expires_at <= statement_timestamp()
     RETURNING account_id, meter_code, period_start, quantity
 ), totals AS (
     SELECT account_id, meter_code, period_start, sum(quantity) AS quantity
@@ -147,7 +159,8 @@ WITH expired AS (
     UPDATE quota_counters c
     SET reserved = c.reserved - t.quantity, updated_at = now()
     FROM totals t
-    WHERE c.account_id = t.account_id
+    WHERE c.account_id = :account_id
+      AND c.account_id = t.account_id
       AND c.meter_code = t.meter_code
       AND c.period_start = t.period_start
 )

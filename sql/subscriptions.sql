@@ -232,10 +232,35 @@ RETURNING s.account_id, s.id, s.chain_id, s.plan_id, s.status, s.current_period_
           s.billing_anchor, s.trial_end, s.cancel_at_period_end, s.pending_plan_id,
           s.replaces_id, s.canceled_at, s.ended_at, s.created_at, s.updated_at;
 
+-- name: use_one_connection_per_node :exec
+-- For the rest of the transaction, on Citus: one connection per worker node. The renewal
+-- reads across accounts and then inserts through the coordinator (Citus router-plans only
+-- SELECT, UPDATE and DELETE CTEs); after a parallel multi-shard read such an insert
+-- deadlocked against the read's other connections on Citus 13.2 ("involved in a
+-- distributed deadlock", one renewer alone). PostgreSQL keeps it as an unused
+-- placeholder setting.
+SELECT set_config('citus.multi_shard_modify_mode', 'sequential', true);
+
+-- name: list_due_subscriptions :many
+-- The next :batch live subscriptions whose period ended by :now, across accounts,
+-- after the keyset cursor (:after_period_end, :after_account_id, :after_id) in
+-- (current_period_end, account_id, id) order: a read without locks (a multi-shard
+-- read on Citus) of what renew_due_subscriptions then renews one account at a time.
+SELECT account_id, id, current_period_end
+FROM subscriptions
+WHERE status IN ('trialing', 'active', 'past_due')
+  AND current_period_end <= coalesce(:now::timestamptz, now())
+  AND current_period_end >= :after_period_end
+  AND (current_period_end, account_id, id) > (:after_period_end, :after_account_id, :after_id)
+ORDER BY current_period_end, account_id, id
+LIMIT :batch;
+
 -- name: renew_due_subscriptions :many
--- Renew up to :batch live subscriptions whose period ended by :now, skipping
--- rows another renewer holds (so concurrent renewers never take one twice),
--- and return the subscriptions handled. Each one, by what it asks for:
+-- Renew up to :batch live subscriptions of the account whose period ended by :now
+-- (an account has at most one), skipping rows another renewer holds (so concurrent
+-- renewers never take one twice), and return the subscriptions handled. Pinned to
+-- one account, so that it routes to one shard on Citus (list_due_subscriptions
+-- says which accounts are due). Each one, by what it asks for:
 --   cancel_at_period_end -> canceled, ended at the period end;
 --   pending_plan_id      -> replaced, ended at the period end, and a successor
 --                           on the pending plan (replaces_id = the old one)
@@ -286,9 +311,10 @@ WITH due AS (
                            + extract(month FROM s.current_period_end)
                            - extract(month FROM g.anchor))::int / g.step_months)
                END AS whole) k
-    WHERE s.status IN ('trialing', 'active', 'past_due')
+    WHERE s.account_id = :account_id
+      AND s.status IN ('trialing', 'active', 'past_due')
       AND s.current_period_end <= coalesce(:now::timestamptz, now())
-    ORDER BY s.current_period_end, s.account_id, s.id
+    ORDER BY s.current_period_end, s.id
     LIMIT :batch
     FOR UPDATE OF s SKIP LOCKED
 ),
@@ -306,7 +332,7 @@ renewed AS (
                                   ELSE d.next_end END,
         updated_at = now()
     FROM due d
-    WHERE s.account_id = d.account_id AND s.id = d.id
+    WHERE s.account_id = :account_id AND s.account_id = d.account_id AND s.id = d.id
     RETURNING s.account_id, s.id, s.chain_id, s.plan_id, s.status, s.current_period_start,
               s.current_period_end, s.trial_end
 ),

@@ -1,10 +1,11 @@
 """Query coverage: which named queries of ``datalayer.repositories`` no test executed.
 
 Loaded from ``tests/conftest.py`` (``pytest_plugins``). Every run records the name of
-each query that goes through ``_exec.execute`` or ``_exec.copy_rows`` (the only two ways
-a repository executes SQL), in this process and in every xdist worker; workers hand
-their sets to the controller through ``workeroutput``, xdist's channel for exactly
-this (no shared files, nothing stale from an earlier run).
+each query that goes through ``_exec.execute``, ``_exec.execute_each`` or
+``_exec.copy_rows`` (the only three ways a repository executes SQL), in this process
+and in every xdist worker; workers hand their sets to the controller through
+``workeroutput``, xdist's channel for exactly this (no shared files, nothing stale from
+an earlier run).
 
 At the end of the run the controller compares the union with every query name declared
 in ``REPOSITORIES[*].query_refs`` and, when it is **enforced**, lists the queries no test
@@ -70,6 +71,7 @@ class QueryCoverage:
             setattr(module, attr, recorded)
 
         wrap(_exec, "execute")
+        wrap(_exec, "execute_each")
         wrap(_exec, "copy_rows")
 
     def uninstall(self) -> None:

@@ -1,7 +1,8 @@
 """The billing run (``sql/billing.sql``): renew, make, remake and issue invoices, in batches.
 
-Each step claims a batch of work with ``FOR UPDATE SKIP LOCKED`` in a
-transaction of its own and does each item in a savepoint: an item that raises
+Each step claims a batch of work with ``FOR UPDATE SKIP LOCKED`` (read across
+accounts without locks, then locked one account at a time: ``datalayer._fanout``)
+in a transaction of its own and does each item in a savepoint: an item that raises
 is rolled back alone, logged, counted and left for the next run; two runners
 skip each other's batches; a crash loses only the batch in flight, which the
 next run does again.
@@ -17,6 +18,7 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel, ConfigDict
 
 from .._billing import usage_lines
+from .._fanout import EARLIEST, claim_per_account, shares
 from .._repository import many
 from ..errors import DataLayerError
 from ..models.billing import BillingPeriod, BillingRunResult
@@ -28,6 +30,25 @@ log = logging.getLogger("datalayer")
 # Stripe finalises an invoice an hour after its period ends: late usage of that
 # hour still lands on the invoice itself rather than on an adjustment.
 DEFAULT_GRACE = timedelta(hours=1)
+
+
+class _ClosedPeriod(BaseModel):
+    """A closed period to invoice as the read without locks sees it (its place in the queue)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: int
+    id: int
+    closes_at: datetime
+
+
+class _Draft(BaseModel):
+    """A draft invoice as the read without locks sees it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: int
+    id: int
 
 
 class _ClaimedDraft(BaseModel):
@@ -59,7 +80,9 @@ class BillingRun(Invoicing):
 
     aggregate = "billing"
 
+    _closed_periods = many("list_closed_periods", _ClosedPeriod)
     _claim_periods = many("claim_closed_periods", BillingPeriod)
+    _drafts_after = many("list_drafts", _Draft)
     _claim_drafts = many("claim_drafts", _ClaimedDraft)
     _ended = many("list_ended_chain_periods", BillingPeriod)
 
@@ -94,14 +117,27 @@ class BillingRun(Invoicing):
         after = 0
         while True:
             with self._atomic() as tx:
-                claimed = tx._claim_drafts(after_id=after, batch=batch, grace=grace)
-                for draft in claimed:
+                drafts = tx._drafts_after(after_id=after, batch=batch)
+                for draft in tx._claim_among(drafts, grace):
                     tx._item(
                         counts, f"draft invoice {draft.id}", _bind(tx._draft, draft, now, counts)
                     )
-            if len(claimed) < batch or stop():
+            if len(drafts) < batch or stop():
                 return
-            after = claimed[-1].id
+            after = drafts[-1].id
+
+    def _claim_among(self, drafts: list[_Draft], grace: timedelta) -> list[_ClaimedDraft]:
+        """Lock ``drafts`` (read without locks) one account at a time, in id order.
+
+        Those another runner holds, or no longer drafts, are left out: this
+        run goes on after them (``datalayer._fanout``).
+        """
+        calls = [
+            {"account_id": a, "ids": [d.id for d in drafts if d.account_id == a], "grace": grace}
+            for a, _ in shares(drafts)
+        ]
+        claimed = [draft for locked in self._claim_drafts.each(calls) for draft in locked]
+        return sorted(claimed, key=lambda d: d.id)
 
     def _draft(self, draft: _ClaimedDraft, now: datetime, counts: _Counts) -> None:
         invoice = self._lock(account_id=draft.account_id, id=draft.id)
@@ -127,7 +163,7 @@ class BillingRun(Invoicing):
         skip: list[int] = []
         while True:
             with self._atomic() as tx:
-                claimed = tx._claim_periods(now=now, batch=batch, skip_ids=skip)
+                claimed = tx._claim_closed(now, batch, skip)
                 for period in claimed:
                     tx._item(
                         counts,
@@ -137,6 +173,36 @@ class BillingRun(Invoicing):
                     skip.append(period.id)  # once per run, whatever happened to it
             if not claimed or stop():
                 return
+
+    def _claim_closed(self, now: datetime, batch: int, skip: list[int]) -> list[BillingPeriod]:
+        """Lock up to ``batch`` closed periods to invoice, not those of ``skip``, oldest first.
+
+        Read without locks across accounts, then locked one account at a time
+        (``datalayer._fanout``); periods another runner holds are skipped.
+        """
+        taken: list[int] = []  # claimed already: this transaction's own locks do not skip them
+
+        def closed(after: _ClosedPeriod | None, n: int) -> list[_ClosedPeriod]:
+            return self._closed_periods(
+                now=now,
+                after_closes_at=after.closes_at if after else EARLIEST,
+                after_account_id=after.account_id if after else 0,
+                after_id=after.id if after else 0,
+                skip_ids=skip + taken,
+                batch=n,
+            )
+
+        def claim(shares: list[tuple[int, int]]) -> list[BillingPeriod]:
+            skip_ids = skip + taken
+            calls = [
+                {"account_id": a, "now": now, "batch": n, "skip_ids": skip_ids} for a, n in shares
+            ]
+            periods = [p for claimed in self._claim_periods.each(calls) for p in claimed]
+            taken.extend(p.id for p in periods)
+            return periods
+
+        claimed = claim_per_account(closed, claim, batch)
+        return sorted(claimed, key=lambda p: (p.closes_at, p.account_id, p.id))
 
     def _period(
         self, period: BillingPeriod, now: datetime, grace: timedelta, counts: _Counts

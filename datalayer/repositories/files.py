@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import builtins
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from .._fanout import EARLIEST, claim_per_account
 from .._paging import Page, PageRequest
 from .._repository import Repository, many, one, scalar
 from .._validation import Id, Instant, Limit, validated
@@ -47,11 +48,22 @@ Cursor = Annotated[str, Field(max_length=200)]
 _LAST_ERROR_MAX = 4000  # files_last_error_check
 
 
+class _Claimable(BaseModel):
+    """A claimable file as the queue's read without locks sees it (its place in the queue)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: int
+    id: int
+    uploaded_at: datetime
+
+
 class FileRepository(Repository):
     """Uploaded files: metadata and processing status.
 
     Every method is scoped by ``account_id`` except ``claim``, the work queue
-    that serves all accounts (the documented exception, ``files_claim_idx``).
+    that serves all accounts (the documented exception, ``files_claim_idx``:
+    read across accounts without locks, claimed one account at a time).
     A status change raises ``NotFound`` when the account has no such file and
     ``InvalidTransition`` (naming the expected and the actual status) when the
     file's status does not allow it; either way nothing changes.
@@ -66,6 +78,7 @@ class FileRepository(Repository):
     _count = scalar("count_files", int)
     _storage = scalar("sum_storage_used", Decimal)
     _mark_uploaded = one("mark_file_uploaded", File)
+    _claimable = many("list_claimable_files", _Claimable)
     _claim = many("claim_files", File)
     _renew = one("renew_file_lease", File)
     _complete = one("complete_file", File)
@@ -197,17 +210,37 @@ class FileRepository(Repository):
     def claim(self, *, limit: Limit, lease: Lease) -> builtins.list[File]:
         """Claim up to ``limit`` files to process, from every account, oldest upload first.
 
-        One statement locks ``uploaded`` files and ``processing`` files whose
-        lease has expired (a crashed worker's), skipping rows other workers
-        hold, and makes each ``processing`` with a lease of ``lease`` (at most
-        a day) and one more attempt. Two workers never receive the same claim.
-        The returned ``attempts`` is the claim's fencing token: pass it as
-        ``attempt`` to ``complete``, ``fail`` and ``renew_lease``. A file whose
-        lease expired on its last attempt is failed for good instead (with a
-        ``last_error``) and not returned. Raises ``InvalidInput`` for a bad
-        argument.
+        Claims ``uploaded`` files and ``processing`` files whose lease has
+        expired (a crashed worker's), skipping rows other workers hold, and
+        makes each ``processing`` with a lease of ``lease`` (at most a day)
+        and one more attempt, in one transaction. Two workers never receive
+        the same claim. The returned ``attempts`` is the claim's fencing
+        token: pass it as ``attempt`` to ``complete``, ``fail`` and
+        ``renew_lease``. A file whose lease expired on its last attempt is
+        failed for good instead (with a ``last_error``) and not returned.
+        Raises ``InvalidInput`` for a bad argument.
+
+        The queue is read without locks and each account's share is claimed
+        by a statement of its own (``datalayer._fanout``), so that on Citus
+        every lock is taken on one shard.
         """
-        rows = self._claim(limit=limit, lease=lease)
+        with self._atomic() as tx:
+            rows = claim_per_account(
+                lambda after, n: tx._claimable(
+                    after_uploaded_at=after.uploaded_at if after else EARLIEST,
+                    after_account_id=after.account_id if after else 0,
+                    after_id=after.id if after else 0,
+                    limit=n,
+                ),
+                lambda shares: [
+                    file
+                    for files in tx._claim.each(
+                        [{"account_id": a, "limit": n, "lease": lease} for a, n in shares]
+                    )
+                    for file in files
+                ],
+                limit,
+            )
         claimed = [f for f in rows if f.status == "processing"]
         for f in rows:
             if f.status != "processing":

@@ -29,6 +29,16 @@ Ttl = Annotated[timedelta, Field(gt=timedelta(0), le=timedelta(days=7))]
 _HARD_LIMIT_CHECK = "quota_counters_hard_limit_check"
 # A consume retries when the counter appeared under it (first use of a period).
 _ATTEMPTS = 3
+# expire_reservations: accounts per transaction.
+_EXPIRE_PAGE = 100
+
+
+class _Expiring(BaseModel):
+    """An account holding a reservation past its expiry."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: int
 
 
 class _QuotaState(BaseModel):
@@ -63,6 +73,7 @@ class QuotaRepository(Repository):
     _reserve = one("reserve_quota", Reservation)
     _settle = one("settle_quota_reservation", QuotaCounter)
     _get_reservation = one("get_quota_reservation", Reservation)
+    _expiring = many("list_expired_reservation_accounts", _Expiring)
     _expire = scalar("expire_quota_reservations", int)
 
     @validated
@@ -128,10 +139,22 @@ class QuotaRepository(Repository):
     def expire_reservations(self) -> int:
         """Release every held reservation past its expiry; return how many.
 
-        Run it periodically (a crashed job never settles). Raises only the
-        errors of the database (``Unavailable``, ``QueryTimeout``).
+        Run it periodically (a crashed job never settles). The accounts that
+        hold one are read without locks, in account order, and each
+        account's are released by one statement of its own (so that on Citus
+        each routes to one shard), up to 100 accounts per transaction. Raises
+        only the errors of the database (``Unavailable``, ``QueryTimeout``).
         """
-        return self._expire() or 0
+        expired = 0
+        after = 0
+        while True:
+            with self._atomic() as tx:
+                accounts = tx._expiring(after_account_id=after, limit=_EXPIRE_PAGE)
+                calls = [{"account_id": a.account_id} for a in accounts]
+                expired += sum(n or 0 for n in tx._expire.each(calls))
+            if len(accounts) < _EXPIRE_PAGE:
+                return expired
+            after = accounts[-1].account_id
 
     @validated
     def status(self, *, account_id: Id) -> builtins.list[QuotaStatus]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Annotated, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .._fanout import EARLIEST, claim_per_account
 from .._paging import Page, PageRequest
-from .._repository import Repository, many, one
+from .._repository import Repository, execute, many, one
 from .._validation import Id, Instant, Limit, validated
 from ..errors import InvalidInput, InvalidTransition, NotFound
 from ..models.billing import PendingItem
@@ -26,6 +27,16 @@ Batch = Annotated[int, Field(ge=1, le=10_000)]
 
 _LIVE: tuple[str, ...] = LIVE_STATUSES
 _UPGRADABLE: tuple[str, ...] = ("trialing", "active")
+
+
+class _DueSubscription(BaseModel):
+    """A due subscription as the read without locks sees it (its place in the queue)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: int
+    id: int
+    current_period_end: datetime
 
 
 class _RenewedSubscription(BaseModel):
@@ -58,6 +69,8 @@ class SubscriptionRepository(Repository):
     _schedule_downgrade = one("schedule_downgrade", Subscription)
     _cancel_now = one("cancel_subscription_now", Subscription)
     _cancel_at_end = one("cancel_subscription_at_period_end", Subscription)
+    _one_connection_per_node = execute("use_one_connection_per_node")
+    _due = many("list_due_subscriptions", _DueSubscription)
     _renew_due = many("renew_due_subscriptions", _RenewedSubscription)
 
     @validated
@@ -294,12 +307,37 @@ class SubscriptionRepository(Repository):
         Returns how many subscriptions were handled; call again until it
         returns 0 (a subscription many periods behind advances one period per
         call, so each period is renewed exactly once). This is a
-        maintenance task over every account, like ``rollups refresh``.
+        maintenance task over every account, like ``rollups refresh``: the
+        due subscriptions are read without locks, oldest period end first,
+        and each account's is renewed by a statement of its own
+        (``datalayer._fanout``, so that on Citus every lock is taken on one
+        shard), all in one transaction.
 
         Raises ``InvalidInput`` for a bad argument, before any SQL.
         """
-        with self._changing() as tx:
-            renewed = tx._renew_due(now=now, batch=batch)
+        with self._atomic() as tx:
+            tx._one_connection_per_node()
+            visited: set[int] = set()
+
+            def due(after: _DueSubscription | None, n: int) -> list[_DueSubscription]:
+                return tx._due(
+                    now=now,
+                    after_period_end=after.current_period_end if after else EARLIEST,
+                    after_account_id=after.account_id if after else 0,
+                    after_id=after.id if after else 0,
+                    batch=n,
+                )
+
+            def renew(shares: list[tuple[int, int]]) -> list[_RenewedSubscription]:
+                # Once per call: a renewed subscription still due comes back after the
+                # cursor, and the renewer's own lock does not make it skip its row.
+                calls = [
+                    {"account_id": a, "now": now, "batch": n} for a, n in shares if a not in visited
+                ]
+                visited.update(a for a, _ in shares)
+                return [r for renewed in tx._renew_due.each(calls) for r in renewed]
+
+            renewed = claim_per_account(due, renew, batch)
             for account_id in sorted({r.account_id for r in renewed}):
                 tx._changed(account_id)
         return len(renewed)

@@ -1262,3 +1262,17 @@ def test_a_write_back_later_than_the_window_after_its_generation_read_is_refused
 
     assert raw.get(cache.key("gen:late", "value")) is None
     assert cache.stats.stale_refused == 1
+
+
+def test_applied_invalidations_of_several_accounts_are_forgotten_account_by_account(
+    db: Database,
+) -> None:
+    # One DELETE per account (each routes to one shard on Citus), in one transaction.
+    with db.unit_of_work() as uow:
+        uow.cache_invalidations._journal([(1, "a"), (2, "b"), (2, "c"), (0, "plan")])
+    pending = db.cache_invalidations.pending()
+    assert [(e.account_id, e.tag) for e in pending] == [(0, "plan"), (1, "a"), (2, "b"), (2, "c")]
+    assert db.cache_invalidations._forget(pending[:3]) == 3
+    assert db.cache_invalidations.pending() == pending[3:]
+    assert db.cache_invalidations._forget(pending) == 1  # those already gone are skipped
+    assert db.cache_invalidations.pending() == []

@@ -26,6 +26,7 @@ from datalayer import (
     ReferenceViolation,
     UnitOfWork,
 )
+from datalayer._fanout import EARLIEST
 from datalayer._paging import Page
 from datalayer.models.files import File
 from datalayer.repositories.files import FileRepository
@@ -282,8 +283,11 @@ def test_a_lease_that_expires_on_the_last_attempt_fails_the_file_for_good(
 
 
 def test_the_claim_uses_the_partial_queue_indexes(fresh_url: str) -> None:
-    query = FileRepository._claim.query
+    # The queue is read across accounts without locks, then each account's share claimed.
+    query = FileRepository._claimable.query
+    claim = FileRepository._claim.query
     assert query is not None
+    assert claim is not None
     with psycopg.connect(fresh_url, autocommit=True) as conn:
         row = conn.execute("INSERT INTO accounts (name) VALUES ('q') RETURNING id").fetchone()
         assert row is not None
@@ -306,12 +310,17 @@ def test_the_claim_uses_the_partial_queue_indexes(fresh_url: str) -> None:
             [aid, SHA],
         )
         conn.execute("ANALYZE files")
+        cursor = {"after_uploaded_at": EARLIEST, "after_account_id": 0, "after_id": 0}
         plan = "\n".join(
-            row[0] for row in conn.execute("EXPLAIN " + query.sql, {"limit": 10, "lease": LEASE})
+            row[0] for row in conn.execute("EXPLAIN " + query.sql, {"limit": 10, **cursor})
         )
+        params = {"account_id": aid, "limit": 10, "lease": LEASE}
+        claim_plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + claim.sql, params))
     assert "files_claim_idx" in plan, plan
     assert "files_lease_idx" in plan, plan
     assert "Seq Scan" not in plan, plan
+    assert "files_account_claim_idx" in claim_plan, claim_plan
+    assert "Seq Scan" not in claim_plan, claim_plan
 
 
 def test_two_workers_claiming_at_once_never_claim_the_same_file(db: Database) -> None:
@@ -361,6 +370,63 @@ def test_two_workers_claiming_at_once_never_claim_the_same_file(db: Database) ->
     everything = [claim for n in (0, 1) for batch in rounds[n] for claim in batch]
     assert len(everything) == len(set(everything)) == 200
     assert db.files.count(account_id=account.id, status="processing") == 200
+
+
+def test_two_workers_claiming_across_many_accounts_claim_each_file_once(db: Database) -> None:
+    # The queue is read without locks and claimed one account at a time: both workers read
+    # the same candidates while the other holds its claims, so each must skip the other's
+    # rows account by account and still fill its batch from the accounts after them.
+    with db.connection() as conn:
+        accounts = [
+            row[0]
+            for row in conn.execute(
+                "INSERT INTO accounts (name) SELECT 'q' || g FROM generate_series(1, 40) g"
+                " RETURNING id"
+            )
+        ]
+        conn.execute(
+            "INSERT INTO files (account_id, storage_key, file_name, content_type, size_bytes,"
+            " checksum_sha256, status, uploaded_at)"
+            " SELECT a, 'k' || g, 'f', 'text/plain', 1, %s, 'uploaded',"
+            "  now() - interval '1 second' * ((a * 37 + g * 11) %% 500)"
+            " FROM unnest(%s::bigint[]) a, generate_series(1, 4) g",
+            [SHA, accounts],
+        )
+    inside = threading.Barrier(2, timeout=30)
+    committed = threading.Barrier(2, timeout=30)
+    rounds: dict[int, list[list[tuple[int, int]]]] = {0: [], 1: []}
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            while True:
+                with db.unit_of_work() as uow:
+                    batch = uow.files.claim(limit=7, lease=LEASE)
+                    assert len(batch) <= 7
+                    inside.wait()
+                rounds[n].append([(f.account_id, f.id) for f in batch])
+                committed.wait()
+                if not rounds[0][-1] and not rounds[1][-1]:
+                    return
+        except BaseException as exc:  # reported below, not lost in the thread
+            inside.abort()
+            committed.abort()
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    both = [(a, b) for a, b in zip(rounds[0], rounds[1], strict=True) if a and b]
+    assert both, "no round where both workers held claims at once"
+    assert all(not set(a) & set(b) for a, b in both)
+    # while 7 or more files were left for each, both filled their batches
+    assert all(len(a) == len(b) == 7 for a, b in both[: 160 // 14])
+    everything = [claim for n in (0, 1) for batch in rounds[n] for claim in batch]
+    assert len(everything) == len(set(everything)) == 160
+    assert len({account for account, _ in everything}) == 40
 
 
 # Finishing a claim; the fencing token

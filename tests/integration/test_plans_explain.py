@@ -28,6 +28,7 @@ import psycopg.sql
 import pytest
 from conftest import _clone, pg_url
 
+from datalayer._fanout import EARLIEST
 from datalayer._ops.seed import seed_database
 from datalayer._repository import QueryRef
 from datalayer.repositories import (
@@ -269,8 +270,16 @@ def test_get_subscription_probes_the_primary_key(seeded: psycopg.Connection[Any]
 def test_claim_files_finds_work_through_the_claim_and_lease_indexes(
     seeded: psycopg.Connection[Any],
 ) -> None:
-    plan = explain(seeded, FileRepository._claim, {"lease": "5 minutes", "limit": 10}, small=True)
+    # The queue is read across accounts without locks; each account's share is then claimed.
+    cursor = {"after_uploaded_at": EARLIEST, "after_account_id": 0, "after_id": 0}
+    plan = explain(seeded, FileRepository._claimable, {"limit": 10, **cursor}, small=True)
     assert_uses(plan, "files_claim_idx", "files_lease_idx")
+    (account_id,) = one_row(
+        seeded, "SELECT account_id FROM files GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1"
+    )
+    params = {"account_id": account_id, "lease": "5 minutes", "limit": 10}
+    plan = explain(seeded, FileRepository._claim, params, small=True)
+    assert_uses(plan, "files_account_claim_idx")
 
 
 def test_list_files_by_status_walks_the_account_status_index(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -17,6 +18,7 @@ from datalayer import (
     PlanMeterSpec,
     QuotaExceeded,
 )
+from datalayer.repositories import quotas as quotas_module
 
 
 def _plan(db: Database, code: str, limit: int, kind: str = "hard") -> int:
@@ -205,3 +207,27 @@ def test_the_database_itself_refuses_a_hard_counter_over_its_limit(
     with pytest.raises(CheckViolation) as info, db.connection() as conn:
         conn.execute("UPDATE quota_counters SET used = limit_quantity + 1")
     assert info.value.constraint == "quota_counters_hard_limit_check"
+
+
+def test_expiry_releases_the_holds_of_every_account_once_page_by_page(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One statement per account, a few accounts per transaction: the pages must add up.
+    monkeypatch.setattr(quotas_module, "_EXPIRE_PAGE", 2)
+    plan_id = _plan(db, "pages", 1000)
+    accounts = []
+    for i in range(5):
+        account_id = db.accounts.create(name=f"Hold {i}").id
+        db.subscriptions.start(account_id=account_id, plan_id=plan_id)
+        for _ in range(2):
+            db.quotas.reserve(
+                account_id=account_id, meter_code="api_calls", quantity=Decimal(100),
+                ttl=timedelta(milliseconds=1),
+            )  # fmt: skip
+        accounts.append(account_id)
+    time.sleep(0.01)
+    assert db.quotas.expire_reservations() == 10
+    assert db.quotas.expire_reservations() == 0
+    for account_id in accounts:
+        (state,) = db.quotas.status(account_id=account_id)
+        assert (state.used, state.reserved) == (Decimal(0), Decimal(0))

@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "datalayer._apikey",
             "datalayer._cachecore",
             "datalayer._billing",
+            "datalayer._fanout",
             "datalayer._health",
             "datalayer._telemetry",
             "datalayer.models",
