@@ -95,12 +95,22 @@ def _installed() -> bool:
 
 
 def _probe_citus() -> str | None:
-    """The ``citus`` part: installed (by ``install.sh`` if need be) and, in a Citus session,
-    the session's cluster running."""
-    why = _install()
-    if why is None and requested() and cluster() is None:
+    """The ``citus`` part: in a Citus session, the cluster the controller started (having
+    installed Citus when it could). A plain session needs none: it skips the tests that
+    need the part, naming the Citus session (``pytest_collection_modifyitems``)."""
+    if not requested():
+        return None
+    if cluster() is None:
         return _why_not_started() or "the Citus session's cluster was not started"
-    return why
+    return None
+
+
+def _how_to_install() -> str:
+    script = shared_dir() / "citus" / "install.sh"
+    return (
+        f"the Citus extension is not installed: run {script} as root (set {SHARED_VAR} to the "
+        "directory holding citus/ when shared/ is elsewhere)"
+    )
 
 
 def _install() -> str | None:
@@ -108,10 +118,7 @@ def _install() -> str | None:
     if _installed():
         return None
     script = shared_dir() / "citus" / "install.sh"
-    how = (
-        f"the Citus extension is not installed: run {script} as root (set {SHARED_VAR} to the "
-        "directory holding citus/ when shared/ is elsewhere)"
-    )
+    how = _how_to_install()
     if not script.exists():
         return f"{how}; {script} does not exist"
     if os.name != "posix" or os.geteuid() != 0:
@@ -488,12 +495,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             reason = message.removeprefix(NOT_ON_CITUS_PREFIX)
             counts[reason] = counts.get(reason, 0) + 1
     if counts:
-        total = sum(counts.values())
-        reasons = "; ".join(f"{n}: {reason}" for reason, n in sorted(counts.items()))
-        terminalreporter.write_line(
-            f"left out of the Citus session {total} test{'s' * (total != 1)}: {reasons}",
-            yellow=True,
+        reasons = "; ".join(
+            f"{n} test{'s' * (n != 1)} ({reason})" for reason, n in sorted(counts.items())
         )
+        terminalreporter.write_line(f"left out of the Citus session: {reasons}", yellow=True)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
