@@ -44,12 +44,14 @@ _ENV = {
     "DATALAYER_REPLICA_URLS": "replica_urls",
     "DATALAYER_REPLICA_WAIT_MS": "replica_wait_ms",
     "DATALAYER_REPLICA_MAX_LAG_MS": "replica_max_lag_ms",
+    "DATALAYER_CITUS_SHARD_COUNT": "citus_shard_count",
 }
 
 # Words that mean None for the settings that may be None.
 _NONE_WORDS = {
     "prepare_threshold": {"none", "off", "disable"},
     "pgbouncer": {"auto", "detect"},
+    "citus_shard_count": {"default"},
 }
 
 
@@ -127,6 +129,9 @@ class Settings(BaseModel):
     # and the replay lag past which a replica is skipped (README: Scaling out).
     replica_wait_ms: int = Field(default=200, ge=0, le=60_000)
     replica_max_lag_ms: int = Field(default=10_000, ge=0)
+    # Shards per distributed table when `datalayer migrate` first lays the schema
+    # out on a Citus coordinator (None: the cluster's citus.shard_count, 32).
+    citus_shard_count: int | None = Field(default=None, ge=1, le=64_000)
 
     def __init__(self, **values: Any) -> None:
         # pydantic's ValidationError is not a DataLayerError: refuse with InvalidInput

@@ -220,13 +220,50 @@ _BY_SQLSTATE: dict[str, type[DatabaseError]] = {
 
 
 # Constraints whose violation means something in the domain get their own class.
+_PUBLISHED = "published plan versions are immutable: publish a new version instead"
 _BY_CONSTRAINT: dict[str, tuple[type[DatabaseError], str]] = {
     "subscriptions_one_live_per_account": (
         LiveSubscriptionExists,
         "the account already has a live subscription (trialing, active or past_due); "
         "cancel or change it instead",
     ),
+    # The price book's seals (migration 0021): foreign keys that hold what the
+    # triggers of 0002 held, reported as the check violations those raised.
+    "plans_published_immutable": (CheckViolation, _PUBLISHED),
+    "plan_meters_published_immutable": (CheckViolation, _PUBLISHED),
+    "plan_meters_plan_seal_fkey": (
+        CheckViolation,
+        "a meter row must carry its plan's seal state, and a published version takes no new meter",
+    ),
+    "plan_meters_seal_fkey": (CheckViolation, _PUBLISHED),
+    "plans_seal_fkey": (
+        CheckViolation,
+        "a published plan version needs its seal (publish it with plans.publish)",
+    ),
+    "plans_archival_fkey": (
+        CheckViolation,
+        "an archived plan version needs its archival row (archive it with plans.archive)",
+    ),
+    "plans_archived_final": (CheckViolation, "an archived plan version stays archived"),
 }
+
+_SHARD_SUFFIX = re.compile(r"_(\d+)$")
+
+
+def _unsharded(constraint: str | None, table: str | None) -> tuple[str | None, str | None]:
+    """The names of the schema for those of a Citus shard.
+
+    On Citus a worker reports the shard's names: ``users_email_key_102078`` on
+    table ``user_emails_102078``, the shard id appended to both. Stripped only
+    when both names end in the same ``_<digits>``, so a name of the schema that
+    merely ends in digits is left alone.
+    """
+    if constraint is None or table is None:
+        return constraint, table
+    on_constraint, on_table = _SHARD_SUFFIX.search(constraint), _SHARD_SUFFIX.search(table)
+    if on_constraint and on_table and on_constraint.group(1) == on_table.group(1):
+        return constraint[: on_constraint.start()], table[: on_table.start()]
+    return constraint, table
 
 
 def map_error(exc: BaseException) -> DataLayerError:
@@ -256,20 +293,24 @@ def map_error(exc: BaseException) -> DataLayerError:
         # No SQLSTATE: the client lost the server (closed socket, EOF).
         cls = Unavailable
     message = (diag.message_primary or str(exc)).strip()
+    constraint, table = _unsharded(diag.constraint_name, diag.table_name)
+    for raw, name in ((diag.constraint_name, constraint), (diag.table_name, table)):
+        if raw and name and raw != name:
+            message = message.replace(f'"{raw}"', f'"{name}"')
     if sqlstate == "23514" and message.startswith("no partition of relation"):
-        return _partition_missing(message, diag.message_detail, diag.table_name)
-    if diag.constraint_name and diag.constraint_name not in message:
-        message = f"{message} (constraint {diag.constraint_name})"
+        return _partition_missing(message, diag.message_detail, table)
+    if constraint and constraint not in message:
+        message = f"{message} (constraint {constraint})"
     if diag.message_detail:
         message = f"{message}: {diag.message_detail}"
-    if diag.constraint_name in _BY_CONSTRAINT:
-        cls, meaning = _BY_CONSTRAINT[diag.constraint_name]
-        message = f"{meaning} (constraint {diag.constraint_name})"
+    if constraint in _BY_CONSTRAINT:
+        cls, meaning = _BY_CONSTRAINT[constraint]
+        message = f"{meaning} (constraint {constraint})"
     return cls(
         message,
         sqlstate=sqlstate,
-        constraint=diag.constraint_name,
-        table=diag.table_name,
+        constraint=constraint,
+        table=table,
         column=diag.column_name,
     )
 

@@ -3,7 +3,8 @@
 -- Tenancy (DOMAIN.md rule 1): users carry account_id in their primary key and
 -- every unique constraint, so the table can later be distributed by account_id.
 -- The one global lookup is login by email: users_email_key is unique across
--- accounts on lower(email), a documented exception to the rule.
+-- accounts on lower(email), a documented exception to the rule (moved to the
+-- lookup table user_emails by 0019_global_lookups).
 
 -- A migration never waits long behind application locks, nor runs unbounded.
 SET LOCAL lock_timeout = '10s';
@@ -45,6 +46,7 @@ CREATE TABLE users (
 
 -- Login looks a user up by email across accounts (the documented global
 -- exception). A soft-deleted user frees the address for a new sign-up.
--- used by: find_user_by_email, create_user (uniqueness), update_user (uniqueness),
---   restore_user (uniqueness)
+-- Dropped by 0019_global_lookups: a unique key without account_id cannot be
+-- enforced on a cluster; the lookup table user_emails holds it now (its primary
+-- key carries the name users_email_key).
 CREATE UNIQUE INDEX users_email_key ON users (lower(email)) WHERE deleted_at IS NULL;

@@ -1,7 +1,8 @@
 -- depends: 0001_accounts_users
 -- API keys for enterprise access. The secret is shown once and never stored:
 -- only its SHA-256 (secret_hash) is kept. Authentication looks the hash up
--- across accounts (api_keys_secret_hash_key), the documented global exception.
+-- across accounts (api_keys_secret_hash_key), the documented global exception
+-- (moved to the lookup table api_key_hashes by 0019_global_lookups).
 
 -- A migration never waits long behind application locks, nor runs unbounded.
 SET LOCAL lock_timeout = '10s';
@@ -40,7 +41,9 @@ CREATE TABLE api_keys (
     CONSTRAINT api_keys_rotated_from_other_check CHECK (rotated_from_id <> id)
 );
 
--- used by: find_api_key_credential, create_api_key (uniqueness), rotate_api_key (uniqueness)
+-- Dropped by 0019_global_lookups: a unique key without account_id cannot be
+-- enforced on a cluster; the lookup table api_key_hashes holds it now (its
+-- primary key carries the name api_keys_secret_hash_key).
 CREATE UNIQUE INDEX api_keys_secret_hash_key ON api_keys (secret_hash);
 -- Dropped by 0011_index_review: no named query reads keys by created_at, and
 -- api_keys_pkey serves every read of an account's keys.

@@ -29,27 +29,43 @@ COPY analytics_staging (idx, account_id, user_id, category, name, duration_ms, o
 -- Staged events the database would refuse, with the reason: an unknown
 -- account (the event tables carry no foreign keys, so this is the check), or
 -- properties over the size the table's CHECK allows (measured by the same
--- expression, on the same stored value).
+-- expression, on the same stored value). The known accounts are read by the
+-- batch's account ids, not joined to the staging rows: Citus cannot join a
+-- distributed table to a temporary one.
+WITH known AS (
+    SELECT a.id FROM accounts a WHERE a.id IN (SELECT account_id FROM analytics_staging)
+)
 SELECT s.idx,
-       CASE WHEN NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = s.account_id)
+       CASE WHEN NOT EXISTS (SELECT 1 FROM known k WHERE k.id = s.account_id)
             THEN 'unknown account'
             ELSE 'bad properties: larger than 4096 bytes of JSON text'
        END AS reason
 FROM analytics_staging s
-WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = s.account_id)
+WHERE NOT EXISTS (SELECT 1 FROM known k WHERE k.id = s.account_id)
    OR octet_length(s.properties::text) > 4096
 ORDER BY s.idx;
 
--- name: insert_staged_analytics :execrows
+-- name: insert_staged_analytics :scalar
 -- Store every staged event that find_refused_analytics_staged does not refuse,
--- in batch order, in one statement: all of them or (on an error) none.
-INSERT INTO analytics_events
-    (account_id, user_id, category, name, duration_ms, occurred_at, properties)
-SELECT s.account_id, s.user_id, s.category, s.name, s.duration_ms, s.occurred_at, s.properties
-FROM analytics_staging s
-WHERE EXISTS (SELECT 1 FROM accounts a WHERE a.id = s.account_id)
-  AND octet_length(s.properties::text) <= 4096
-ORDER BY s.idx;
+-- in batch order, and queue their account-days for the rollups, in one
+-- statement: all of them or (on an error) none. Returns how many were stored.
+-- The accounts are read by the batch's account ids, as in the query above.
+WITH stored AS (
+    INSERT INTO analytics_events
+        (account_id, user_id, category, name, duration_ms, occurred_at, properties)
+    SELECT s.account_id, s.user_id, s.category, s.name, s.duration_ms, s.occurred_at,
+           s.properties
+    FROM analytics_staging s
+    WHERE s.account_id IN (
+              SELECT a.id FROM accounts a WHERE a.id IN (SELECT account_id FROM analytics_staging))
+      AND octet_length(s.properties::text) <= 4096
+    ORDER BY s.idx
+    RETURNING account_id, occurred_at
+), queued AS (
+    INSERT INTO analytics_rollup_queue (account_id, day)
+    SELECT DISTINCT account_id, (occurred_at AT TIME ZONE 'UTC')::date FROM stored
+)
+SELECT count(*) FROM stored;
 
 -- name: drop_analytics_staging :exec
 -- Drop the staging table once the batch is stored, so that a unit of work can

@@ -155,7 +155,7 @@ SET status = CASE WHEN i.total_minor = :credit_applied THEN 'paid' ELSE 'open' E
     paid_at = CASE WHEN i.total_minor = :credit_applied THEN d.at END,
     updated_at = now()
 FROM draft d, counter k
-WHERE i.account_id = d.account_id AND i.id = d.id
+WHERE i.account_id = :account_id AND i.id = d.id
 RETURNING i.account_id, i.id, i.subscription_id, i.chain_id, i.billing_period_id, i.number,
           i.status, i.currency, i.period_start, i.period_end, i.subtotal_minor, i.tax_minor,
           i.total_minor, i.credit_applied_minor,
@@ -164,9 +164,12 @@ RETURNING i.account_id, i.id, i.subscription_id, i.chain_id, i.billing_period_id
           i.updated_at;
 
 -- name: void_invoice :one
--- open -> void at :now; no row unless the invoice is open.
+-- open -> void at :now; no row unless the invoice is open. (:now or now() is
+-- read in FROM, not in SET: Citus refuses a non-immutable function in a
+-- COALESCE or CASE of an UPDATE's SET.)
 UPDATE invoices
-SET status = 'void', voided_at = coalesce(:now::timestamptz, now()), updated_at = now()
+SET status = 'void', voided_at = c.at, updated_at = now()
+FROM (SELECT coalesce(:now::timestamptz, now()) AS at) c
 WHERE account_id = :account_id AND id = :id AND status = 'open'
 RETURNING account_id, id, subscription_id, chain_id, billing_period_id, number, status,
           currency, period_start, period_end, subtotal_minor, tax_minor, total_minor,
@@ -232,35 +235,19 @@ ORDER BY id;
 -- name: insert_ledger_transaction :one
 -- Book one financial event at :occurred_at (NULL: now): the transaction and
 -- one entry per element of :ledger_accounts / :amounts_minor, all in
--- :currency, returned with its entries. The entries must sum to zero (the
--- deferred trigger ledger_entries_balanced checks at commit); a second event
--- with the same idempotency key is refused (ledger_transactions_idempotency_key).
-WITH tx AS (
-    INSERT INTO ledger_transactions (account_id, kind, idempotency_key, invoice_id, payment_id,
-                                     description, occurred_at)
-    VALUES (:account_id, :kind, :idempotency_key, :invoice_id::bigint, :payment_id::bigint,
-            :description, coalesce(:occurred_at::timestamptz, now()))
-    RETURNING account_id, id, kind, idempotency_key, invoice_id, payment_id, description,
-              occurred_at
-), entries AS (
-    INSERT INTO ledger_entries (account_id, transaction_id, ledger_account, amount_minor,
-                                currency)
-    SELECT tx.account_id, tx.id, e.ledger_account, e.amount_minor, :currency
-    FROM tx,
-         unnest(:ledger_accounts::text[], :amounts_minor::bigint[])
-             WITH ORDINALITY AS e (ledger_account, amount_minor, n)
-    ORDER BY e.n
-    RETURNING id, ledger_account, amount_minor, currency
-)
-SELECT tx.account_id, tx.id, tx.kind, tx.idempotency_key, tx.invoice_id, tx.payment_id,
-       tx.description, tx.occurred_at,
-       (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                   'id', e.id,
-                   'ledger_account', e.ledger_account,
-                   'amount_minor', e.amount_minor,
-                   'currency', e.currency) ORDER BY e.id), '[]'::jsonb)
-        FROM entries e) AS entries
-FROM tx;
+-- :currency, returned with its entries, through book_ledger_transaction
+-- (migration 0020): the entries must sum to zero, or it refuses before
+-- writing anything (check_violation naming ledger_entries_balanced; on plain
+-- PostgreSQL the deferred trigger of that name also checks at commit). A
+-- second event with the same idempotency key is refused
+-- (ledger_transactions_idempotency_key). The application role may book only
+-- through this function: it has no INSERT on the ledger tables.
+SELECT account_id, id, kind, idempotency_key, invoice_id, payment_id, description, occurred_at,
+       entries
+FROM book_ledger_transaction(
+    :account_id::bigint, :kind::text, :idempotency_key::text, :invoice_id::bigint,
+    :payment_id::bigint, :description::text, :occurred_at::timestamptz, :currency::text,
+    :ledger_accounts::text[], :amounts_minor::bigint[]);
 
 -- name: list_ledger_transactions :many
 -- A page of an account's ledger transactions with their entries, newest
@@ -273,7 +260,7 @@ SELECT t.account_id, t.id, t.kind, t.idempotency_key, t.invoice_id, t.payment_id
                    'amount_minor', e.amount_minor,
                    'currency', e.currency) ORDER BY e.id), '[]'::jsonb)
         FROM ledger_entries e
-        WHERE e.account_id = t.account_id AND e.transaction_id = t.id) AS entries
+        WHERE e.account_id = :account_id AND e.transaction_id = t.id) AS entries
 FROM ledger_transactions t
 WHERE t.account_id = :account_id AND t.id < :after_id
 ORDER BY t.id DESC
@@ -543,14 +530,17 @@ RETURNING account_id, id, invoice_id, amount_minor, pre_minor, post_minor, refun
 -- given back of what was paid; an open invoice with nothing left to pay is
 -- paid at :now. The database refuses credit notes above the total
 -- (invoices_credited_check). No row unless the invoice is open or paid.
+-- (:now or now() is read in FROM: Citus refuses a non-immutable function in a
+-- CASE of an UPDATE's SET.)
 UPDATE invoices
 SET credited_pre_minor = credited_pre_minor + :pre_minor,
     credited_post_minor = credited_post_minor + :post_minor,
     status = CASE WHEN status = 'open' AND amount_due_minor = :pre_minor THEN 'paid'
                   ELSE status END,
     paid_at = CASE WHEN status = 'open' AND amount_due_minor = :pre_minor
-                   THEN coalesce(:now::timestamptz, now()) ELSE paid_at END,
+                   THEN c.at ELSE paid_at END,
     updated_at = now()
+FROM (SELECT coalesce(:now::timestamptz, now()) AS at) c
 WHERE account_id = :account_id AND id = :id AND status IN ('open', 'paid')
 RETURNING account_id, id, subscription_id, chain_id, billing_period_id, number, status,
           currency, period_start, period_end, subtotal_minor, tax_minor, total_minor,
@@ -584,15 +574,19 @@ WITH parts AS (
     FROM parts
     WHERE p.account_id = :account_id AND p.id = parts.payment_id
     RETURNING p.id, p.provider, p.currency
+), refunded AS (
+    INSERT INTO refunds (account_id, invoice_id, credit_note_id, payment_id, amount_minor,
+                         currency, provider)
+    SELECT :account_id, :invoice_id, :credit_note_id, parts.payment_id, parts.amount_minor,
+           b.currency, b.provider
+    FROM parts
+    JOIN paid_back b ON b.id = parts.payment_id
+    RETURNING account_id, id, invoice_id, credit_note_id, payment_id, amount_minor, currency,
+              status, provider, provider_refund_id, created_at, succeeded_at
 )
-INSERT INTO refunds (account_id, invoice_id, credit_note_id, payment_id, amount_minor, currency,
-                     provider)
-SELECT :account_id, :invoice_id, :credit_note_id, parts.payment_id, parts.amount_minor, b.currency,
-       b.provider
-FROM parts
-JOIN paid_back b ON b.id = parts.payment_id
-RETURNING account_id, id, invoice_id, credit_note_id, payment_id, amount_minor, currency, status,
-          provider, provider_refund_id, created_at, succeeded_at;
+SELECT account_id, id, invoice_id, credit_note_id, payment_id, amount_minor, currency, status,
+       provider, provider_refund_id, created_at, succeeded_at
+FROM refunded;
 
 -- name: list_credit_note_refunds :many
 -- The refunds of a credit note, in the order they were made.
@@ -619,10 +613,11 @@ WHERE account_id = :account_id AND id = :id;
 
 -- name: mark_refund_succeeded :one
 -- A pending refund, paid out by the provider under :provider_refund_id at
--- :now. No row unless it is pending.
+-- :now. No row unless it is pending. (:now or now() is read in FROM: Citus
+-- refuses a non-immutable function in a COALESCE of an UPDATE's SET.)
 UPDATE refunds
-SET status = 'succeeded', provider_refund_id = :provider_refund_id,
-    succeeded_at = coalesce(:now::timestamptz, now())
+SET status = 'succeeded', provider_refund_id = :provider_refund_id, succeeded_at = c.at
+FROM (SELECT coalesce(:now::timestamptz, now()) AS at) c
 WHERE account_id = :account_id AND id = :id AND status = 'pending'
 RETURNING account_id, id, invoice_id, credit_note_id, payment_id, amount_minor, currency, status,
           provider, provider_refund_id, created_at, succeeded_at;

@@ -1,45 +1,86 @@
 -- Plans: versioned price books (code + version) and their meters; a shared
--- reference table, so no account_id. A published version is never edited
--- (trigger plans_published_immutable); only a draft's fields change.
+-- reference table, so no account_id. A published version is never edited: its
+-- seals (plan_seals, plan_meter_seals: migration 0021) refuse any change by
+-- foreign key; only a draft's fields change.
 
 -- name: create_plan :one
 -- Insert a draft plan as the next version of :code (the highest version of
 -- the code plus one, or 1). Two concurrent creates of one code collide on
--- plans_code_version_key: one of them fails and may retry.
-INSERT INTO plans (code, version, name, billing_interval, interval_count, base_price_minor,
-                   currency, trial_days, is_public)
-SELECT :code, coalesce(max(p.version), 0) + 1, :name, :billing_interval, :interval_count,
-       :base_price_minor, :currency, :trial_days, :is_public
-FROM plans p
-WHERE p.code = :code
-RETURNING id, code, version, name, status, billing_interval, interval_count, base_price_minor,
-          currency, trial_days, is_public, published_at, created_at;
+-- plans_code_version_key: one of them fails and may retry. The insert is a
+-- CTE under a SELECT: Citus cannot plan a top-level INSERT ... SELECT into
+-- the reference table with parameters.
+WITH created AS (
+    INSERT INTO plans (code, version, name, billing_interval, interval_count, base_price_minor,
+                       currency, trial_days, is_public)
+    SELECT :code, coalesce(max(p.version), 0) + 1, :name, :billing_interval, :interval_count,
+           :base_price_minor, :currency, :trial_days, :is_public
+    FROM plans p
+    WHERE p.code = :code
+    RETURNING id, code, version, name, status, billing_interval, interval_count,
+              base_price_minor, currency, trial_days, is_public, published_at, created_at
+)
+SELECT id, code, version, name, status, billing_interval, interval_count, base_price_minor,
+       currency, trial_days, is_public, published_at, created_at
+FROM created;
 
 -- name: add_plan_meters :many
 -- Attach meters to a draft plan, one row per element of the parallel arrays.
+-- plan_seal_state is the plan's (the epoch while a draft): a row for a
+-- published version would need a meter seal, which only publishing writes.
 INSERT INTO plan_meters (plan_id, meter_code, included_quantity, limit_kind,
-                         overage_unit_price_minor)
-SELECT :plan_id, m.meter_code, m.included_quantity, m.limit_kind, m.overage_unit_price_minor
+                         overage_unit_price_minor, plan_seal_state)
+SELECT :plan_id, m.meter_code, m.included_quantity, m.limit_kind, m.overage_unit_price_minor,
+       (SELECT p.seal_state FROM plans p WHERE p.id = :plan_id)
 FROM unnest(:meter_codes::text[], :included_quantities::numeric[], :limit_kinds::text[],
             :overage_unit_prices_minor::numeric[])
      AS m (meter_code, included_quantity, limit_kind, overage_unit_price_minor)
 RETURNING plan_id, meter_code, included_quantity, limit_kind, overage_unit_price_minor;
 
 -- name: publish_plan :one
--- draft -> published, stamping published_at; no row unless the plan is a draft.
-UPDATE plans
-SET status = 'published', published_at = now()
-WHERE id = :id AND status = 'draft'
-RETURNING id, code, version, name, status, billing_interval, interval_count, base_price_minor,
-          currency, trial_days, is_public, published_at, created_at;
+-- draft -> published, stamping published_at, and seal the version and its
+-- meters in the same statement (plan_seals, plan_meter_seals: from then on
+-- their foreign keys refuse any change); no row unless the plan is a draft.
+WITH published AS (
+    UPDATE plans
+    SET status = 'published', published_at = now()
+    WHERE id = :id AND status = 'draft'
+    RETURNING id, code, version, name, status, billing_interval, interval_count,
+              base_price_minor, currency, trial_days, is_public, published_at, created_at
+), sealed AS (
+    INSERT INTO plan_seals (plan_id, code, version, name, billing_interval, interval_count,
+                            base_price_minor, currency, trial_days, is_public, published_at,
+                            created_at)
+    SELECT id, code, version, name, billing_interval, interval_count, base_price_minor,
+           currency, trial_days, is_public, published_at, created_at
+    FROM published
+), meters_sealed AS (
+    INSERT INTO plan_meter_seals (plan_id, meter_code, included_quantity, limit_kind,
+                                  overage_unit_price_minor, published_at)
+    SELECT m.plan_id, m.meter_code, m.included_quantity, m.limit_kind,
+           m.overage_unit_price_minor, p.published_at
+    FROM plan_meters m
+    JOIN published p ON p.id = m.plan_id
+)
+SELECT id, code, version, name, status, billing_interval, interval_count, base_price_minor,
+       currency, trial_days, is_public, published_at, created_at
+FROM published;
 
 -- name: archive_plan :one
--- published -> archived (no new subscriptions); no row unless the plan is published.
-UPDATE plans
-SET status = 'archived'
-WHERE id = :id AND status = 'published'
-RETURNING id, code, version, name, status, billing_interval, interval_count, base_price_minor,
-          currency, trial_days, is_public, published_at, created_at;
+-- published -> archived (no new subscriptions), for good: the archival row's
+-- foreign key refuses any later change of status. No row unless the plan is
+-- published.
+WITH archived AS (
+    UPDATE plans
+    SET status = 'archived'
+    WHERE id = :id AND status = 'published'
+    RETURNING id, code, version, name, status, billing_interval, interval_count,
+              base_price_minor, currency, trial_days, is_public, published_at, created_at
+), recorded AS (
+    INSERT INTO plan_archivals (plan_id) SELECT id FROM archived
+)
+SELECT id, code, version, name, status, billing_interval, interval_count, base_price_minor,
+       currency, trial_days, is_public, published_at, created_at
+FROM archived;
 
 -- name: update_draft_plan :one
 -- Change any subset of a draft's fields (set_<field> says which); no row

@@ -28,17 +28,26 @@ RETURNING c.account_id, c.meter_code, c.period_start, c.period_end, c.limit_kind
 
 -- name: open_quota_counter :execrows
 -- Create the counter of the live subscription's current period for the meter,
--- if the plan has the meter and the counter does not exist yet.
-INSERT INTO quota_counters
-    (account_id, meter_code, period_start, period_end, limit_kind, limit_quantity)
-SELECT s.account_id, pm.meter_code, s.current_period_start, s.current_period_end,
-       pm.limit_kind, pm.included_quantity
-FROM subscriptions s
-JOIN plan_meters pm ON pm.plan_id = s.plan_id
-WHERE s.account_id = :account_id
-  AND s.status IN ('trialing', 'active', 'past_due')
-  AND pm.meter_code = :meter_code
-ON CONFLICT (account_id, meter_code, period_start) DO NOTHING;
+-- if the plan has the meter and the counter does not exist yet. Returns one
+-- row per counter created. The account comes from :account_id (the same value
+-- as s.account_id): on Citus an INSERT ... SELECT that copies the distribution
+-- column from a join with a reference table runs on every shard, while this
+-- one reads on the account's shard and inserts through the coordinator (which
+-- Citus plans with parameters only inside a CTE).
+WITH opened AS (
+    INSERT INTO quota_counters
+        (account_id, meter_code, period_start, period_end, limit_kind, limit_quantity)
+    SELECT :account_id, pm.meter_code, s.current_period_start, s.current_period_end,
+           pm.limit_kind, pm.included_quantity
+    FROM subscriptions s
+    JOIN plan_meters pm ON pm.plan_id = s.plan_id
+    WHERE s.account_id = :account_id
+      AND s.status IN ('trialing', 'active', 'past_due')
+      AND pm.meter_code = :meter_code
+    ON CONFLICT (account_id, meter_code, period_start) DO NOTHING
+    RETURNING 1
+)
+SELECT FROM opened;
 
 -- name: get_quota_states :many
 -- Every meter of the live subscription's plan (or only :meter_code when it is
@@ -63,6 +72,9 @@ ORDER BY pm.meter_code;
 -- name: reserve_quota :one
 -- Hold :quantity of the current period's quota for a long job until :ttl has
 -- passed, under the same hard-limit rule as consume_quota, in one statement.
+-- Both writes are CTEs under a SELECT: Citus cannot plan a top-level
+-- INSERT ... SELECT from a CTE with parameters, and runs these on the
+-- account's shard.
 WITH held AS (
     UPDATE quota_counters c
     SET reserved = c.reserved + :quantity,
@@ -74,23 +86,29 @@ WITH held AS (
     WHERE s.account_id = :account_id
       AND s.status IN ('trialing', 'active', 'past_due')
       AND pm.meter_code = :meter_code
-      AND c.account_id = s.account_id
+      AND c.account_id = :account_id
       AND c.meter_code = pm.meter_code
       AND c.period_start = s.current_period_start
       AND (pm.limit_kind <> 'hard' OR c.used + c.reserved + :quantity <= pm.included_quantity)
     RETURNING c.account_id, c.meter_code, c.period_start
+), reservation AS (
+    INSERT INTO quota_reservations (account_id, meter_code, period_start, quantity, expires_at)
+    SELECT account_id, meter_code, period_start, :quantity, statement_timestamp() + :ttl
+    FROM held
+    RETURNING account_id, id, meter_code, period_start, quantity, status, expires_at,
+              created_at, settled_at
 )
-INSERT INTO quota_reservations (account_id, meter_code, period_start, quantity, expires_at)
-SELECT account_id, meter_code, period_start, :quantity, statement_timestamp() + :ttl
-FROM held
-RETURNING account_id, id, meter_code, period_start, quantity, status, expires_at, created_at,
-          settled_at;
+SELECT account_id, id, meter_code, period_start, quantity, status, expires_at, created_at,
+       settled_at
+FROM reservation;
 
 -- name: settle_quota_reservation :one
 -- Close a held reservation: its quantity leaves `reserved`, and :used (what
 -- the job really consumed, 0 to release) is added to `used`. A hard limit still
 -- applies to :used (quota_counters_hard_limit_check). No row back: the
 -- reservation is not held (settled, released or expired) or does not exist.
+-- The counter is pinned to :account_id (the reservation's account) so that
+-- Citus routes the whole statement to the account's shard.
 WITH closed AS (
     UPDATE quota_reservations
     SET status = :status, settled_at = statement_timestamp()
@@ -100,7 +118,7 @@ WITH closed AS (
 UPDATE quota_counters c
 SET reserved = c.reserved - r.quantity, used = c.used + :used, updated_at = now()
 FROM closed r
-WHERE c.account_id = r.account_id
+WHERE c.account_id = :account_id
   AND c.meter_code = r.meter_code
   AND c.period_start = r.period_start
 RETURNING c.account_id, c.meter_code, c.period_start, c.period_end, c.limit_kind,

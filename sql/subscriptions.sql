@@ -4,7 +4,10 @@
 -- subscriptions_one_live_per_account). Every status change is a guarded
 -- UPDATE that names the statuses it expects; :now is the caller's clock, or
 -- the transaction's time when NULL. Calendar arithmetic (months, years) runs
--- in the session time zone, which datalayer sets to UTC.
+-- in the session time zone, which datalayer sets to UTC. A statement that
+-- writes several tables names :account_id in each one's condition (not only
+-- in a join to a CTE's rows), so that Citus routes all of it to the account's
+-- shard.
 
 -- name: start_subscription :one
 -- Subscribe an account to a published plan: trialing for trial_days when a
@@ -117,7 +120,7 @@ WITH sub AS (
     UPDATE billing_periods b
     SET subscription_id = sub.id
     FROM sub
-    WHERE b.account_id = sub.account_id AND b.chain_id = sub.chain_id
+    WHERE b.account_id = :account_id AND b.chain_id = sub.chain_id
       AND b.period_start = sub.current_period_start
 )
 SELECT account_id, id, chain_id, plan_id, status, current_period_start, current_period_end,
@@ -208,7 +211,7 @@ WITH sub AS (
     UPDATE billing_periods b
     SET closes_at = greatest(b.period_start, least(b.closes_at, sub.ended_at))
     FROM sub
-    WHERE b.account_id = sub.account_id AND b.chain_id = sub.chain_id
+    WHERE b.account_id = :account_id AND b.chain_id = sub.chain_id
       AND b.period_start = sub.current_period_start
 )
 SELECT account_id, id, chain_id, plan_id, status, current_period_start, current_period_end,

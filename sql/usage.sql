@@ -2,10 +2,11 @@
 
 -- name: record_usage_event :one
 -- Store one event unless its idempotency key was seen before for the account
--- (whatever the timestamp). The account and meter are checked here (the event
--- tables carry no foreign keys). The key and the event go in one statement: a
--- concurrent sender of the same key waits for this one and then stores
--- nothing. No row back means a duplicate, or an unknown account or meter.
+-- (whatever the timestamp), and queue its hour bucket for the rollups. The
+-- account and meter are checked here (the event tables carry no foreign keys).
+-- The key, the event and the queued bucket go in one statement: a concurrent
+-- sender of the same key waits for this one and then stores nothing. No row
+-- back means a duplicate, or an unknown account or meter.
 WITH target AS (
     SELECT a.id AS account_id, m.code AS meter_code
     FROM accounts a
@@ -17,16 +18,24 @@ WITH target AS (
     FROM target t
     ON CONFLICT (account_id, idempotency_key) DO NOTHING
     RETURNING account_id, idempotency_key, event_id, occurred_at
+), stored AS (
+    INSERT INTO usage_events
+        (account_id, id, user_id, api_key_id, meter_code, quantity, occurred_at,
+         idempotency_key, properties)
+    SELECT k.account_id, k.event_id, :user_id, :api_key_id, t.meter_code, :quantity,
+           k.occurred_at, k.idempotency_key, :properties
+    FROM new_key k
+    CROSS JOIN target t
+    RETURNING account_id, id, user_id, api_key_id, meter_code, quantity, occurred_at,
+              received_at, idempotency_key, properties
+), queued AS (
+    INSERT INTO usage_rollup_queue (account_id, meter_code, hour_start)
+    SELECT account_id, meter_code, date_trunc('hour', occurred_at, 'UTC')
+    FROM stored
 )
-INSERT INTO usage_events
-    (account_id, id, user_id, api_key_id, meter_code, quantity, occurred_at, idempotency_key,
-     properties)
-SELECT k.account_id, k.event_id, :user_id, :api_key_id, t.meter_code, :quantity, k.occurred_at,
-       k.idempotency_key, :properties
-FROM new_key k
-CROSS JOIN target t
-RETURNING account_id, id, user_id, api_key_id, meter_code, quantity, occurred_at, received_at,
-          idempotency_key, properties;
+SELECT account_id, id, user_id, api_key_id, meter_code, quantity, occurred_at, received_at,
+       idempotency_key, properties
+FROM stored;
 
 -- name: get_usage_event_by_key :one
 -- The event stored under an idempotency key, found through the key table (one
@@ -72,6 +81,14 @@ COPY usage_event_keys (account_id, idempotency_key, event_id, occurred_at)
 COPY usage_events (account_id, id, user_id, api_key_id, meter_code, quantity, occurred_at,
                    idempotency_key, properties) FROM STDIN (FORMAT BINARY);
 
+-- name: queue_usage_hours :exec
+-- Queue the hour buckets of events stored by COPY (the fast path, in its
+-- transaction), given as parallel arrays, for the next rollup refresh.
+INSERT INTO usage_rollup_queue (account_id, meter_code, hour_start)
+SELECT account_id, meter_code, hour_start
+FROM unnest(:account_ids::bigint[], :meter_codes::text[], :hour_starts::timestamptz[])
+    AS b (account_id, meter_code, hour_start);
+
 -- name: create_usage_staging :exec
 -- The staged path's table for one batch, private to the transaction and
 -- dropped at its end (so it also works behind PgBouncer in transaction mode). Each staged
@@ -116,12 +133,17 @@ SELECT set_config('work_mem', '32MB', true), set_config('jit', 'off', true);
 -- the key insert's ON CONFLICT waits for the other and then skips it. Keys
 -- go in sorted in byte order, as on the fast path, so two batches sharing keys
 -- wait on each other in one order and cannot deadlock. The stored keys are matched back to their staged events by event id (a hash
--- join on a bigint). Returns how many events were stored.
+-- join on a bigint). The stored events' hour buckets are queued for the rollups
+-- in the same statement. Returns how many events were stored. The accounts are
+-- looked up by the batch's account ids, not joined to the staging rows: Citus
+-- cannot join a distributed table to a temporary one, but reads the accounts
+-- of a list it is given.
 WITH new_keys AS (
     INSERT INTO usage_event_keys (account_id, idempotency_key, event_id, occurred_at)
     SELECT s.account_id, s.idempotency_key, s.event_id, s.occurred_at
     FROM usage_staging s
-    WHERE EXISTS (SELECT 1 FROM accounts a WHERE a.id = s.account_id)
+    WHERE s.account_id IN (
+              SELECT a.id FROM accounts a WHERE a.id IN (SELECT account_id FROM usage_staging))
       AND EXISTS (SELECT 1 FROM meters m WHERE m.code = s.meter_code)
     ORDER BY s.account_id, s.idempotency_key COLLATE "C"
     ON CONFLICT (account_id, idempotency_key) DO NOTHING
@@ -134,7 +156,11 @@ WITH new_keys AS (
            s.occurred_at, s.idempotency_key, s.properties::jsonb
     FROM usage_staging s
     JOIN new_keys k ON k.event_id = s.event_id
-    RETURNING 1
+    RETURNING account_id, meter_code, occurred_at
+), queued AS (
+    INSERT INTO usage_rollup_queue (account_id, meter_code, hour_start)
+    SELECT DISTINCT account_id, meter_code, date_trunc('hour', occurred_at, 'UTC')
+    FROM stored
 )
 SELECT count(*) FROM stored;
 

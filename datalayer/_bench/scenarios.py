@@ -37,7 +37,7 @@ from .._ops.rollups import refresh_rollups
 from ..models.plans import PlanMeterSpec
 from ..models.usage import UsageEventIn
 
-__all__ = ["Profile", "Result", "machine", "run_bench", "scale_out_lookups"]
+__all__ = ["Profile", "Result", "against_plain", "machine", "run_bench", "scale_out_lookups"]
 
 Fn = Callable[[], object]
 THREADS = (1, 4)
@@ -188,6 +188,37 @@ def run_bench(
     _billing_run(db, results)
     _ingestion(db, results, profile, heavy)
     return results
+
+
+def against_plain(plain: Sequence[Result], cluster: Sequence[Result]) -> list[Result]:
+    """``cluster``'s results (the same scenarios on Citus) as ratios to ``plain``'s.
+
+    Each becomes ``citus_<name>`` with the plain run's scenario of the same
+    name and threads as its baseline: the ratio is what a call costs on the
+    cluster relative to plain PostgreSQL (for throughput scenarios, plain
+    events/s over the cluster's). The cluster's own ratios to its raw
+    baselines are in the ``citus_raw_*`` rows' figures.
+    """
+    by_key = {(r.name, r.threads): r for r in plain}
+    out = []
+    for r in cluster:
+        base = by_key.get((r.name, r.threads))
+        ratio = None
+        if base is not None:
+            if r.name in _THROUGHPUT:
+                ratio = round(base.ops_per_s / r.ops_per_s, 3) if r.ops_per_s else None
+            elif base.p50_us:
+                ratio = round(r.p50_us / base.p50_us, 3)
+        out.append(
+            Result(
+                f"citus_{r.name}", r.p50_us, r.p95_us, r.p99_us, r.ops_per_s, r.threads,
+                baseline=base.name if base else None, ratio=ratio,
+            )
+        )  # fmt: skip
+    return out
+
+
+_THROUGHPUT = frozenset({"raw_copy", "ingest_exactly_once"})
 
 
 METER = "api_calls"
@@ -395,6 +426,7 @@ def _grow_usage(
             " WHERE e.account_id = %(a)s AND e.occurred_at >= %(lo)s AND e.occurred_at < %(hi)s",
             {"a": account, "lo": lo, "hi": hi, "copies": factor - 1},
         ).rowcount
+        _queue_hours(conn, account, lo, hi)
     with _owner(db, admin_url) as conn:
         conn.execute("ANALYZE usage_events")
     refresh_rollups(db)
@@ -405,13 +437,35 @@ def _delete_events(db: Database, admin_url: str | None, account: int, *patterns:
     """Remove the bench's own events (and their keys) from ``account``; roll up again."""
     with _owner(db, admin_url) as conn, conn.transaction():
         conn.execute("SET LOCAL statement_timeout = 0")
+        hours = conn.execute(
+            "SELECT min(occurred_at), max(occurred_at) FROM usage_events"
+            " WHERE account_id = %s AND idempotency_key LIKE ANY(%s)",
+            (account, list(patterns)),
+        ).fetchone()
         for table in ("usage_events", "usage_event_keys"):
             conn.execute(
                 f"DELETE FROM {table} WHERE account_id = %s"  # noqa: S608 - fixed names
                 " AND idempotency_key LIKE ANY(%s)",
                 (account, list(patterns)),
             )
+        if hours and hours[0] is not None:
+            _queue_hours(conn, account, hours[0], hours[1] + timedelta(microseconds=1))
     refresh_rollups(db)
+
+
+def _queue_hours(conn: psycopg.Connection[Any], account: int, lo: datetime, hi: datetime) -> None:
+    """Queue every hour of ``account`` with events in [lo, hi) for the rollups.
+
+    The bench writes events with its own SQL (the library's statements queue
+    what they store), so it queues their hours itself (migration 0018).
+    """
+    conn.execute(
+        "INSERT INTO usage_rollup_queue (account_id, meter_code, hour_start)"
+        " SELECT DISTINCT %(a)s::bigint, meter_code, date_trunc('hour', occurred_at, 'UTC')"
+        " FROM usage_events"
+        " WHERE account_id = %(a)s AND occurred_at >= %(lo)s AND occurred_at < %(hi)s",
+        {"a": account, "lo": lo, "hi": hi},
+    )
 
 
 def _auth(db: Database, results: list[Result], profile: Profile, heavy: int) -> None:

@@ -19,6 +19,7 @@ from .._conninfo import conninfo_params, with_dbname
 from .._resources import migrations_dir
 from .._settings import Settings
 from ..errors import DataLayerError, map_error
+from .citus import distribute, has_citus
 from .partitions import PARTITIONED_TABLES, ensure_partitions
 from .roles import (
     acting_owner,
@@ -179,6 +180,8 @@ def migrate(
             backend.connection.close()
         if ensure_ahead is not None and _has_partitioned_tables(conn):
             ensure_partitions(conn, ahead=ensure_ahead)
+        if has_citus(conn):  # a Citus coordinator: lay the schema out on the cluster
+            distribute(conn, role=roles.set_role, shard_count=settings.citus_shard_count)
         if roles.owner is not None:
             hand_to_owner(conn, roles.owner)
             apply_grants(conn, roles)

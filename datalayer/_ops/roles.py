@@ -47,10 +47,16 @@ SCHEMA = "public"
 # The grants policy: what the application role may do to each table. A
 # partition (attached, or detached and awaiting its archive) follows its parent.
 # Facts: written once, removed only by `datalayer archive` (admin) with their month.
+# The ledger: read only; the application books through book_ledger_transaction
+# (SECURITY DEFINER, migration 0020), which refuses unbalanced entries.
+LEDGER = frozenset({"ledger_transactions", "ledger_entries"})
+# The functions the application may execute (EXECUTE is revoked from PUBLIC).
+FUNCTIONS = (
+    "book_ledger_transaction(bigint, text, text, bigint, bigint, text, timestamptz, text,"
+    " text[], bigint[])",
+)
 APPEND_ONLY = frozenset(
     {
-        "ledger_transactions",
-        "ledger_entries",
         "usage_events",
         "usage_event_keys",
         "analytics_events",
@@ -60,11 +66,14 @@ APPEND_ONLY = frozenset(
     }
 )
 # Rows the application never removes: deletion is a status or a timestamp.
-# (invoice_lines is not here: a draft's lines are deleted and made again.)
+# (invoice_lines is not here: a draft's lines are deleted and made again. Nor is
+# user_emails, the lookup of live users' emails: soft-deleting a user or changing
+# its email deletes its row, so it is read-write. api_key_hashes keeps the hash of
+# every key, revoked and expired ones too.)
 KEPT = frozenset(
     {
         "accounts", "users", "meters", "plans", "plan_meters", "subscriptions",
-        "quota_counters", "quota_reservations", "files", "api_keys",
+        "quota_counters", "quota_reservations", "files", "api_keys", "api_key_hashes",
         "invoice_number_counters", "invoices", "payments", "billing_periods",
         "pending_invoice_items", "credit_grants", "refunds",
     }
@@ -92,6 +101,8 @@ def table_privileges(table: str, *, parent: str | None = None) -> frozenset[str]
     match = _PARTITION_NAME.match(name)
     if parent is None and match and match.group("parent") in PARTITIONED_TABLES:
         name = match.group("parent")  # a detached partition awaiting its archive
+    if name in LEDGER:
+        return frozenset({"SELECT"})
     if name in APPEND_ONLY:
         return frozenset({"SELECT", "INSERT"})
     if name in KEPT:
@@ -488,6 +499,21 @@ def apply_grants(conn: psycopg.Connection[Any], roles: Roles) -> list[str]:
             if public:
                 conn.execute(sql.SQL("REVOKE ALL ON {} {} FROM PUBLIC").format(noun, target))
                 changes.append(f"revoked {', '.join(sorted(public))} on {name} from PUBLIC")
+    for signature in FUNCTIONS:
+        function = signature.split("(")[0]
+        exists = conn.execute(
+            "SELECT to_regprocedure(%s) IS NOT NULL"
+            " AND NOT has_function_privilege(%s, to_regprocedure(%s), 'EXECUTE')",
+            (signature, roles.app, signature),
+        ).fetchone()
+        if exists and exists[0]:
+            conn.execute(
+                sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(
+                    sql.SQL(signature.replace(function, sql.Identifier(function).as_string(conn))),
+                    app,
+                )
+            )
+            changes.append(f"granted EXECUTE on {function}")
     for change in changes:
         log.info("%s: %s", roles.app, change)
     for problem in excess_privileges(conn, roles.app):

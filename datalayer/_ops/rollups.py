@@ -30,9 +30,10 @@ def refresh_rollups(
 ) -> RefreshResult:
     """Recompute every queued usage and analytics bucket; return what was done.
 
-    Each batch is one transaction holding the rollup lock, so refreshers in
-    several processes take turns and a crash loses nothing: an unfinished
-    batch rolls back and its queue rows come back. Rollups then equal a fresh
+    A batch is one account's next ``batch_size`` queued buckets, in one
+    transaction holding the rollup lock, so refreshers in several processes
+    take turns and a crash loses nothing: an unfinished batch rolls back and
+    its queue rows come back. Rollups then equal a fresh
     aggregate of the raw events that were committed when the batch ran.
     With ``stop`` set, it returns after the batch in hand (the queues keep the rest).
     """
@@ -40,26 +41,46 @@ def refresh_rollups(
         raise ValueError("batch_size must be >= 1")
     usage_days = analytics_days = batches = 0
     stopping = stop.is_set if stop is not None else lambda: False
-    while True:
+
+    def usage_batch(account_id: int) -> int:
         with db.unit_of_work() as uow:
             uow.rollups.lock()
-            days = uow.rollups.refresh_usage_hours(batch_size=batch_size)
+            days = uow.rollups.refresh_usage_hours(account_id=account_id, batch_size=batch_size)
             uow.rollups.refresh_usage_days(days=days)
-        usage_days += len(days)
-        batches += 1
-        if not days or stopping():
-            break
-    while not stopping():
+        return len(days)
+
+    def analytics_batch(account_id: int) -> int:
         with db.unit_of_work() as uow:
             uow.rollups.lock()
-            claimed = uow.rollups.claim_analytics_days(batch_size=batch_size)
+            claimed = uow.rollups.claim_analytics_days(account_id=account_id, batch_size=batch_size)
             uow.rollups.rebuild_analytics_days(days=claimed)
-        analytics_days += len(claimed)
-        batches += 1
-        if not claimed or stopping():
-            break
+        return len(claimed)
+
+    for queued, batch in (
+        (db.rollups.queued_usage_accounts, usage_batch),
+        (db.rollups.queued_analytics_accounts, analytics_batch),
+    ):
+        # Account by account (each batch a single-shard transaction on Citus), the
+        # longest waiting first, until no account has anything queued.
+        while not stopping() and (accounts := queued(limit=_ACCOUNTS_PER_ROUND)):
+            for account_id in accounts:
+                while not stopping():
+                    done = batch(account_id)
+                    batches += 1
+                    if batch is usage_batch:
+                        usage_days += done
+                    else:
+                        analytics_days += done
+                    if not done:
+                        break
+                if stopping():
+                    break
     log.info("rollups refreshed: %d usage days, %d analytics days", usage_days, analytics_days)
     return RefreshResult(usage_days, analytics_days, batches)
+
+
+# Accounts read from a queue per round (each then drained to empty).
+_ACCOUNTS_PER_ROUND = 1000
 
 
 def rebuild_rollups(conn: psycopg.Connection[Any]) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
-from .._repository import Repository, copy_in, execrows, execute, many
+from .._repository import Repository, copy_in, execute, many, scalar
 from .._validation import (
     Batch,
     Day,
@@ -70,7 +70,7 @@ class AnalyticsRepository(Repository):
     _create_staging = execute("create_analytics_staging")
     _copy_staging = copy_in("copy_analytics_staging")
     _refused = many("find_refused_analytics_staged", _StagedAnalyticsRejection)
-    _insert_staged = execrows("insert_staged_analytics")
+    _insert_staged = scalar("insert_staged_analytics", int)
     _drop_staging = execute("drop_analytics_staging")
     _active_users = many("count_active_users", ActiveUsers)
     _top_features = many("list_top_features", FeatureUsage)
@@ -126,7 +126,7 @@ class AnalyticsRepository(Repository):
                 rejected.extend(
                     AnalyticsRejection(index=r.idx, reason=r.reason) for r in repo._refused()
                 )
-                inserted = repo._insert_staged()
+                inserted = repo._insert_staged() or 0
                 repo._drop_staging()
         rejected.sort(key=lambda r: r.index)
         return AnalyticsBatchResult(inserted=inserted, rejected=rejected)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from .._apikey import display_prefix, generate_secret, hash_secret, parse_secret
 from .._cachecore import account_tag, key_tag
 from .._paging import Page, PageRequest
-from .._repository import Repository, execrows, many, one
+from .._repository import Repository, execrows, execute, many, one, scalar
 from .._validation import Id, Instant, Limit, Name, validated
 from ..errors import DataLayerError, InvalidInput, InvalidTransition, NotFound
 from ..models.api_keys import ApiKey, ApiKeyEnvironment, AuthContext, IssuedKey
@@ -71,10 +71,12 @@ class ApiKeyRepository(Repository):
 
     aggregate = "api_keys"
 
+    _reserve = execute("reserve_api_key_hash")
     _create = one("create_api_key", ApiKey)
     _get = one("get_api_key", ApiKey)
     _list = many("list_api_keys", ApiKey)
     _hashes = many("list_api_key_hashes", _KeyHash)
+    _account = scalar("find_api_key_account", int)
     _find = one("find_api_key_credential", _Credential)
     _touch = execrows("touch_api_key")
     _revoke = one("revoke_api_key", ApiKey)
@@ -101,7 +103,10 @@ class ApiKeyRepository(Repository):
         ``created_by`` is not a user of it.
         """
         secret = generate_secret(environment)
-        with self._changing() as tx:
+        # One transaction (a savepoint in a unit of work): the hash reserved in
+        # api_key_hashes goes with the key if anything below fails.
+        with self._atomic() as tx:
+            tx._reserve(secret_hash=hash_secret(secret), account_id=account_id)
             key = tx._create(
                 account_id=account_id,
                 name=name,
@@ -124,8 +129,9 @@ class ApiKeyRepository(Repository):
         """Who ``secret`` proves to be; ``None`` for a malformed, unknown, revoked or expired key.
 
         A malformed secret (bad format or checksum: a typo, a truncation) is
-        refused before any SQL. Otherwise one probe of the unique index on
-        SHA-256(secret) finds the live key, if any.
+        refused before any SQL. Otherwise one probe of the lookup table's key
+        on SHA-256(secret) finds the key's account, if any, and one read in
+        that account (one shard on a cluster) finds the live key.
 
         Constant time with respect to the secret: the database compares
         SHA-256 digests, never the secret, so how long the index search takes
@@ -147,7 +153,10 @@ class ApiKeyRepository(Repository):
         if parse_secret(secret) is None:
             return None
         digest = hash_secret(secret)
-        row = self._find(secret_hash=digest)
+        account_id = self._account(secret_hash=digest)
+        if account_id is None:
+            return None
+        row = self._find(account_id=account_id, secret_hash=digest)
         if row is None or not hmac.compare_digest(row.secret_hash, digest):
             return None
         if record_use and row.touch_due:
@@ -238,6 +247,7 @@ class ApiKeyRepository(Repository):
                     actual=source.state,
                 )
             secret = generate_secret(source.environment)
+            tx._reserve(secret_hash=hash_secret(secret), account_id=account_id)
             key = tx._rotate(
                 account_id=account_id,
                 id=key_id,

@@ -54,6 +54,7 @@ class UsageRepository(Repository):
     _reserve_ids = scalar("reserve_usage_event_ids", list)
     _copy_keys = copy_in("copy_usage_event_keys")
     _copy_events = copy_in("copy_usage_events")
+    _queue_hours = execute("queue_usage_hours")
     _create_staging = execute("create_usage_staging")
     _copy_staging = copy_in("copy_usage_staging")
     _batch_settings = execute("set_batch_settings")
@@ -302,6 +303,14 @@ class UsageRepository(Repository):
                     ),
                     types=_EVENT_TYPES,
                 )  # fmt: skip
+                hours = sorted({
+                    (e.account_id, e.meter_code, _hour_start(e.occurred_at)) for e in events
+                })  # fmt: skip
+                repo._queue_hours(
+                    account_ids=[h[0] for h in hours],
+                    meter_codes=[h[1] for h in hours],
+                    hour_starts=[h[2] for h in hours],
+                )
                 return len(events)
         except AlreadyExists as exc:
             if exc.constraint != "usage_event_keys_pkey":
@@ -319,6 +328,11 @@ class UsageRepository(Repository):
         inserted = self._insert_staged() or 0
         self._drop_staging()
         return inserted
+
+
+def _hour_start(moment: datetime) -> datetime:
+    """The UTC hour bucket of ``moment`` (as ``date_trunc('hour', moment, 'UTC')``)."""
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def _jsonb(properties: dict[str, Any]) -> bytes:

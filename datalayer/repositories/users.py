@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field
 
 from .._paging import Page, PageRequest, update_params
-from .._repository import Repository, many, one, scalar
+from .._repository import Repository, execrows, execute, many, one, scalar
 from .._validation import Email, Id, Limit, Text, escape_like, validated
 from ..errors import NotFound
 from ..models import User, UserRole
@@ -17,13 +17,24 @@ DisplayName = Annotated[Text, Field(max_length=200)]
 
 
 class UserRepository(Repository):
-    """Users of an account. Every method is scoped by ``account_id`` except login lookup."""
+    """Users of an account. Every method is scoped by ``account_id`` except login lookup.
+
+    A live user's email (lower-cased) is reserved for its account in the lookup
+    table ``user_emails``, whose primary key ``users_email_key`` keeps emails
+    unique across accounts; every method that gives a user an address reserves
+    it first and every one that takes it away releases it, in one transaction
+    (``migrations/0019_global_lookups.sql``).
+    """
 
     aggregate = "users"
 
     _create = one("create_user", User)
     _get = one("get_user", User)
+    _lock = one("lock_user", User)
+    _email_account = scalar("find_user_email_account", int)
     _by_email = one("find_user_by_email", User)
+    _reserve = execute("reserve_user_email")
+    _release = execrows("release_user_email")
     _list = many("list_users", User)
     _exists = scalar("user_exists", bool)
     _count = scalar("count_users", int)
@@ -47,9 +58,11 @@ class UserRepository(Repository):
         user already has this email in any letter case, ``ReferenceViolation``
         when the account does not exist, ``InvalidInput`` for a bad argument.
         """
-        user = self._create(
-            account_id=account_id, email=email, display_name=display_name, role=role
-        )
+        with self._atomic() as tx:
+            tx._reserve(email=email, account_id=account_id, current_email=None)
+            user = tx._create(
+                account_id=account_id, email=email, display_name=display_name, role=role
+            )
         assert user is not None  # INSERT … RETURNING yields one row
         return user
 
@@ -73,9 +86,16 @@ class UserRepository(Repository):
     def find_by_email(self, *, email: Email) -> User | None:
         """The live user with this email in any account, case-insensitively, or ``None``.
 
-        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        Two reads: the account that holds the address (``user_emails``), then
+        the user in that account (one shard on a cluster). Outside a unit of
+        work each is its own statement: an address that moves to another
+        account between the two reads is not found by this call. Raises
+        ``InvalidInput`` for a bad argument, before any SQL.
         """
-        return self._by_email(email=email)
+        account_id = self._email_account(email=email)
+        if account_id is None:
+            return None
+        return self._by_email(account_id=account_id, email=email)
 
     @validated
     def list(self, *, account_id: Id, cursor: str | None = None, limit: Limit = 50) -> Page[User]:
@@ -127,11 +147,17 @@ class UserRepository(Repository):
         has, ``InvalidInput`` when no field is given or a value is bad.
         """
         fields = {"display_name": display_name, "role": role, "email": email}
-        user = self._update(
-            account_id=account_id,
-            id=user_id,
-            **update_params(fields, ("display_name", "role", "email")),
-        )
+        params = update_params(fields, ("display_name", "role", "email"))
+        if email is None:
+            user = self._update(account_id=account_id, id=user_id, **params)
+        else:
+            with self._atomic() as tx:
+                current = tx._lock(account_id=account_id, id=user_id)
+                if current is None or current.deleted_at is not None:
+                    raise NotFound(f"user {user_id} not found in account {account_id}")
+                tx._reserve(email=email, account_id=account_id, current_email=current.email)
+                user = tx._update(account_id=account_id, id=user_id, **params)
+                tx._release(email=current.email, account_id=account_id, new_email=email)
         if user is None:
             raise NotFound(f"user {user_id} not found in account {account_id}")
         return user
@@ -147,9 +173,11 @@ class UserRepository(Repository):
 
         Raises ``InvalidInput`` for a bad argument, before any SQL.
         """
-        user = self._delete(account_id=account_id, id=user_id)
-        if user is None:
-            raise NotFound(f"live user {user_id} not found in account {account_id}")
+        with self._atomic() as tx:
+            user = tx._delete(account_id=account_id, id=user_id)
+            if user is None:
+                raise NotFound(f"live user {user_id} not found in account {account_id}")
+            tx._release(email=user.email, account_id=account_id, new_email=None)
         return user
 
     @validated
@@ -160,7 +188,12 @@ class UserRepository(Repository):
         ``AlreadyExists`` (``users_email_key``) if a live user took the email
         in the meantime.
         """
-        user = self._restore(account_id=account_id, id=user_id)
-        if user is None:
+        with self._atomic() as tx:
+            current = tx._lock(account_id=account_id, id=user_id)
+            if current is None or current.deleted_at is None:
+                raise NotFound(f"deleted user {user_id} not found in account {account_id}")
+            tx._reserve(email=current.email, account_id=account_id, current_email=None)
+            user = tx._restore(account_id=account_id, id=user_id)
+        if user is None:  # cannot happen while the lock is held; never assume silently
             raise NotFound(f"deleted user {user_id} not found in account {account_id}")
         return user

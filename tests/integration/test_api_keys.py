@@ -184,31 +184,37 @@ def test_keys_as_returned_carry_neither_secret_nor_hash(uow: UnitOfWork, account
     assert all(digest not in repr(k).encode() and secret not in repr(k) for k in listed)
 
 
-def test_authentication_is_one_probe_of_the_secret_hash_index(
+def test_authentication_is_one_probe_of_the_hash_lookup_then_one_read_in_the_account(
     conn: psycopg.Connection[Any], uow: UnitOfWork, account: Account
 ) -> None:
     for _ in range(3):
         _issue(uow.api_keys, account.id)
-    query = ApiKeyRepository._find.query
-    assert query is not None
-    plan = conn.execute(
-        b"EXPLAIN (FORMAT JSON) " + query.sql.encode(),
-        {"secret_hash": api_keys_module.hash_secret("x")},
-    ).fetchone()
-    assert plan is not None
-    top = plan[0][0]["Plan"]
 
-    def scans(node: dict[str, Any]) -> list[tuple[str, str | None]]:
-        found = [(node["Node Type"], node.get("Index Name"))]
-        for child in node.get("Plans", []):
-            found += scans(child)
-        return found
+    def leaves(ref: Any, params: dict[str, Any]) -> list[tuple[str, str | None]]:
+        query = ref.query
+        assert query is not None
+        plan = conn.execute(b"EXPLAIN (FORMAT JSON) " + query.sql.encode(), params).fetchone()
+        assert plan is not None
 
-    # One probe of the key hash index, then the account by primary key: no scan.
-    leaves = [s for s in scans(top) if "Scan" in s[0]]
-    assert ("Index Scan", "api_keys_secret_hash_key") in leaves
-    assert all(kind == "Index Scan" for kind, _ in leaves), leaves
-    assert {name for _, name in leaves} <= {"api_keys_secret_hash_key", "accounts_pkey"}
+        def scans(node: dict[str, Any]) -> list[tuple[str, str | None]]:
+            found = [(node["Node Type"], node.get("Index Name"))]
+            for child in node.get("Plans", []):
+                found += scans(child)
+            return found
+
+        return [s for s in scans(plan[0][0]["Plan"]) if "Scan" in s[0]]
+
+    digest = api_keys_module.hash_secret("x")
+    # The account: one probe of the lookup table's key (either of its unique indexes).
+    lookup = leaves(ApiKeyRepository._account, {"secret_hash": digest})
+    assert len(lookup) == 1, lookup
+    assert lookup[0][0] in ("Index Scan", "Index Only Scan")
+    assert lookup[0][1] in ("api_keys_secret_hash_key", "api_key_hashes_account_key")
+    # The key in that account, then the account by primary key: no scan.
+    read = leaves(ApiKeyRepository._find, {"secret_hash": digest, "account_id": account.id})
+    assert ("Index Scan", "api_keys_secret_hash_account_key") in read
+    assert all(kind == "Index Scan" for kind, _ in read), read
+    assert {name for _, name in read} <= {"api_keys_secret_hash_account_key", "accounts_pkey"}
 
 
 # --- validity -------------------------------------------------------------------------------
@@ -319,6 +325,7 @@ def test_a_malformed_secret_never_reaches_the_lookup_query(
     monkeypatch: pytest.MonkeyPatch, uow: UnitOfWork, account: Account
 ) -> None:
     secret = _secret(_issue(uow.api_keys, account.id))
+    _spy(monkeypatch, "_account", forbid=True)
     _spy(monkeypatch, "_find", forbid=True)
     for variant in _variants(secret):
         assert uow.api_keys.authenticate(secret=variant) is None
@@ -571,6 +578,36 @@ def test_a_rotation_inside_a_rolled_back_unit_of_work_leaves_no_trace(db: Databa
         raise RuntimeError("the caller changes its mind")
     assert db.api_keys.authenticate(secret=_secret(new)) is None
     assert db.api_keys.authenticate(secret=_secret(old)) is not None
+
+
+def _reserved_hashes(conn: psycopg.Connection[Any]) -> set[tuple[bytes, int]]:
+    return set(conn.execute("SELECT secret_hash, account_id FROM api_key_hashes").fetchall())
+
+
+def _key_hashes(conn: psycopg.Connection[Any]) -> set[tuple[bytes, int]]:
+    return set(conn.execute("SELECT secret_hash, account_id FROM api_keys").fetchall())
+
+
+def test_every_keys_hash_is_reserved_for_its_account_in_the_lookup_table(
+    conn: psycopg.Connection[Any], uow: UnitOfWork, account: Account, other: Account
+) -> None:
+    """Issued, rotated, revoked or expired: a key's hash stays reserved (never reused)."""
+    first = _issue(uow.api_keys, account.id)
+    second = _issue(uow.api_keys, other.id)
+    uow.api_keys.rotate(account_id=account.id, key_id=first.key.id, overlap=timedelta(0))
+    uow.api_keys.revoke(account_id=other.id, key_id=second.key.id)
+    assert len(_key_hashes(conn)) == 3
+    assert _reserved_hashes(conn) == _key_hashes(conn)
+
+
+def test_a_failed_issue_outside_a_unit_of_work_reserves_no_hash(db: Database) -> None:
+    account = db.accounts.create(name="Acme")
+    with pytest.raises(ReferenceViolation):
+        _issue(db.api_keys, 2**62)
+    with pytest.raises(InvalidInput):  # refused by the database clock, after the reservation
+        _issue(db.api_keys, account.id, expires_at=datetime.now(UTC) - timedelta(minutes=1))
+    with db.connection() as conn:
+        assert _reserved_hashes(conn) == set()
 
 
 # --- tenancy --------------------------------------------------------------------------------

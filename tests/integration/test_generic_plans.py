@@ -34,7 +34,10 @@ from datalayer.repositories import ApiKeyRepository, FileRepository
 def seeded(template_dbname: str) -> Iterator[psycopg.Connection[Any]]:
     """A fresh clone seeded small, for this module only (its plans must not see other tests)."""
     janitor = _clone(template_dbname)
-    with janitor, psycopg.connect(pg_url(janitor.dbname), autocommit=True) as conn:
+    with (
+        janitor,
+        psycopg.connect(pg_url(janitor.dbname), autocommit=True, prepare_threshold=None) as conn,
+    ):
         conn.execute("SET timezone = 'UTC'")
         # Files and keys are what these tests read: few events are enough.
         seed_database(conn, accounts=60, events=2_000, analytics=500, seed=3, progress=None)

@@ -188,9 +188,14 @@ def test_a_batch_with_a_bad_now_is_refused_naming_now(
         ("refresh_usage_days", {"days": [{"account_id": 0, "meter_code": "x", "day_start": 1}]}),
         ("refresh_usage_days", {"days": "abc"}),
         ("rebuild_analytics_days", {"days": [None]}),
-        ("refresh_usage_hours", {"batch_size": 0}),
-        ("refresh_usage_hours", {"batch_size": "5"}),
-        ("claim_analytics_days", {"batch_size": 10**9}),
+        ("refresh_usage_hours", {"account_id": 1, "batch_size": 0}),
+        ("refresh_usage_hours", {"account_id": 1, "batch_size": "5"}),
+        ("refresh_usage_hours", {"account_id": 0, "batch_size": 5}),
+        ("refresh_usage_hours", {"batch_size": 5}),
+        ("claim_analytics_days", {"account_id": 1, "batch_size": 10**9}),
+        ("claim_analytics_days", {"account_id": -1, "batch_size": 5}),
+        ("queued_usage_accounts", {"limit": 0}),
+        ("queued_analytics_accounts", {"limit": "10"}),
     ],
 )
 def test_rollup_steps_refuse_bad_arguments_before_any_sql(

@@ -145,14 +145,19 @@ def parse_index_docs(text: str, source: str) -> dict[str, list[Doc]]:
 
 
 def migration_docs(directory: Path | None = None) -> dict[str, list[Doc]]:
-    """The documented indexes of every forward migration, by index name."""
+    """The documented indexes of every forward migration, by index name.
+
+    A later migration that rebuilds an index (0018 re-keys the rollup queues'
+    primary keys) documents it anew: its entry replaces the earlier ones. Twice
+    in one migration is still twice.
+    """
     directory = directory or migrations_dir()
     docs: dict[str, list[Doc]] = {}
     for path in sorted(directory.glob("*.sql")):
         if path.name.endswith(".rollback.sql"):
             continue
         for index, found in parse_index_docs(path.read_text(), path.name).items():
-            docs.setdefault(index, []).extend(found)
+            docs[index] = list(found)
     return docs
 
 

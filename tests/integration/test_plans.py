@@ -19,6 +19,7 @@ from datalayer import (
     ReferenceViolation,
     UnitOfWork,
 )
+from datalayer.errors import CheckViolation, map_error
 from datalayer.models.plans import Plan, PlanMeter, PlanMeterSpec, PlanWithMeters
 
 
@@ -275,11 +276,13 @@ def test_a_published_or_archived_version_cannot_be_edited(uow: UnitOfWork, archi
 def test_the_database_itself_refuses_an_edit_of_a_published_version(
     conn: psycopg.Connection[Any], uow: UnitOfWork
 ) -> None:
-    # The repository never gets this far; the trigger is the last line of defence.
+    # The repository never gets this far; the version's seal is the last line of defence.
     plan = uow.plans.publish(plan_id=draft(uow).id)
-    with pytest.raises(psycopg.errors.CheckViolation) as info, conn.transaction():
+    with pytest.raises(psycopg.errors.ForeignKeyViolation) as info, conn.transaction():
         conn.execute("UPDATE plans SET base_price_minor = 1 WHERE id = %s", (plan.id,))
-    assert info.value.diag.constraint_name == "plans_published_immutable"
+    error = map_error(info.value)
+    assert type(error) is CheckViolation
+    assert error.constraint == "plans_published_immutable"
 
 
 def test_the_current_version_is_the_highest_published_one(uow: UnitOfWork) -> None:

@@ -60,9 +60,11 @@ SMALL_IN_SEED = frozenset(
     {
         "accounts",
         "users",
+        "user_emails",
         "subscriptions",
         "files",
         "api_keys",
+        "api_key_hashes",
         "invoices",
         "invoice_lines",
         "ledger_transactions",
@@ -201,12 +203,19 @@ def test_get_user_probes_the_primary_key(seeded: psycopg.Connection[Any]) -> Non
     assert_uses(plan, "users_pkey")
 
 
-def test_find_user_by_email_probes_users_email_key(seeded: psycopg.Connection[Any]) -> None:
-    (email,) = one_row(
-        seeded, "SELECT email FROM users WHERE deleted_at IS NULL ORDER BY account_id, id LIMIT 1"
+def test_find_user_by_email_probes_the_lookup_key_then_the_accounts_live_emails(
+    seeded: psycopg.Connection[Any],
+) -> None:
+    account_id, email = one_row(
+        seeded,
+        "SELECT account_id, email FROM users WHERE deleted_at IS NULL ORDER BY account_id, id"
+        " LIMIT 1",
     )
-    plan = explain(seeded, UserRepository._by_email, {"email": email.upper()}, small=True)
-    assert_uses(plan, "users_email_key")
+    lookup = explain(seeded, UserRepository._email_account, {"email": email.upper()}, small=True)
+    assert_uses(lookup, ("users_email_key", "user_emails_account_key"))
+    params = {"account_id": account_id, "email": email.upper()}
+    plan = explain(seeded, UserRepository._by_email, params, small=True)
+    assert_uses(plan, "users_live_email_key")
 
 
 def test_list_users_reads_one_account_through_the_primary_key(
@@ -220,14 +229,17 @@ def test_list_users_reads_one_account_through_the_primary_key(
 # -- api keys and subscriptions -------------------------------------------------------------
 
 
-def test_find_api_key_credential_probes_the_secret_hash_index(
+def test_find_api_key_credential_probes_the_lookup_key_then_the_accounts_hashes(
     seeded: psycopg.Connection[Any],
 ) -> None:
-    (secret_hash,) = one_row(
-        seeded, "SELECT secret_hash FROM api_keys ORDER BY account_id, id LIMIT 1"
+    account_id, secret_hash = one_row(
+        seeded, "SELECT account_id, secret_hash FROM api_keys ORDER BY account_id, id LIMIT 1"
     )
-    plan = explain(seeded, ApiKeyRepository._find, {"secret_hash": secret_hash}, small=True)
-    assert_uses(plan, "api_keys_secret_hash_key", "accounts_pkey")
+    lookup = explain(seeded, ApiKeyRepository._account, {"secret_hash": secret_hash}, small=True)
+    assert_uses(lookup, ("api_keys_secret_hash_key", "api_key_hashes_account_key"))
+    params = {"account_id": account_id, "secret_hash": secret_hash}
+    plan = explain(seeded, ApiKeyRepository._find, params, small=True)
+    assert_uses(plan, "api_keys_secret_hash_account_key", "accounts_pkey")
 
 
 def test_get_live_subscription_probes_the_one_live_per_account_index(

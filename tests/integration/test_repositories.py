@@ -253,6 +253,101 @@ def test_soft_delete_and_restore_round_trip(uow: UnitOfWork, account: Account) -
     assert uow.accounts.restore(account_id=account.id).deleted_at is None
 
 
+def reserved_emails(conn: psycopg.Connection[Any]) -> set[tuple[str, int]]:
+    """The lookup table user_emails: (lower(email), account_id) of every reserved address."""
+    return set(conn.execute("SELECT email, account_id FROM user_emails").fetchall())
+
+
+def live_emails(conn: psycopg.Connection[Any]) -> set[tuple[str, int]]:
+    rows = conn.execute(
+        "SELECT lower(email), account_id FROM users WHERE deleted_at IS NULL"
+    ).fetchall()
+    return set(rows)
+
+
+def test_the_lookup_table_holds_exactly_the_live_users_emails_through_every_change(
+    conn: psycopg.Connection[Any], uow: UnitOfWork, account: Account
+) -> None:
+    other = uow.accounts.create(name="Other")
+    ada = uow.users.create(account_id=account.id, email="Ada@Acme.test")
+    bob = uow.users.create(account_id=other.id, email="bob@other.test")
+    both = {("ada@acme.test", account.id), ("bob@other.test", other.id)}
+    assert reserved_emails(conn) == live_emails(conn) == both
+    uow.users.update(account_id=account.id, user_id=ada.id, email="ada@new.test")
+    uow.users.update(account_id=account.id, user_id=ada.id, email="ADA@new.test")  # case only
+    uow.users.delete(account_id=other.id, user_id=bob.id)
+    assert reserved_emails(conn) == live_emails(conn) == {("ada@new.test", account.id)}
+    uow.users.restore(account_id=other.id, user_id=bob.id)
+    both = {("ada@new.test", account.id), ("bob@other.test", other.id)}
+    assert reserved_emails(conn) == live_emails(conn) == both
+
+
+def test_an_email_change_frees_the_old_address_and_takes_the_new_one(
+    conn: psycopg.Connection[Any], uow: UnitOfWork, account: Account
+) -> None:
+    ada = uow.users.create(account_id=account.id, email="ada@acme.test")
+    moved = uow.users.update(account_id=account.id, user_id=ada.id, email="Ada@New.test")
+    assert moved.email == "Ada@New.test"
+    assert uow.users.find_by_email(email="ada@new.test") == moved
+    assert uow.users.find_by_email(email="ada@acme.test") is None
+    other = uow.accounts.create(name="Other")
+    taken = uow.users.create(account_id=other.id, email="ADA@acme.test")  # free again
+    assert uow.users.find_by_email(email="ada@acme.test") == taken
+    with pytest.raises(AlreadyExists) as info, conn.transaction():
+        uow.users.create(account_id=other.id, email="ada@NEW.test")
+    assert info.value.constraint == "users_email_key"
+
+
+def test_an_email_change_to_an_address_in_use_is_refused_and_changes_nothing(
+    conn: psycopg.Connection[Any], uow: UnitOfWork, account: Account
+) -> None:
+    ada = uow.users.create(account_id=account.id, email="ada@acme.test")
+    uow.users.create(account_id=account.id, email="grace@acme.test")
+    other = uow.accounts.create(name="Other")
+    uow.users.create(account_id=other.id, email="bob@other.test")
+    before = reserved_emails(conn)
+    for taken in ("Grace@acme.test", "BOB@other.test"):  # same account, another account
+        with pytest.raises(AlreadyExists) as info, conn.transaction():
+            uow.users.update(account_id=account.id, user_id=ada.id, email=taken)
+        assert info.value.constraint == "users_email_key"
+    assert reserved_emails(conn) == before
+    assert uow.users.require(account_id=account.id, user_id=ada.id) == ada
+
+
+def test_an_email_change_of_a_missing_or_deleted_user_raises_not_found_and_reserves_nothing(
+    conn: psycopg.Connection[Any], uow: UnitOfWork, account: Account
+) -> None:
+    ada = uow.users.create(account_id=account.id, email="ada@acme.test")
+    uow.users.delete(account_id=account.id, user_id=ada.id)
+    for user_id in (ada.id, 2**62):
+        with pytest.raises(NotFound), conn.transaction():
+            uow.users.update(account_id=account.id, user_id=user_id, email="new@acme.test")
+    assert reserved_emails(conn) == set()
+    with pytest.raises(NotFound), conn.transaction():
+        uow.users.restore(account_id=account.id, user_id=2**62)
+
+
+def test_a_failed_sign_up_outside_a_unit_of_work_leaves_the_address_free(db: Database) -> None:
+    with pytest.raises(ReferenceViolation):
+        db.users.create(account_id=2**62, email="ada@acme.test")
+    account = db.accounts.create(name="Acme")
+    assert db.users.create(account_id=account.id, email="ada@acme.test").account_id == account.id
+
+
+def test_a_user_soft_deleted_by_raw_sql_keeps_its_address_reserved_until_released(
+    conn: psycopg.Connection[Any], uow: UnitOfWork, account: Account
+) -> None:
+    """The lookup row left behind finds nobody, and still holds the address (never twice)."""
+    ada = uow.users.create(account_id=account.id, email="ada@acme.test")
+    conn.execute("UPDATE users SET deleted_at = now() WHERE id = %s", [ada.id])
+    assert uow.users.find_by_email(email="ada@acme.test") is None
+    other = uow.accounts.create(name="Other")
+    with pytest.raises(AlreadyExists), conn.transaction():
+        uow.users.create(account_id=other.id, email="ada@acme.test")
+    conn.execute("DELETE FROM user_emails WHERE email = 'ada@acme.test'")
+    assert uow.users.create(account_id=other.id, email="ada@acme.test").account_id == other.id
+
+
 def test_restoring_a_user_whose_email_was_taken_meanwhile_is_refused(
     conn: psycopg.Connection[Any], uow: UnitOfWork, account: Account
 ) -> None:

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rawevents import delete_events, queue_analytics_days, queue_usage_buckets
 
 from datalayer import Database
 from datalayer._ops.partitions import month_start
@@ -43,9 +44,12 @@ class Setup:
     admin_url: str
 
     def delete(self, query: LiteralString, params: Sequence[Any] = ()) -> None:
-        """Delete events as the admin: to the application role they are append-only."""
+        """Delete events as the admin (to the application role they are append-only).
+
+        Queues the deleted events' buckets, as a writer outside the library must.
+        """
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(query, params)
+            delete_events(conn, query, params)
 
 
 @pytest.fixture
@@ -66,7 +70,7 @@ Row = tuple[int, str, Decimal, datetime]  # account, meter, quantity, occurred_a
 
 
 def insert_usage(conn: psycopg.Connection[Any], rows: Sequence[Row]) -> None:
-    """One multi-row INSERT statement (one statement trigger firing)."""
+    """One multi-row INSERT statement, queueing its buckets (a writer outside the library)."""
     if not rows:
         return
     conn.execute(
@@ -81,16 +85,18 @@ def insert_usage(conn: psycopg.Connection[Any], rows: Sequence[Row]) -> None:
             [f"k{next(_keys)}" for _ in rows],
         ),
     )
+    queue_usage_buckets(conn, ((r[0], r[1], r[3]) for r in rows))
 
 
 def copy_usage(conn: psycopg.Connection[Any], rows: Sequence[Row]) -> None:
-    """COPY FROM STDIN: the statement trigger must see these rows too."""
+    """COPY FROM STDIN, then the copied rows' buckets queued."""
     with conn.cursor().copy(
         "COPY usage_events (account_id, meter_code, quantity, occurred_at, idempotency_key)"
         " FROM STDIN"
     ) as copy:
         for account, meter, quantity, occurred in rows:
             copy.write_row((account, meter, quantity, occurred, f"c{next(_keys)}"))
+    queue_usage_buckets(conn, ((r[0], r[1], r[3]) for r in rows))
 
 
 # -- fresh aggregates -----------------------------------------------------------------------
@@ -382,6 +388,7 @@ def insert_analytics(conn: psycopg.Connection[Any], rows: Sequence[AnalyticsRow]
         " %s::numeric[], %s::timestamptz[])",
         tuple([r[i] for r in rows] for i in range(6)),
     )
+    queue_analytics_days(conn, ((r[0], r[5]) for r in rows))
 
 
 def analytics_rows(rng: random.Random, accounts: Sequence[int], n: int) -> list[AnalyticsRow]:
@@ -555,5 +562,32 @@ def test_the_rollups_refresh_cli_exits_zero_and_leaves_rollups_fresh(
     assert result.stdout.startswith("rollups refreshed: ")
     assert " 0 usage day" not in result.stdout
     assert queued(db) == (0, 0)
+    assert_usage_rollups_are_fresh(db)
+    assert_analytics_rollups_are_fresh(db)
+
+
+def test_the_rollups_rebuild_cli_rolls_up_events_written_without_queueing_their_buckets(
+    setup: Setup, fresh_url: str
+) -> None:
+    db, accounts = setup.db, setup.accounts
+    with psycopg.connect(setup.admin_url, autocommit=True) as conn:
+        conn.execute(  # a writer outside the library that queues nothing
+            "INSERT INTO usage_events (account_id, meter_code, quantity, occurred_at,"
+            " idempotency_key) SELECT %s, 'api_calls', g, %s + g * interval '17 minutes',"
+            " 'unqueued-' || g FROM generate_series(1, 12) g",
+            (accounts[1], base_time()),
+        )
+    assert queued(db) == (0, 0)
+    refresh_rollups(db)
+    assert fetch(db, STORED_USAGE) == []  # nothing was queued: refresh cannot know
+    result = subprocess.run(
+        [sys.executable, "-m", "datalayer._cli", "--database-url", fresh_url,
+         "--admin-url", setup.admin_url, "rollups", "rebuild"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+        env={k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DATALAYER_ADMIN_URL")},  # noqa: E501
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "rebuilt" in result.stdout
+    assert fetch(db, STORED_USAGE) != []
     assert_usage_rollups_are_fresh(db)
     assert_analytics_rollups_are_fresh(db)

@@ -52,17 +52,24 @@ TABLES = (
     "credit_applications",
     "maintenance_jobs",
     "maintenance_runs",
+    "user_emails",
+    "api_key_hashes",
+    "plan_seals",
+    "plan_meter_seals",
+    "plan_archivals",
 )
 # The tenant root (its id *is* the account id), the shared reference tables, and the
 # maintenance worker's own bookkeeping (no tenant's data; local tables on a cluster).
 NON_TENANT_TABLES = (
-    "accounts", "meters", "plans", "plan_meters", "invoice_number_counters",
-    "maintenance_jobs", "maintenance_runs",
+    "accounts", "meters", "plans", "plan_meters", "plan_seals", "plan_meter_seals",
+    "plan_archivals", "invoice_number_counters", "maintenance_jobs", "maintenance_runs",
 )  # fmt: skip
-TENANT_TABLES = tuple(t for t in TABLES if t not in NON_TENANT_TABLES)
-
-# Documented global lookups (DOMAIN.md rule 1): login by email, authentication by key hash.
-GLOBAL_UNIQUE_EXCEPTIONS = {"users_email_key": "users", "api_keys_secret_hash_key": "api_keys"}
+# The documented global lookups (DOMAIN.md rule 1), login by email and authentication by
+# key hash, each with the tenant table whose rows reference it: keyed by the global key
+# alone (reference tables on a cluster), naming the owning account, referencing nothing.
+# No unique key of a tenant table leaves out account_id (migrations/0019_global_lookups.sql).
+LOOKUP_TABLES = {"user_emails": "users", "api_key_hashes": "api_keys"}
+TENANT_TABLES = tuple(t for t in TABLES if t not in NON_TENANT_TABLES and t not in LOOKUP_TABLES)
 
 # The rollup queues are per-shard work logs, not entities: rows are appended by a
 # statement trigger in the writer's transaction and drained (deleted) by
@@ -260,26 +267,42 @@ def test_every_unique_constraint_and_index_of_a_tenant_table_includes_account_id
     offenders = [
         f"{name} on {cols}"
         for name, (primary, cols) in keys.items()
-        if "account_id" not in cols
-        and GLOBAL_UNIQUE_EXCEPTIONS.get(name) != table
-        and not (primary and table in QUEUE_TABLES)
+        if "account_id" not in cols and not (primary and table in QUEUE_TABLES)
     ]
     assert offenders == []
 
 
-@pytest.mark.parametrize(("index", "table"), sorted(GLOBAL_UNIQUE_EXCEPTIONS.items()))
-def test_a_documented_global_exception_is_a_unique_index_of_its_table(
-    conn: Conn, index: str, table: str
+@pytest.mark.parametrize(("lookup", "table"), sorted(LOOKUP_TABLES.items()))
+def test_a_global_lookup_is_keyed_alone_references_nothing_and_is_referenced_by_its_table(
+    conn: Conn, lookup: str, table: str
 ) -> None:
-    keys = _unique_keys(conn, table)
-    assert index in keys
-    assert "account_id" not in keys[index][1]
+    keys = _unique_keys(conn, lookup)
+    primary = [cols for is_primary, cols in keys.values() if is_primary]
+    assert len(primary) == 1
+    assert len(primary[0]) == 1
+    assert primary[0] != ["account_id"]
+    account = [(type_, notnull) for tb, c, type_, notnull, *_ in _columns(conn)
+               if (tb, c) == (lookup, "account_id")]  # fmt: skip
+    assert account == [("bigint", True)]
+    # A reference table may not reference a distributed one (nor anything here).
+    assert _foreign_keys(conn, lookup) == []
+    # The tenant table's rows point at their lookup row, account_id with account_id.
+    pointing = [
+        list(zip(cols, target_cols, strict=True))
+        for _, target, cols, target_cols in _foreign_keys(conn, table)
+        if target == lookup
+    ]
+    assert len(pointing) == 1
+    assert ("account_id", "account_id") in pointing[0]
+    assert primary[0][0] in {theirs for _, theirs in pointing[0]}
 
 
 @pytest.mark.parametrize("table", QUEUE_TABLES)
 def test_a_rollup_queue_is_a_plain_work_log(conn: Conn, table: str) -> None:
     keys = _unique_keys(conn, table)
-    assert list(keys.values()) == [(True, ["id"])], "only the primary key is unique"
+    assert list(keys.values()) == [(True, ["account_id", "id"])], (
+        "only the primary key is unique, and it leads with the tenant (Citus: migration 0018)"
+    )
     id_column = [
         (type_, identity)
         for t, column, type_, _, _, identity in _columns(conn)
@@ -315,7 +338,7 @@ def test_every_foreign_key_is_covered_by_the_leading_columns_of_an_index(
     indexes = conn.execute(
         """
         SELECT indexrelid::regclass::text, (indkey::int2[])[0:indnkeyatts - 1],
-               pg_get_expr(indpred, indrelid)
+               pg_get_expr(indpred, indrelid), indisunique
         FROM pg_index WHERE indrelid = %s::regclass
         """,
         [table],
@@ -323,12 +346,17 @@ def test_every_foreign_key_is_covered_by_the_leading_columns_of_an_index(
     offenders = []
     for name, _, cols, _ in _foreign_keys(conn, table):
         # A partial index serves the foreign key only if its predicate is
-        # "<fk column> IS NOT NULL", which every referencing row satisfies.
+        # "<fk column> IS NOT NULL", which every referencing row satisfies. A unique
+        # index on some of the key's columns serves it too: equality on them finds the
+        # one row (the price book's seal keys, migration 0021: (id, published_at)).
         usable = [
             index
-            for index, keys, predicate in indexes
-            if {names.get(k) for k in keys[: len(cols)]} == set(cols)
-            and (predicate is None or predicate in {f"({c} IS NOT NULL)" for c in cols})
+            for index, keys, predicate, unique in indexes
+            if (
+                {names.get(k) for k in keys[: len(cols)]} == set(cols)
+                and (predicate is None or predicate in {f"({c} IS NOT NULL)" for c in cols})
+            )
+            or (unique and predicate is None and {names.get(k) for k in keys} <= set(cols))
         ]
         if not usable:
             offenders.append(f"{name} ({', '.join(cols)})")

@@ -27,6 +27,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from datalayer import UnitOfWork
+from datalayer._ops.seed._tenants import seal_plan
 from datalayer.errors import (
     AlreadyExists,
     CheckViolation,
@@ -292,6 +294,13 @@ def w(conn: Conn) -> World:
         "UPDATE plans SET status = 'published', published_at = now() WHERE id = %s",
         [published_plan["id"]],
     )
+    seal_plan(conn, published_plan["id"])  # as publish_plan does
+    # A user's live email and a key's hash are reserved in the lookup tables first, as
+    # the library does (migrations/0019_global_lookups.sql); so are those of the base rows.
+    new("user_emails", email="ada@example.com", account_id=acme)
+    new("user_emails", email="grace@example.com", account_id=acme)
+    new("api_key_hashes", secret_hash=HASH, account_id=acme)
+    new("api_key_hashes", secret_hash=OTHER_HASH, account_id=acme)
     user = new("users", account_id=acme, email="ada@example.com")["id"]
     subscription = new(
         "subscriptions",
@@ -765,6 +774,36 @@ def test_a_balanced_ledger_transaction_commits(ledger_url: str) -> None:
     assert _ledger_entry_count(ledger_url, account) == 4
 
 
+@pytest.mark.parametrize(
+    "amounts", [[500], [500, -499], [1, 1, -1]], ids=["one entry", "off by one", "three entries"]
+)
+def test_the_librarys_booking_statement_refuses_an_unbalanced_transaction_before_writing(
+    ledger_url: str, amounts: list[int]
+) -> None:
+    """insert_ledger_transaction checks the balance itself (migration 0020).
+
+    The deferred trigger checks at commit on plain PostgreSQL only; Citus has
+    no trigger, so the statement must refuse at once, and write nothing.
+    """
+    with psycopg.connect(ledger_url) as conn:
+        account, _ = _ledger_setup(conn)
+        conn.commit()
+        with pytest.raises(CheckViolation) as info:
+            UnitOfWork(conn).billing._book(
+                account_id=account, kind="adjustment", idempotency_key="adj:unbalanced",
+                invoice_id=None, payment_id=None, description="", occurred_at=None,
+                currency="EUR", ledger_accounts=["cash"] * len(amounts), amounts_minor=amounts,
+            )  # fmt: skip
+        conn.rollback()
+        assert info.value.constraint == "ledger_entries_balanced"
+        booked = conn.execute(
+            "SELECT count(*) FROM ledger_transactions WHERE account_id = %s"
+            " AND idempotency_key = 'adj:unbalanced'",
+            [account],
+        ).fetchone()
+    assert booked == (0,)
+
+
 # --- unique constraints -----------------------------------------------------------------------
 
 
@@ -842,15 +881,33 @@ def test_a_provider_payment_recorded_twice_is_refused(conn: Conn, w: World) -> N
     )
 
 
+# A hash or a live email is reserved for one account by the lookup table's primary key
+# (api_keys_secret_hash_key, users_email_key); the tenant row references its lookup row.
+# A raw insert that skips the lookup is refused by that reference in another account,
+# and by the tenant table's own unique key in the same account.
+# Since 0019_global_lookups: before, both were refused by a unique index on the tenant
+# table (AlreadyExists, api_keys_secret_hash_key / users_email_key).
+OWNER_REFUSALS = {
+    "acme": (AlreadyExists, "api_keys_secret_hash_account_key", "users_live_email_key"),
+    "globex": (ReferenceViolation, "api_keys_secret_hash_fkey", "users_live_email_fkey"),
+}
+
+
 @pytest.mark.parametrize("owner", ["acme", "globex"])
 def test_an_api_key_hash_already_in_use_is_refused_in_any_account(
     conn: Conn, w: World, owner: str
 ) -> None:
+    account = getattr(w, owner)
+    error, constraint, _ = OWNER_REFUSALS[owner]
     insert_refused(
+        conn, w, "api_keys", {"secret_hash": HASH, "account_id": account}, error, constraint
+    )
+    # Reserving it again, as the library would before its insert:
+    refused(
         conn,
-        w,
-        "api_keys",
-        {"secret_hash": HASH, "account_id": getattr(w, owner)},
+        "api_key_hashes",
+        "INSERT INTO api_key_hashes (secret_hash, account_id) VALUES (%s, %s)",
+        [HASH, account],
         AlreadyExists,
         "api_keys_secret_hash_key",
     )
@@ -861,20 +918,95 @@ def test_an_api_key_hash_already_in_use_is_refused_in_any_account(
 def test_a_live_users_email_is_refused_again_whatever_its_case_and_account(
     conn: Conn, w: World, email: str, owner: str
 ) -> None:
-    insert_refused(
+    account = getattr(w, owner)
+    error, _, constraint = OWNER_REFUSALS[owner]
+    insert_refused(conn, w, "users", {"email": email, "account_id": account}, error, constraint)
+    refused(
         conn,
-        w,
-        "users",
-        {"email": email, "account_id": getattr(w, owner)},
+        "user_emails",
+        "INSERT INTO user_emails (email, account_id) VALUES (lower(%s), %s)",
+        [email, account],
         AlreadyExists,
         "users_email_key",
     )
 
 
-def test_a_soft_deleted_users_email_can_be_used_again(conn: Conn, w: World) -> None:
+def test_a_soft_deleted_users_email_can_be_used_again_once_released(conn: Conn, w: World) -> None:
     conn.execute("UPDATE users SET deleted_at = now() WHERE id = %s", [w.user])
+    # Until its lookup row is deleted, the address stays reserved for acme.
+    refused(
+        conn,
+        "users",
+        "INSERT INTO users (account_id, email) VALUES (%s, 'Ada@Example.com')",
+        [w.globex],
+        ReferenceViolation,
+        "users_live_email_fkey",
+    )
+    conn.execute("DELETE FROM user_emails WHERE email = 'ada@example.com'")
+    insert(conn, "user_emails", {"email": "ada@example.com", "account_id": w.globex})
     new = insert(conn, "users", {"account_id": w.globex, "email": "Ada@Example.com"})
     assert new["id"] != w.user
+    assert new["live_email"] == "ada@example.com"
+
+
+def test_a_live_users_email_cannot_change_without_its_lookup_row(conn: Conn, w: World) -> None:
+    refused(
+        conn,
+        "users",
+        "UPDATE users SET email = 'ada@elsewhere.com' WHERE id = %s",
+        [w.user],
+        ReferenceViolation,
+        "users_live_email_fkey",
+    )
+    conn.execute("UPDATE users SET email = 'ADA@example.com' WHERE id = %s", [w.user])  # case
+
+
+def test_a_user_cannot_be_restored_by_raw_sql_without_its_lookup_row(conn: Conn, w: World) -> None:
+    conn.execute("UPDATE users SET deleted_at = now() WHERE id = %s", [w.user])
+    conn.execute("DELETE FROM user_emails WHERE email = 'ada@example.com'")
+    refused(
+        conn,
+        "users",
+        "UPDATE users SET deleted_at = NULL WHERE id = %s",
+        [w.user],
+        ReferenceViolation,
+        "users_live_email_fkey",
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "statement", "constraint"),
+    [
+        ("user_emails", "DELETE FROM user_emails WHERE email = 'ada@example.com'",
+         "users_live_email_fkey"),
+        ("user_emails", "UPDATE user_emails SET account_id = %s WHERE email = 'ada@example.com'",
+         "users_live_email_fkey"),
+        ("api_key_hashes", "DELETE FROM api_key_hashes WHERE secret_hash = %s",
+         "api_keys_secret_hash_fkey"),
+        ("api_key_hashes", "UPDATE api_key_hashes SET account_id = %s WHERE secret_hash = %s",
+         "api_keys_secret_hash_fkey"),
+    ],
+    ids=["delete email", "move email", "delete hash", "move hash"],
+)  # fmt: skip
+def test_a_lookup_row_in_use_cannot_be_deleted_or_given_to_another_account(
+    conn: Conn, w: World, table: str, statement: str, constraint: str
+) -> None:
+    params = {
+        "user_emails": [w.globex] if "%s" in statement else [],
+        "api_key_hashes": ([w.globex] if "SET" in statement else []) + [HASH],
+    }[table]
+    refused(conn, table, statement, params, ReferenceViolation, constraint)
+
+
+def test_a_reserved_email_is_lower_case(conn: Conn, w: World) -> None:
+    refused(
+        conn,
+        "user_emails",
+        "INSERT INTO user_emails (email, account_id) VALUES ('Eve@example.com', %s)",
+        [w.globex],
+        CheckViolation,
+        "user_emails_email_check",
+    )
 
 
 # --- plans: published versions are immutable --------------------------------------------------
@@ -889,9 +1021,8 @@ def test_a_soft_deleted_users_email_can_be_used_again(conn: Conn, w: World) -> N
         "UPDATE plans SET currency = 'USD' WHERE id = %s",
         "UPDATE plans SET status = 'draft', published_at = NULL WHERE id = %s",
         "UPDATE plans SET status = 'archived', base_price_minor = 0 WHERE id = %s",
-        "DELETE FROM plans WHERE id = %s",
     ],
-    ids=["name", "price", "trial", "currency", "unpublish", "archive and reprice", "delete"],
+    ids=["name", "price", "trial", "currency", "unpublish", "archive and reprice"],
 )
 def test_changing_a_published_plan_is_refused(conn: Conn, w: World, statement: str) -> None:
     refused(
@@ -899,23 +1030,36 @@ def test_changing_a_published_plan_is_refused(conn: Conn, w: World, statement: s
     )
 
 
+def test_deleting_a_published_plan_is_refused(conn: Conn, w: World) -> None:
+    # With nothing else referring to it, its seal refuses;
+    lone = insert(conn, "plans", {**base_row("plans", w), "code": "lone"})["id"]
+    conn.execute(
+        "UPDATE plans SET status = 'published', published_at = now() WHERE id = %s", [lone]
+    )
+    seal_plan(conn, lone)
+    refused(
+        conn, "plans", "DELETE FROM plans WHERE id = %s", [lone], CheckViolation,
+        "plans_published_immutable",
+    )  # fmt: skip
+    # with meters and subscriptions, whichever foreign key the server checks first.
+    error = refused(
+        conn, "plans", "DELETE FROM plans WHERE id = %s", [w.published_plan], ReferenceViolation,
+        None,
+    )  # fmt: skip
+    assert error.constraint in {"plan_meters_plan_id_fkey", "subscriptions_plan_id_fkey"}
+
+
 def test_archiving_a_published_plan_is_allowed_and_then_final(conn: Conn, w: World) -> None:
     row = conn.execute(
         "UPDATE plans SET status = 'archived' WHERE id = %s RETURNING status", [w.published_plan]
     ).fetchall()
     assert row == [("archived",)]
-    for statement in (
-        "UPDATE plans SET status = 'published' WHERE id = %s",
-        "UPDATE plans SET name = 'Pro (old)' WHERE id = %s",
+    conn.execute("INSERT INTO plan_archivals (plan_id) VALUES (%s)", [w.published_plan])
+    for statement, constraint in (
+        ("UPDATE plans SET status = 'published' WHERE id = %s", "plans_archived_final"),
+        ("UPDATE plans SET name = 'Pro (old)' WHERE id = %s", "plans_published_immutable"),
     ):
-        refused(
-            conn,
-            "plans",
-            statement,
-            [w.published_plan],
-            CheckViolation,
-            "plans_published_immutable",
-        )
+        refused(conn, "plans", statement, [w.published_plan], CheckViolation, constraint)
 
 
 def test_editing_then_publishing_a_draft_plan_is_allowed(conn: Conn, w: World) -> None:
@@ -941,26 +1085,38 @@ def test_deleting_a_draft_plan_deletes_it(conn: Conn, w: World) -> None:
 
 
 @pytest.mark.parametrize(
-    "statement",
+    ("statement", "constraint"),
     [
-        "INSERT INTO plan_meters (plan_id, meter_code) VALUES (%s, 'storage_gb')",
-        "UPDATE plan_meters SET included_quantity = 1000000 WHERE plan_id = %s",
-        "UPDATE plan_meters SET limit_kind = 'none' WHERE plan_id = %s",
-        "UPDATE plan_meters SET meter_code = 'storage_gb' WHERE plan_id = %s",
-        "DELETE FROM plan_meters WHERE plan_id = %s",
+        ("INSERT INTO plan_meters (plan_id, meter_code) VALUES (%s, 'storage_gb')",
+         "plan_meters_plan_seal_fkey"),
+        ("UPDATE plan_meters SET included_quantity = 1000000 WHERE plan_id = %s",
+         "plan_meters_published_immutable"),
+        ("UPDATE plan_meters SET limit_kind = 'none' WHERE plan_id = %s",
+         "plan_meters_published_immutable"),
+        ("UPDATE plan_meters SET meter_code = 'storage_gb' WHERE plan_id = %s",
+         "plan_meters_published_immutable"),
+        ("DELETE FROM plan_meters WHERE plan_id = %s", "plan_meters_published_immutable"),
     ],
     ids=["add meter", "raise quota", "drop limit", "swap meter", "remove meter"],
-)
+)  # fmt: skip
 def test_changing_the_meters_of_a_published_plan_is_refused(
-    conn: Conn, w: World, statement: str
+    conn: Conn, w: World, statement: str, constraint: str
 ) -> None:
+    refused(conn, "plan_meters", statement, [w.published_plan], CheckViolation, constraint)
+
+
+def test_adding_a_meter_to_a_published_plan_with_its_seal_state_is_refused(
+    conn: Conn, w: World
+) -> None:
+    conn.execute("SET CONSTRAINTS plan_meters_seal_fkey IMMEDIATE")  # else checked at commit
     refused(
         conn,
         "plan_meters",
-        statement,
+        "INSERT INTO plan_meters (plan_id, meter_code, plan_seal_state)"
+        " SELECT id, 'storage_gb', published_at FROM plans WHERE id = %s",
         [w.published_plan],
         CheckViolation,
-        "plans_published_immutable",
+        "plan_meters_seal_fkey",
     )
 
 
@@ -971,8 +1127,44 @@ def test_moving_a_meter_out_of_a_published_plan_is_refused(conn: Conn, w: World)
         "UPDATE plan_meters SET plan_id = %s WHERE plan_id = %s",
         [w.draft_plan, w.published_plan],
         CheckViolation,
-        "plans_published_immutable",
+        "plan_meters_published_immutable",
     )
+
+
+@pytest.mark.parametrize(
+    ("statement", "constraint"),
+    [
+        ("UPDATE plans SET status = 'published', published_at = now() WHERE id = %s",
+         "plans_seal_fkey"),
+        ("UPDATE plans SET status = 'published', published_at = now() WHERE id = %s;"
+         " UPDATE plans SET status = 'archived' WHERE id = %s", "plans_archival_fkey"),
+    ],
+    ids=["published without a seal", "archived without its archival"],
+)  # fmt: skip
+def test_a_plan_published_or_archived_with_plain_sql_alone_is_refused_at_commit(
+    ledger_url: str, statement: str, constraint: str
+) -> None:
+    with psycopg.connect(ledger_url) as conn:
+        plan = conn.execute(
+            "INSERT INTO plans (code, version, name, billing_interval, base_price_minor, currency)"
+            " VALUES ('seal' || (SELECT count(*) FROM plans), 1, 'S', 'month', 100, 'EUR')"
+            " RETURNING id"
+        ).fetchone()
+        assert plan is not None
+        conn.commit()
+        if "archived" in statement:
+            conn.execute(statement.split(";")[0], [plan[0]])
+            seal_plan(conn, plan[0])
+            conn.execute(statement.split(";")[1], [plan[0]])
+        else:
+            conn.execute(statement, [plan[0]])
+        with pytest.raises(psycopg.Error) as info:
+            conn.commit()
+        status = conn.execute("SELECT status FROM plans WHERE id = %s", [plan[0]]).fetchone()
+    error = map_error(info.value)
+    assert type(error) is CheckViolation, repr(error)
+    assert error.constraint == constraint
+    assert status == ("draft",)
 
 
 def test_the_meters_of_a_draft_plan_can_change(conn: Conn, w: World) -> None:

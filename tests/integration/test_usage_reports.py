@@ -114,10 +114,12 @@ def _event(account_id: int, meter: str, quantity: str, at: datetime, key: str) -
 
 
 def _refresh_partly(db: Database, batch_size: int) -> None:
-    """One refresh batch only: some hours rolled up, the rest still queued."""
+    """One refresh batch per account only: some hours rolled up, the rest still queued."""
     with db.unit_of_work() as uow:
         uow.rollups.lock()
-        uow.rollups.refresh_usage_days(days=uow.rollups.refresh_usage_hours(batch_size=batch_size))
+        for account_id in uow.rollups.queued_usage_accounts(limit=100):
+            days = uow.rollups.refresh_usage_hours(account_id=account_id, batch_size=batch_size)
+            uow.rollups.refresh_usage_days(days=days)
 
 
 @pytest.fixture

@@ -103,6 +103,17 @@ def seed_files_and_keys(
         label="files",
         total=len(files),
     )
+    # Each key's hash is reserved in the lookup table first: api_keys' foreign key
+    # api_keys_secret_hash_fkey points at it.
+    copy_rows(
+        conn,
+        "COPY api_key_hashes (secret_hash, account_id) FROM STDIN (FORMAT BINARY)",
+        ["bytea", "int8"],
+        [(key[3], key[0]) for key in keys],
+        progress=Progress(None),
+        label="api key hashes",
+        total=len(keys),
+    )
     result.counts["api_keys"] = copy_rows(
         conn,
         "COPY api_keys (account_id, name, display_prefix, secret_hash, environment, scopes,"

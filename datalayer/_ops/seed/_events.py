@@ -56,11 +56,9 @@ def seed_usage(
                 f"seed-{event_id}",
             )
 
-    # One transaction: the rollup-queue trigger is off while bulk-loading (the
-    # rollups are rebuilt in one pass afterwards) and back on at commit, so a
-    # crash cannot leave it disabled.
+    # One transaction. Nothing is queued for the rollups: the seed rebuilds them
+    # in one pass afterwards (rebuild_rollups).
     with conn.transaction():
-        conn.execute("ALTER TABLE usage_events DISABLE TRIGGER usage_events_queue_rollup_insert")
         count = copy_rows(
             conn,
             "COPY usage_events (account_id, id, user_id, meter_code, quantity, occurred_at,"
@@ -71,7 +69,6 @@ def seed_usage(
             label="usage events",
             total=n,
         )
-        conn.execute("ALTER TABLE usage_events ENABLE TRIGGER usage_events_queue_rollup_insert")
         conn.execute(
             "INSERT INTO usage_event_keys (account_id, idempotency_key, event_id, occurred_at,"
             " received_at) SELECT account_id, idempotency_key, id, occurred_at, received_at"
@@ -132,9 +129,6 @@ def seed_analytics(
             )
 
     with conn.transaction():
-        conn.execute(
-            "ALTER TABLE analytics_events DISABLE TRIGGER analytics_events_queue_rollup_insert"
-        )
         count = copy_rows(
             conn,
             "COPY analytics_events (account_id, id, user_id, category, name, duration_ms,"
@@ -154,9 +148,6 @@ def seed_analytics(
             progress=bar,
             label="analytics events",
             total=n,
-        )
-        conn.execute(
-            "ALTER TABLE analytics_events ENABLE TRIGGER analytics_events_queue_rollup_insert"
         )
         conn.execute("SELECT setval('analytics_events_id_seq', %s)", (n,))
     return count

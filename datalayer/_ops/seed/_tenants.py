@@ -115,14 +115,35 @@ def seed_catalog(conn: psycopg.Connection[Any], anchor: datetime) -> dict[str, i
                 " overage_unit_price_minor) VALUES (%s, %s, %s, %s, %s)",
                 (plan_id, meter, included, kind, Decimal(overage)),
             )
-        conn.execute(
-            "UPDATE plans SET status = 'published', published_at = %s WHERE id = %s",
-            (created + timedelta(days=version), plan_id),
-        )
-        if status == "archived":
-            conn.execute("UPDATE plans SET status = 'archived' WHERE id = %s", (plan_id,))
+        with conn.transaction():  # the seals are checked at commit
+            conn.execute(
+                "UPDATE plans SET status = 'published', published_at = %s WHERE id = %s",
+                (created + timedelta(days=version), plan_id),
+            )
+            seal_plan(conn, plan_id)
+            if status == "archived":
+                conn.execute("UPDATE plans SET status = 'archived' WHERE id = %s", (plan_id,))
+                conn.execute("INSERT INTO plan_archivals (plan_id) VALUES (%s)", (plan_id,))
         plan_ids[f"{code}:{version}"] = plan_id
     return plan_ids
+
+
+def seal_plan(conn: psycopg.Connection[Any], plan_id: int) -> None:
+    """Seal a version published with plain SQL, as ``publish_plan`` does (migration 0021)."""
+    conn.execute(
+        "INSERT INTO plan_seals (plan_id, code, version, name, billing_interval, interval_count,"
+        " base_price_minor, currency, trial_days, is_public, published_at, created_at)"
+        " SELECT id, code, version, name, billing_interval, interval_count, base_price_minor,"
+        " currency, trial_days, is_public, published_at, created_at FROM plans WHERE id = %s",
+        (plan_id,),
+    )
+    conn.execute(
+        "INSERT INTO plan_meter_seals (plan_id, meter_code, included_quantity, limit_kind,"
+        " overage_unit_price_minor, published_at)"
+        " SELECT plan_id, meter_code, included_quantity, limit_kind, overage_unit_price_minor,"
+        " seal_ref FROM plan_meters WHERE plan_id = %s",
+        (plan_id,),
+    )
 
 
 def seed_accounts(
@@ -175,6 +196,17 @@ def seed_accounts(
             next_user += 1
         sizes.append((account_id, weight, ids, accounts[index][2]))
     result.counts["accounts"] = n
+    # Each live user's address is reserved in the lookup table first: users'
+    # foreign key users_live_email_fkey points at it (seed emails are lower case).
+    copy_rows(
+        conn,
+        "COPY user_emails (email, account_id) FROM STDIN (FORMAT BINARY)",
+        ["text", "int8"],
+        [(email, account_id) for account_id, email, *_, deleted in users if deleted is None],
+        progress=Progress(None),
+        label="user emails",
+        total=len(users),
+    )
     result.counts["users"] = copy_rows(
         conn,
         "COPY users (account_id, email, display_name, role, created_at, updated_at, deleted_at)"
