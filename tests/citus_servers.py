@@ -66,6 +66,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 SWITCH_VAR = "DATALAYER_TEST_CITUS"  # "1": this session runs against a Citus cluster
+SHARDS_VAR = "DATALAYER_TEST_CITUS_SHARD_COUNT"
 SHARED_VAR = "DATALAYER_SHARED_DIR"  # the directory holding citus/ (install.sh, cluster.sh)
 STARTED_VAR = "_DATALAYER_TEST_CITUS"  # set by the controller: "DIR;PORT,PORT,PORT" or "-;why"
 PORT_BASE = 55470  # 55470-55479 are this harness's: three triples, 55470, 55473, 55476
@@ -74,6 +75,15 @@ BASE_DB = "dl_citus_base"
 REPO = Path(__file__).resolve().parents[1]
 NOT_ON_CITUS_PREFIX = "not on Citus: "
 CITUS_SESSION_ONLY = "runs in the Citus session only (DATALAYER_TEST_CITUS=1: make test-citus)"
+
+
+def shard_count() -> int | None:
+    """Shards per distributed table of the templates: ``DATALAYER_TEST_CITUS_SHARD_COUNT``,
+    default 4 (two per worker: tenant statements still route to one of several shards).
+    Citus's default of 32 makes every clone copy eight times the shard tables; ``default``
+    uses it."""
+    value = os.environ.get(SHARDS_VAR, "4").strip().lower()
+    return None if value == "default" else int(value)
 
 
 def requested() -> bool:
@@ -427,7 +437,7 @@ def citus_template(citus_cluster: CitusCluster) -> Iterator[str]:
     name = f"datalayer_test_{os.getpid()}"
     citus_cluster.clone(name, BASE_DB)
     try:
-        migrate(Settings(database_url=citus_cluster.url(name)))
+        migrate(Settings(database_url=citus_cluster.url(name), citus_shard_count=shard_count()))
         citus_cluster.seal(name)
         yield name
     finally:

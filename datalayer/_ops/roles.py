@@ -22,6 +22,7 @@ from .._conninfo import conninfo_params, redact
 from .._pooler import refuse_pooler
 from .._settings import Settings
 from ..errors import DataLayerError, map_error
+from .citus import has_citus
 from .partitions import PARTITIONED_TABLES
 
 __all__ = [
@@ -181,11 +182,6 @@ def _can_act_as(conn: psycopg.Connection[Any], role: str) -> bool:
     return bool(_one(conn, "SELECT pg_has_role(current_user, %s, %s)", (role, option)))
 
 
-def _has_citus(conn: psycopg.Connection[Any]) -> bool:
-    """Whether this database runs Citus (a coordinator: the extension is in the catalog)."""
-    return bool(_one(conn, "SELECT 1 FROM pg_extension WHERE extname = 'citus'"))
-
-
 def _owner_logs_in(conn: psycopg.Connection[Any], owner: str) -> None:
     """On Citus, let an existing NOLOGIN ``owner`` log in (see ``prepare_roles``)."""
     if _one(conn, "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (owner,)) is not False:
@@ -264,7 +260,7 @@ def prepare_roles(conn: psycopg.Connection[Any], settings: Settings) -> Roles:
     # current_user, which during a migration is the owner, so the owner must be allowed to log
     # in. No password is set, so password authentication still refuses it; only what
     # pg_hba.conf trusts (the nodes' own connections, configured by the operator) gets in.
-    citus = _has_citus(conn)
+    citus = has_citus(conn)
     created = tuple(r for r in missing if _create_role(conn, r, login=r == app or citus))
     if not _act_as_owner(conn, user, owner, superuser or createrole):
         return Roles(
