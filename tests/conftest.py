@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import citus_servers
 import psycopg
 import pytest
 import servers
@@ -38,10 +39,13 @@ from datalayer import Database, Settings, UnitOfWork
 from datalayer._ops.migrate import migrate
 
 # tests/query_coverage.py: DATALAYER_QUERY_COVERAGE; tests/servers.py: servers and parts;
-# tests/scaleout_servers.py: PgBouncer, replicas, clusters of the tests' own.
-pytest_plugins = ["query_coverage", "servers", "scaleout_servers"]
+# tests/scaleout_servers.py: PgBouncer, replicas, clusters of the tests' own;
+# tests/citus_servers.py: the Citus session (DATALAYER_TEST_CITUS=1).
+pytest_plugins = ["query_coverage", "servers", "scaleout_servers", "citus_servers"]
 
-# Before the settings below are read: may start embedded servers and export their addresses.
+# Before the settings below are read: in a Citus session, start the cluster and point the
+# settings at its coordinator; then may start embedded servers and export their addresses.
+citus_servers.resolve()
 SERVERS = servers.resolve()
 
 PG_HOST = os.environ.get("DATALAYER_TEST_PG_HOST", "127.0.0.1")
@@ -113,12 +117,21 @@ def _server_reachable() -> None:
 
 
 @pytest.fixture(scope="session")
-def template_dbname(_server_reachable: None, postgresql_noproc: Any) -> str:
-    """Name of the migrated template database (created once per test session)."""
-    return str(postgresql_noproc.template_dbname)
+def template_dbname(_server_reachable: None, request: pytest.FixtureRequest) -> str:
+    """Name of the migrated template database (created once per test session).
+
+    In a Citus session, one on every node of the cluster, migrated on the coordinator.
+    """
+    if citus_servers.active():
+        return str(request.getfixturevalue("citus_template"))
+    return str(request.getfixturevalue("postgresql_noproc").template_dbname)
 
 
-def _clone(template: str) -> DatabaseJanitor:
+def _clone(template: str) -> DatabaseJanitor | citus_servers.CitusJanitor:
+    """A janitor of a new clone of ``template``; in a Citus session, a clone on every node."""
+    cluster = citus_servers.cluster()
+    if cluster is not None:
+        return citus_servers.CitusJanitor(cluster, f"dl_{uuid.uuid4().hex[:16]}", template)
     return DatabaseJanitor(
         user=PG_USER,
         host=PG_HOST,

@@ -22,6 +22,7 @@ from .._conninfo import conninfo_params, redact
 from .._pooler import refuse_pooler
 from .._settings import Settings
 from ..errors import DataLayerError, map_error
+from .citus import has_citus
 from .partitions import PARTITIONED_TABLES
 
 __all__ = [
@@ -181,6 +182,21 @@ def _can_act_as(conn: psycopg.Connection[Any], role: str) -> bool:
     return bool(_one(conn, "SELECT pg_has_role(current_user, %s, %s)", (role, option)))
 
 
+def _owner_logs_in(conn: psycopg.Connection[Any], owner: str) -> None:
+    """On Citus, let an existing NOLOGIN ``owner`` log in (see ``prepare_roles``)."""
+    if _one(conn, "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (owner,)) is not False:
+        return
+    try:
+        conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(owner)))
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise DataLayerError(
+            f"cannot ALTER ROLE {owner} LOGIN: {exc.diag.message_primary}; on Citus the owner "
+            "must be able to log in (the coordinator connects to the workers as it): a superuser "
+            "must run it once"
+        ) from None
+    log.info("altered role %s LOGIN: on Citus the coordinator connects to the workers as it", owner)
+
+
 def _create_role(conn: psycopg.Connection[Any], role: str, *, login: bool) -> bool:
     """Create ``role`` unless it exists; losing a race to another migrator is not an error."""
     if _one(conn, _ROLE_EXISTS, (role,)):
@@ -239,15 +255,21 @@ def prepare_roles(conn: psycopg.Connection[Any], settings: Settings) -> Roles:
             skipped=f"role(s) {', '.join(missing)} do not exist and {user} may not create "
             f"roles: every object stays owned by {user} and no grants were made",
         )  # fmt: skip
-    created = tuple(
-        r for r in missing if _create_role(conn, r, login=r == app)
-    )  # the app logs in; the owner never does (the admin acts as it)
+    # The app logs in; the owner does not (the admin acts as it with SET ROLE), except on
+    # Citus: the coordinator propagates DDL to the workers over connections it opens as
+    # current_user, which during a migration is the owner, so the owner must be allowed to log
+    # in. No password is set, so password authentication still refuses it; only what
+    # pg_hba.conf trusts (the nodes' own connections, configured by the operator) gets in.
+    citus = has_citus(conn)
+    created = tuple(r for r in missing if _create_role(conn, r, login=r == app or citus))
     if not _act_as_owner(conn, user, owner, superuser or createrole):
         return Roles(
             user, None, None, created,
             skipped=f"{user} cannot act as {owner} (GRANT {owner} TO {user}): "
             "objects keep their owners and no grants were made",
         )  # fmt: skip
+    if citus:
+        _owner_logs_in(conn, owner)
     _check_app_role(conn, owner, app)
     _schema_and_database(conn, owner, app)
     return Roles(user, owner, app, created)

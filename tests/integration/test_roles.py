@@ -311,6 +311,16 @@ def as_role(url: str, role: str) -> str:
     return psycopg.conninfo.make_conninfo("", **{**params, "user": role})
 
 
+@pytest.mark.not_on_citus("on a coordinator the owner logs in (test_citus.py says why)")
+def test_on_plain_postgresql_the_owner_role_cannot_log_in(template_dbname: str) -> None:
+    # template_dbname: the session's template is migrated, so migrate made or kept the owner.
+    with psycopg.connect(pg_url("postgres")) as conn:
+        row = conn.execute(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (OWNER_ROLE,)
+        ).fetchone()
+    assert row == (False,)  # the admin acts as it (SET ROLE); no one logs in as it
+
+
 def test_migrate_creates_the_roles_and_the_application_role_can_work_but_not_truncate(
     scratch: Callable[..., tuple[Settings, str]],
 ) -> None:
