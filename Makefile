@@ -56,7 +56,8 @@ archive: install ## archive event partitions older than 13 months into archive/,
 
 # Issue 16: the suites that also run against a Citus coordinator and two workers, unchanged
 # (tests/citus_servers.py starts the cluster from ../shared/citus, or $DATALAYER_SHARED_DIR).
-CITUS_SUITES := $(addprefix tests/integration/test_,citus.py repositories.py files.py \
+CITUS_SUITES := $(addprefix tests/integration/test_,citus.py citus_router.py citus_moves.py \
+	repositories.py files.py \
 	api_keys.py plans.py subscriptions.py quotas.py usage_batch.py usage_cancellation.py \
 	usage_exactly_once.py usage_reports.py analytics.py rollups.py billing.py billing_cycle.py \
 	billing_invariant.py cache.py cache_hostile.py unit_of_work.py ingest_invariants.py \
@@ -65,7 +66,8 @@ CITUS_SUITES := $(addprefix tests/integration/test_,citus.py repositories.py fil
 # is made and first used on three nodes (~1.4 CPU-s against ~0.1 on one), so the suites
 # that make one per test cost several times what they cost on plain PostgreSQL. Measured
 # before the distribution step (local tables): 50 s wall on a near-idle machine.
-CITUS_CORE := $(addprefix tests/integration/test_,citus.py repositories.py plans.py \
+CITUS_CORE := $(addprefix tests/integration/test_,citus.py citus_router.py citus_moves.py \
+	repositories.py plans.py \
 	subscriptions.py billing.py schema_constraints.py files.py cache_hostile.py \
 	usage_exactly_once.py quotas.py)
 CITUS_RUN ?= $(CITUS_SUITES)

@@ -294,10 +294,18 @@ def map_error(exc: BaseException) -> DataLayerError:
         cls = Unavailable
     message = (diag.message_primary or str(exc)).strip()
     constraint, table = _unsharded(diag.constraint_name, diag.table_name)
+    if constraint is None and table is None:
+        constraint, table = _from_citus_message(message)
+        if constraint is not None or table is not None:
+            message = _QUOTED_SHARD.sub(r'"\1"', message)
+            if cls is DatabaseError:  # relayed as an internal error (XX000): by its words
+                cls = next((c for words, c in _CITUS_RELAYED if words in message), cls)
     for raw, name in ((diag.constraint_name, constraint), (diag.table_name, table)):
         if raw and name and raw != name:
             message = message.replace(f'"{raw}"', f'"{name}"')
-    if sqlstate == "23514" and message.startswith("no partition of relation"):
+    if (sqlstate == "23514" or table is not None) and message.startswith(
+        "no partition of relation"
+    ):
         return _partition_missing(message, diag.message_detail, table)
     if constraint and constraint not in message:
         message = f"{message} (constraint {constraint})"
@@ -313,6 +321,35 @@ def map_error(exc: BaseException) -> DataLayerError:
         table=table,
         column=diag.column_name,
     )
+
+
+# A worker's error relayed by the Citus coordinator keeps its message but loses the
+# constraint and table fields; both are read back from the message, with the
+# shard id (six digits and more) taken off each.
+_MESSAGE_CONSTRAINT = re.compile(r'constraint "([^"]+)"')
+_MESSAGE_TABLE = re.compile(r'(?:relation|table) "([^"]+)"')
+_SHARD_ID = re.compile(r"_\d{6,}$")
+_QUOTED_SHARD = re.compile(r'"([A-Za-z0-9_]+?)_\d{6,}"')
+
+
+def _from_citus_message(message: str) -> tuple[str | None, str | None]:
+    names = [
+        found.group(1) if found else None
+        for found in (_MESSAGE_CONSTRAINT.search(message), _MESSAGE_TABLE.search(message))
+    ]
+    if not any(name and _SHARD_ID.search(name) for name in names):
+        return None, None  # not a shard's error: nothing to read back
+    constraint, table = (_SHARD_ID.sub("", name) if name else None for name in names)
+    return constraint, table
+
+
+# What a relayed worker error says, and the class its SQLSTATE would have given.
+_CITUS_RELAYED: tuple[tuple[str, type[DatabaseError]], ...] = (
+    ("violates unique constraint", AlreadyExists),
+    ("violates foreign key constraint", ReferenceViolation),
+    ("violates check constraint", CheckViolation),
+    ("violates not-null constraint", NotNullViolation),
+)
 
 
 _PARTITION_KEY = re.compile(r"\(([^)]*)\) = \((\d{4})-(\d{2})")

@@ -5,14 +5,16 @@
 -- The deferred constraint trigger ledger_entries_balanced (0008) checks every
 -- transaction at commit on plain PostgreSQL; Citus refuses triggers on
 -- distributed tables, so on a cluster `datalayer migrate` drops it
--- (_ops/citus.py). What holds on both layouts:
--- * book_ledger_transaction, SECURITY DEFINER (it runs as the schema's owner),
---   checks that the entries sum to zero, then writes the transaction and its
---   entries: an unbalanced booking raises check_violation naming
---   ledger_entries_balanced, as the trigger does, before anything is written;
--- * the application role may only read the ledger tables and execute this
---   function (the grants policy of _ops/roles.py, LEDGER): it cannot write an
---   unbalanced transaction, nor change or delete one, with any SQL.
+-- (_ops/citus.py). book_ledger_transaction, the library's one way to book,
+-- checks that the entries sum to zero, then writes the transaction and its
+-- entries: an unbalanced booking raises check_violation naming
+-- ledger_entries_balanced, as the trigger does, before anything is written. It
+-- runs with the caller's privileges: a SECURITY DEFINER function (the owner
+-- writing the ledger for the application role) is what would keep the
+-- application's own SQL from writing an unbalanced ledger, but Citus refuses a
+-- transaction that modifies one shard's placements as two users ("cannot perform
+-- query on placements that were modified in this transaction by a different
+-- user"), and finalising an invoice does exactly that.
 SET LOCAL lock_timeout = '10s';
 SET LOCAL statement_timeout = '10min';
 
@@ -24,7 +26,7 @@ CREATE FUNCTION book_ledger_transaction(
     account_id bigint, id bigint, kind text, idempotency_key text, invoice_id bigint,
     payment_id bigint, description text, occurred_at timestamptz, entries jsonb
 )
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     total numeric := (SELECT coalesce(sum(a), 0) FROM unnest(p_amounts_minor) AS a);
     tx ledger_transactions%ROWTYPE;
@@ -66,7 +68,3 @@ BEGIN
             FROM booked b);
 END
 $$;
-
--- Only the roles granted it (the application's, by `datalayer migrate`) may book.
-REVOKE EXECUTE ON FUNCTION book_ledger_transaction(
-    bigint, text, text, bigint, bigint, text, timestamptz, text, text[], bigint[]) FROM PUBLIC;

@@ -240,8 +240,7 @@ ORDER BY id;
 -- writing anything (check_violation naming ledger_entries_balanced; on plain
 -- PostgreSQL the deferred trigger of that name also checks at commit). A
 -- second event with the same idempotency key is refused
--- (ledger_transactions_idempotency_key). The application role may book only
--- through this function: it has no INSERT on the ledger tables.
+-- (ledger_transactions_idempotency_key).
 SELECT account_id, id, kind, idempotency_key, invoice_id, payment_id, description, occurred_at,
        entries
 FROM book_ledger_transaction(

@@ -55,6 +55,14 @@ MULTI_SHARD_ON_PURPOSE: dict[str, str] = {
     "get_monthly_revenue": "a cross-tenant report: revenue of every account by month",
     "list_ended_chain_periods": "the billing run's scan for ended chains of every account",
     "list_plan_subscriber_cache_keys": "every account subscribed to a plan (cache invalidation)",
+    # The work queues' candidate reads (datalayer/_fanout.py): lock-free reads across
+    # accounts, each candidate then claimed by a statement pinned to its account.
+    "list_claimable_files": "the file queue's next candidates, read without locks",
+    "list_due_subscriptions": "the renewals due, read without locks",
+    "list_closed_periods": "the billing run's closed periods, read without locks",
+    "list_drafts": "the billing run's drafts to finalise, read without locks",
+    "list_expired_reservation_accounts": "the accounts with expired quota reservations",
+    "list_cache_invalidations": "the cache journal's entries of every account since a cursor",
 }
 
 # Parameters of these types get a sample value in the "sample" pass; any other

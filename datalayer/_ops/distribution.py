@@ -75,8 +75,9 @@ _EVENTS_KEPT = (
     "SELECT and INSERT events there (grants), as everywhere"
 )
 _LEDGER_KEPT = (
-    "dropped on Citus by the distribution step; the application role may only read the ledger "
-    "and books through book_ledger_transaction, which refuses unbalanced entries (migration 0020)"
+    "dropped on Citus by the distribution step; the application role may only SELECT and "
+    "INSERT the ledger (grants), and the library books through book_ledger_transaction, which "
+    "refuses unbalanced entries (migration 0020)"
 )
 # The plain layout's triggers that Citus refuses, by table: the distribution
 # step drops them, and each guarantee holds on the cluster by the means given.

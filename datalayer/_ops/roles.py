@@ -48,16 +48,10 @@ SCHEMA = "public"
 # The grants policy: what the application role may do to each table. A
 # partition (attached, or detached and awaiting its archive) follows its parent.
 # Facts: written once, removed only by `datalayer archive` (admin) with their month.
-# The ledger: read only; the application books through book_ledger_transaction
-# (SECURITY DEFINER, migration 0020), which refuses unbalanced entries.
-LEDGER = frozenset({"ledger_transactions", "ledger_entries"})
-# The functions the application may execute (EXECUTE is revoked from PUBLIC).
-FUNCTIONS = (
-    "book_ledger_transaction(bigint, text, text, bigint, bigint, text, timestamptz, text,"
-    " text[], bigint[])",
-)
 APPEND_ONLY = frozenset(
     {
+        "ledger_transactions",
+        "ledger_entries",
         "usage_events",
         "usage_event_keys",
         "analytics_events",
@@ -102,8 +96,6 @@ def table_privileges(table: str, *, parent: str | None = None) -> frozenset[str]
     match = _PARTITION_NAME.match(name)
     if parent is None and match and match.group("parent") in PARTITIONED_TABLES:
         name = match.group("parent")  # a detached partition awaiting its archive
-    if name in LEDGER:
-        return frozenset({"SELECT"})
     if name in APPEND_ONLY:
         return frozenset({"SELECT", "INSERT"})
     if name in KEPT:
@@ -495,21 +487,6 @@ def apply_grants(conn: psycopg.Connection[Any], roles: Roles) -> list[str]:
             if public:
                 conn.execute(sql.SQL("REVOKE ALL ON {} {} FROM PUBLIC").format(noun, target))
                 changes.append(f"revoked {', '.join(sorted(public))} on {name} from PUBLIC")
-    for signature in FUNCTIONS:
-        function = signature.split("(")[0]
-        exists = conn.execute(
-            "SELECT to_regprocedure(%s) IS NOT NULL"
-            " AND NOT has_function_privilege(%s, to_regprocedure(%s), 'EXECUTE')",
-            (signature, roles.app, signature),
-        ).fetchone()
-        if exists and exists[0]:
-            conn.execute(
-                sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(
-                    sql.SQL(signature.replace(function, sql.Identifier(function).as_string(conn))),
-                    app,
-                )
-            )
-            changes.append(f"granted EXECUTE on {function}")
     for change in changes:
         log.info("%s: %s", roles.app, change)
     for problem in excess_privileges(conn, roles.app):

@@ -358,14 +358,15 @@ class BillingMachine(RuleBasedStateMachine):
             ).fetchone()
             drafts = conn.execute("SELECT count(*) FROM invoices WHERE status = 'draft'").fetchone()
         with self.db.connection() as conn:
+            # Subqueries as columns beside aggregates do not run on Citus: one row each.
             row = conn.execute(
-                "SELECT count(*) FILTER (WHERE kind = 'adjustment' AND meter_code IS NOT NULL),"
-                " count(*) FILTER (WHERE kind = 'proration'),"
+                "SELECT (SELECT count(*) FILTER (WHERE kind = 'adjustment'"
+                "                                 AND meter_code IS NOT NULL) FROM invoice_lines),"
+                " (SELECT count(*) FILTER (WHERE kind = 'proration') FROM invoice_lines),"
                 " (SELECT count(*) FROM invoices WHERE billing_period_id IS NULL),"
                 " (SELECT count(*) FROM credit_applications),"
                 " (SELECT count(*) FROM usage_cancellations),"
                 " (SELECT count(*) FROM invoices)"
-                " FROM invoice_lines"
             ).fetchone()
         assert row is not None
         for name, value in zip(SEEN, row, strict=True):

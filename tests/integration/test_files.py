@@ -225,8 +225,9 @@ def test_claim_takes_uploaded_files_oldest_upload_first_with_a_lease_and_one_mor
 ) -> None:
     newer = uploaded(uow, account, "newer")
     older = uploaded(uow, other, "older")  # the queue serves every account
-    conn.execute(
-        "UPDATE files SET uploaded_at = uploaded_at - interval '1 hour' WHERE id = %s", [older.id]
+    conn.execute(  # a constant, not uploaded_at - interval (Citus refuses that in an UPDATE)
+        "UPDATE files SET uploaded_at = %s WHERE account_id = %s AND id = %s",
+        [older.uploaded_at - timedelta(hours=1), other.id, older.id],
     )
     before = datetime.now(UTC)
     claims = uow.files.claim(limit=10, lease=timedelta(seconds=30))

@@ -16,6 +16,7 @@ refused most of them earlier, by its grants: test_roles.py).
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -638,7 +639,17 @@ def test_an_event_for_a_month_without_a_partition_names_that_month(
 
 # --- append-only tables -----------------------------------------------------------------------
 
+# The plain layout's triggers: Citus refuses triggers on distributed tables, and the
+# distribution step drops these (datalayer/_ops/distribution.py, PLAIN_ONLY_TRIGGERS).
+# On a cluster the application role's grants hold append-only (test_roles.py), and
+# book_ledger_transaction the balance (test_the_librarys_booking_statement_refuses_…).
+PLAIN_ONLY = pytest.mark.not_on_citus(
+    "a trigger of the plain layout, dropped on Citus, where grants and "
+    "book_ledger_transaction hold the guarantee for the application"
+)
 
+
+@PLAIN_ONLY
 @pytest.mark.parametrize("table", ["usage_events", "analytics_events"])
 def test_updating_an_event_is_refused(conn: Conn, w: World, table: str) -> None:
     insert(conn, table, base_row(table, w))
@@ -650,6 +661,7 @@ def test_updating_an_event_is_refused(conn: Conn, w: World, table: str) -> None:
     assert (error.constraint or "").endswith("_append_only"), str(error)
 
 
+@PLAIN_ONLY
 @pytest.mark.parametrize("table", ["usage_events", "analytics_events"])
 def test_updating_an_event_is_refused_by_the_tables_append_only_constraint(
     conn: Conn, w: World, table: str
@@ -661,6 +673,7 @@ def test_updating_an_event_is_refused_by_the_tables_append_only_constraint(
     refused(conn, table, statement, None, CheckViolation, f"{table}_append_only")
 
 
+@PLAIN_ONLY
 @pytest.mark.parametrize(
     ("table", "statement"),
     [
@@ -722,6 +735,7 @@ def _ledger_entry_count(url: str, account: int) -> int:
 BALANCED = [("receivable", 500, "EUR"), ("revenue", -500, "EUR")]
 
 
+@PLAIN_ONLY
 def test_truncating_a_committed_ledger_is_refused(ledger_url: str) -> None:
     with psycopg.connect(ledger_url) as conn:
         account, tx = _ledger_setup(conn)
@@ -736,6 +750,7 @@ def test_truncating_a_committed_ledger_is_refused(ledger_url: str) -> None:
     assert _ledger_entry_count(ledger_url, account) == len(BALANCED)
 
 
+@PLAIN_ONLY
 @pytest.mark.parametrize(
     ("committed_first", "entries"),
     [
@@ -1105,6 +1120,11 @@ def test_changing_the_meters_of_a_published_plan_is_refused(
     refused(conn, "plan_meters", statement, [w.published_plan], CheckViolation, constraint)
 
 
+@pytest.mark.not_on_citus(
+    "SET CONSTRAINTS … IMMEDIATE does not reach the workers' connections: the key is checked "
+    "at commit there (test_a_plan_published_or_archived_with_plain_sql_alone_is_refused_at_commit "
+    "shows a seal key refusing at commit on the cluster)"
+)
 def test_adding_a_meter_to_a_published_plan_with_its_seal_state_is_refused(
     conn: Conn, w: World
 ) -> None:
@@ -1147,8 +1167,8 @@ def test_a_plan_published_or_archived_with_plain_sql_alone_is_refused_at_commit(
     with psycopg.connect(ledger_url) as conn:
         plan = conn.execute(
             "INSERT INTO plans (code, version, name, billing_interval, base_price_minor, currency)"
-            " VALUES ('seal' || (SELECT count(*) FROM plans), 1, 'S', 'month', 100, 'EUR')"
-            " RETURNING id"
+            " VALUES (%s, 1, 'S', 'month', 100, 'EUR') RETURNING id",
+            [f"seal-{uuid.uuid4().hex[:12]}"],
         ).fetchone()
         assert plan is not None
         conn.commit()
@@ -1161,10 +1181,12 @@ def test_a_plan_published_or_archived_with_plain_sql_alone_is_refused_at_commit(
         with pytest.raises(psycopg.Error) as info:
             conn.commit()
         status = conn.execute("SELECT status FROM plans WHERE id = %s", [plan[0]]).fetchone()
-    error = map_error(info.value)
-    assert type(error) is CheckViolation, repr(error)
-    assert error.constraint == constraint
+        on_citus = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone()
     assert status == ("draft",)
+    if on_citus is None:  # Citus reports a deferred key's failure at commit without its name
+        error = map_error(info.value)
+        assert type(error) is CheckViolation, repr(error)
+        assert error.constraint == constraint
 
 
 def test_the_meters_of_a_draft_plan_can_change(conn: Conn, w: World) -> None:

@@ -60,3 +60,49 @@ def test_a_domain_constraint_is_recognised_on_a_shard_too() -> None:
     error = map_error(_Unique(diag))
     assert isinstance(error, LiveSubscriptionExists)
     assert error.constraint == "subscriptions_one_live_per_account"
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ('duplicate key value violates unique constraint "users_email_key_102078"',
+         ("users_email_key", None)),
+        ('new row for relation "invoices_102345" violates check constraint'
+         ' "invoices_period_check"', ("invoices_period_check", "invoices")),
+        # A message of one server, not a shard's: nothing is read back.
+        ('duplicate key value violates unique constraint "users_email_key"', (None, None)),
+        ('duplicate key value violates unique constraint "usage_events_2026_07_pkey"',
+         (None, None)),
+    ],
+)  # fmt: skip
+def test_a_relayed_citus_error_without_fields_is_named_from_its_message(
+    message: str, expected: tuple[str | None, str | None]
+) -> None:
+    error = map_error(_Unique(_Diag(None, None, message_primary=message)))
+    assert (error.constraint, error.table) == expected
+    assert "_102" not in str(error)
+
+
+class _Internal(psycopg.errors.InternalError_):
+    """An error a Citus coordinator relays from a worker: SQLSTATE XX000, no fields."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self._diag = _Diag(None, None, message_primary=message)
+
+    @property
+    def diag(self) -> Any:
+        return self._diag
+
+
+def test_a_unique_violation_relayed_as_an_internal_error_is_already_exists() -> None:
+    error = map_error(
+        _Internal('duplicate key value violates unique constraint "usage_event_keys_pkey_102044"')
+    )
+    assert isinstance(error, AlreadyExists)
+    assert error.constraint == "usage_event_keys_pkey"
+
+
+def test_an_internal_error_of_one_server_stays_a_database_error() -> None:
+    error = map_error(_Internal('duplicate key value violates unique constraint "k"'))
+    assert type(error).__name__ == "DatabaseError"

@@ -94,10 +94,19 @@ def _seed(
             f"the database already has {existing[0]} accounts;"
             " pass reset=True (--reset) to replace them"
         )
+    # The ledger refuses TRUNCATE (plain layout: on Citus the distribution step has
+    # dropped those triggers); a reset is the one sanctioned exception, and the
+    # triggers are back on when this transaction commits.
+    guarded = [
+        str(table)
+        for (table,) in conn.execute(
+            "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+            " WHERE c.relname IN ('ledger_entries', 'ledger_transactions')"
+            "   AND t.tgname = c.relname || '_no_truncate'"
+        ).fetchall()
+    ]
     with conn.transaction():
-        # The ledger refuses TRUNCATE; a reset is the one sanctioned exception,
-        # and the triggers are back on when this transaction commits.
-        for table in ("ledger_entries", "ledger_transactions"):
+        for table in guarded:
             conn.execute(
                 psycopg.sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(
                     psycopg.sql.Identifier(table), psycopg.sql.Identifier(f"{table}_no_truncate")
@@ -108,7 +117,7 @@ def _seed(
                 psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, public_tables(conn)))
             )
         )
-        for table in ("ledger_entries", "ledger_transactions"):
+        for table in guarded:
             conn.execute(
                 psycopg.sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(
                     psycopg.sql.Identifier(table), psycopg.sql.Identifier(f"{table}_no_truncate")
