@@ -437,19 +437,20 @@ def _delete_events(db: Database, admin_url: str | None, account: int, *patterns:
     """Remove the bench's own events (and their keys) from ``account``; roll up again."""
     with _owner(db, admin_url) as conn, conn.transaction():
         conn.execute("SET LOCAL statement_timeout = 0")
-        hours = conn.execute(
-            "SELECT min(occurred_at), max(occurred_at) FROM usage_events"
-            " WHERE account_id = %s AND idempotency_key LIKE ANY(%s)",
+        # The deleted events' hours are queued (the bench writes with its own SQL,
+        # which queues nothing: migration 0018), so the rollups forget them.
+        conn.execute(
+            "WITH gone AS (DELETE FROM usage_events WHERE account_id = %(a)s"
+            " AND idempotency_key LIKE ANY(%(p)s) RETURNING meter_code, occurred_at)"
+            " INSERT INTO usage_rollup_queue (account_id, meter_code, hour_start)"
+            " SELECT DISTINCT %(a)s::bigint, meter_code, date_trunc('hour', occurred_at, 'UTC')"
+            " FROM gone",
+            {"a": account, "p": list(patterns)},
+        )
+        conn.execute(
+            "DELETE FROM usage_event_keys WHERE account_id = %s AND idempotency_key LIKE ANY(%s)",
             (account, list(patterns)),
-        ).fetchone()
-        for table in ("usage_events", "usage_event_keys"):
-            conn.execute(
-                f"DELETE FROM {table} WHERE account_id = %s"  # noqa: S608 - fixed names
-                " AND idempotency_key LIKE ANY(%s)",
-                (account, list(patterns)),
-            )
-        if hours and hours[0] is not None:
-            _queue_hours(conn, account, hours[0], hours[1] + timedelta(microseconds=1))
+        )
     refresh_rollups(db)
 
 
