@@ -11,6 +11,7 @@ headroom for a loaded machine). The figures are printed (``-s`` shows them).
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from contextlib import ExitStack
@@ -169,7 +170,12 @@ def test_a_failover_to_a_synchronous_standby_loses_no_acknowledged_write() -> No
         assert before_crash > 0
         assert lost == []
         assert all(stored[key] == 1 for key in keys)  # retried writes stored exactly once
-        assert retried  # the crash did interrupt writers
+        # The crash did interrupt writers: a call failed and was retried, or every writer
+        # waited in the pool across the crash (no write acknowledged for 0.3 s: the
+        # pool's getconn outlasted the promotion, so the first try succeeded).
+        times = sorted(at for _, at in acknowledged)
+        held = any(b - a >= 0.3 for a, b in itertools.pairwise(times))
+        assert retried or held
         assert recovered_in < 5.0
     finally:
         destroy(*([standby] if standby else []), primary)
