@@ -41,7 +41,6 @@ from psycopg import sql
 from .distribution import (
     DISTRIBUTION_COLUMN,
     PLAIN_ONLY_TRIGGERS,
-    REFERENCE_TABLES,
     table_layout,
 )
 
@@ -65,22 +64,9 @@ class Placement:
 
 
 def _citus_tables(conn: psycopg.Connection[Any]) -> dict[str, str]:
-    """Tables Citus knows, by name: 'distributed', 'reference' or 'local'."""
-    rows = conn.execute(
-        "SELECT logicalrelid::regclass::text, partmethod, repmodel FROM pg_dist_partition"
-    ).fetchall()
-    kinds = {}
-    for name, method, _model in rows:
-        kinds[str(name)] = {"h": "distributed", "n": "reference"}.get(str(method), "local")
-    # A reference table and a Citus local table both have partmethod 'n'.
-    for (name,) in conn.execute(
-        "SELECT logicalrelid::regclass::text FROM pg_dist_partition p"
-        " WHERE partmethod = 'n' AND NOT EXISTS ("
-        "   SELECT 1 FROM pg_dist_shard s JOIN pg_dist_placement pl USING (shardid)"
-        "   WHERE s.logicalrelid = p.logicalrelid AND pl.groupid <> 0)"
-    ).fetchall():
-        kinds[str(name)] = "local"
-    return kinds
+    """Tables Citus knows, by name: 'distributed', 'reference' or 'local' (its own view)."""
+    rows = conn.execute("SELECT table_name::text, citus_table_type FROM citus_tables").fetchall()
+    return {str(name): str(kind) for name, kind in rows}
 
 
 def _foreign_keys(conn: psycopg.Connection[Any], tables: set[str]) -> list[tuple[str, str, str]]:
@@ -181,6 +167,3 @@ def distribute(
         ", ".join(placement.dropped_triggers) or "no trigger",
     )
     return placement
-
-
-__all__ += ["PLAIN_ONLY_TRIGGERS", "REFERENCE_TABLES"]
