@@ -39,7 +39,7 @@ def refresh_rollups(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    usage_days = analytics_days = batches = 0
+    batches = 0
     stopping = stop.is_set if stop is not None else lambda: False
 
     def usage_batch(account_id: int) -> int:
@@ -56,25 +56,24 @@ def refresh_rollups(
             uow.rollups.rebuild_analytics_days(days=claimed)
         return len(claimed)
 
-    for queued, batch in (
-        (db.rollups.queued_usage_accounts, usage_batch),
-        (db.rollups.queued_analytics_accounts, analytics_batch),
+    done: dict[str, int] = {"usage": 0, "analytics": 0}
+    for kind, queued, batch in (
+        ("usage", db.rollups.queued_usage_accounts, usage_batch),
+        ("analytics", db.rollups.queued_analytics_accounts, analytics_batch),
     ):
         # Account by account (each batch a single-shard transaction on Citus), the
         # longest waiting first, until no account has anything queued.
         while not stopping() and (accounts := queued(limit=_ACCOUNTS_PER_ROUND)):
             for account_id in accounts:
                 while not stopping():
-                    done = batch(account_id)
+                    days = batch(account_id)
                     batches += 1
-                    if batch is usage_batch:
-                        usage_days += done
-                    else:
-                        analytics_days += done
-                    if not done:
+                    done[kind] += days
+                    if not days:
                         break
                 if stopping():
                     break
+    usage_days, analytics_days = done["usage"], done["analytics"]
     log.info("rollups refreshed: %d usage days, %d analytics days", usage_days, analytics_days)
     return RefreshResult(usage_days, analytics_days, batches)
 
