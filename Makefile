@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DL     := $(BIN)/datalayer
 
 .DEFAULT_GOAL := help
-.PHONY: help install migrate rollback status check-sql seed partitions bench bench-quick pool-sweep backup restore archive test test-citus test-quick mutation lint demo clean
+.PHONY: help install migrate rollback status check-sql seed partitions bench bench-quick pool-sweep backup restore archive test test-citus test-quick mutation generate lint demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -87,7 +87,11 @@ mutation: install ## mutation testing of the pure modules against their unit tes
 test-quick: install ## the inner loop: the suite without its slow tests (wheel, bench, outages, drills, 100k ingests)
 	$(BIN)/pytest -n 2 -q -m "not slow and not first"
 
-lint: install ## ruff check, ruff format --check, mypy --strict, squawk on migrations
+generate: install ## regenerate the sync I/O modules from their async sources (tools/async_to_sync.py)
+	$(BIN)/python tools/async_to_sync.py
+
+lint: install ## generated modules in step, ruff check, ruff format --check, mypy --strict, squawk
+	$(BIN)/python tools/async_to_sync.py --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict datalayer

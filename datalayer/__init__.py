@@ -1,15 +1,19 @@
 """datalayer: the PostgreSQL data layer of a SaaS backend — named SQL, typed repositories."""
 
 from ._cache import Cache
+from ._cache_async import AsyncCache
 from ._cachecore import CacheStats
 from ._cached import CachedReads
+from ._cached_async import AsyncCachedReads
 from ._database import Database, Isolation
+from ._database_async import AsyncDatabase
 from ._health import HealthThresholds
 from ._loader import Query
 from ._paging import Page
 from ._settings import Settings
 from ._telemetry import instrument, uninstrument
 from ._uow import UnitOfWork
+from ._uow_async import AsyncUnitOfWork
 from .errors import (
     AlreadyExists,
     CheckViolation,
@@ -37,6 +41,20 @@ from .repositories import (
     AccountRepository,
     AnalyticsRepository,
     ApiKeyRepository,
+    AsyncAccountRepository,
+    AsyncAnalyticsRepository,
+    AsyncApiKeyRepository,
+    AsyncBillingRepository,
+    AsyncCacheInvalidationRepository,
+    AsyncFileRepository,
+    AsyncMaintenanceRepository,
+    AsyncPlanRepository,
+    AsyncQuotaRepository,
+    AsyncRollupRepository,
+    AsyncSubscriptionRepository,
+    AsyncUsageReportRepository,
+    AsyncUsageRepository,
+    AsyncUserRepository,
     BillingRepository,
     CacheInvalidationRepository,
     FileRepository,
@@ -53,6 +71,24 @@ from .repositories import (
 __all__ = [
     "instrument",
     "uninstrument",
+    "AsyncAccountRepository",
+    "AsyncAnalyticsRepository",
+    "AsyncApiKeyRepository",
+    "AsyncBillingRepository",
+    "AsyncCacheInvalidationRepository",
+    "AsyncFileRepository",
+    "AsyncMaintenanceRepository",
+    "AsyncPlanRepository",
+    "AsyncQuotaRepository",
+    "AsyncRollupRepository",
+    "AsyncSubscriptionRepository",
+    "AsyncUsageReportRepository",
+    "AsyncUsageRepository",
+    "AsyncUserRepository",
+    "AsyncCache",
+    "AsyncCachedReads",
+    "AsyncDatabase",
+    "AsyncUnitOfWork",
     "AccountRepository",
     "AlreadyExists",
     "AnalyticsRepository",

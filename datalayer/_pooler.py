@@ -18,11 +18,13 @@ from ._settings import Settings
 from .errors import DataLayerError
 
 __all__ = [
+    "BACKEND_PID",
     "DIRECT_URL_NEEDED",
     "LOCAL_SETTINGS",
     "behind_pooler",
     "local_settings",
     "options_refused",
+    "pid_differs",
     "refuse_pooler",
 ]
 
@@ -42,6 +44,15 @@ LOCAL_SETTINGS = (
 )
 
 
+# The pid of the server process that runs the client's statements.
+BACKEND_PID = "SELECT pg_backend_pid()"
+
+
+def pid_differs(row: Any, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether ``BACKEND_PID``'s ``row`` is not the pid ``conn`` was told at startup (a pooler)."""
+    return row is None or row[0] != conn.info.backend_pid
+
+
 def behind_pooler(conn: psycopg.Connection[Any]) -> bool:
     """Whether ``conn`` reaches PostgreSQL through a pooler such as PgBouncer.
 
@@ -51,8 +62,7 @@ def behind_pooler(conn: psycopg.Connection[Any]) -> bool:
     proxy such as HAProxy, passes the server's own. One round trip, never
     prepared; raises psycopg errors as they are.
     """
-    row = conn.execute("SELECT pg_backend_pid()", prepare=False).fetchone()
-    return row is None or row[0] != conn.info.backend_pid
+    return pid_differs(conn.execute(BACKEND_PID, prepare=False).fetchone(), conn)
 
 
 def options_refused(exc: BaseException) -> bool:

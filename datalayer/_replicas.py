@@ -17,20 +17,22 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import redis
 from psycopg_pool import PoolTimeout
 
-from .errors import DataLayerError
+from ._uow import UnitOfWork
+from .errors import DataLayerError, map_error
 from .repositories import Repositories
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
     from ._cache import Cache
+    from ._settings import Settings
 
 __all__ = ["CURRENT_LSN", "LsnMarks", "ReplicaReads", "Replicas"]
 
@@ -164,6 +166,41 @@ class Replicas:
         for replica in self._replicas:
             replica.pool.close()
         self.marks.close()
+
+    def remember_writes(self, conn: psycopg.Connection[Any], accounts: Sequence[int]) -> None:
+        """Committed writes to ``accounts`` on ``conn`` (the primary's): remember its WAL end."""
+        if not accounts:
+            return
+        self.marks.learn_scope(conn)
+        row = conn.execute(CURRENT_LSN, prepare=False).fetchone()
+        if row is not None:
+            self.marks.remember(accounts, int(row[0]))
+
+    @contextmanager
+    def read_only_work(
+        self,
+        account_id: int | None,
+        isolation: psycopg.IsolationLevel | None,
+        primary: Callable[[], Any],
+    ) -> Iterator[UnitOfWork]:
+        """A read-only unit of work on a replica fit to read ``account_id`` (else the primary):
+        nothing to commit or invalidate."""
+        with self.connection(account_id, primary) as conn:
+            uow: UnitOfWork | None = None
+            try:
+                conn.isolation_level = isolation
+                conn.read_only = True
+                with conn.transaction():
+                    uow = UnitOfWork(conn)
+                    yield uow
+            except psycopg.Error as exc:
+                raise map_error(exc) from exc
+            finally:
+                if uow is not None:
+                    uow._close()
+                with suppress(Exception):
+                    conn.isolation_level = None
+                    conn.read_only = None
 
     def lags(self) -> list[tuple[bool, float | None]]:
         """Per replica: (still a standby, replay lag in ms); ``(False, None)`` when it cannot
@@ -308,3 +345,22 @@ class ReplicaReads(Repositories):
 
     def __init__(self, replicas: Replicas, primary: Callable[[], Any]):
         super().__init__(_ReplicaSession(replicas, primary))
+
+
+def replicas_for(
+    settings: Settings, pool: Callable[[str, str], ConnectionPool[psycopg.Connection[Any]]]
+) -> Replicas | None:
+    """The replicas of ``settings.replica_urls`` (``None`` without any); ``pool(url, name)``
+    makes each one's pool, not yet open."""
+    if not settings.replica_urls:
+        return None
+    pools = [
+        pool(url, f"{settings.application_name}-replica{i}")
+        for i, url in enumerate(settings.replica_urls)
+    ]
+    return Replicas(
+        pools,
+        LsnMarks(settings.redis_url),
+        wait_ms=settings.replica_wait_ms,
+        max_lag_ms=settings.replica_max_lag_ms,
+    )

@@ -168,8 +168,16 @@ class Telemetry:
             self._shapes[query.name] = cached
         return cached
 
-    def run(self, conn: psycopg.Connection[Any], query: Query, call: Callable[[], T]) -> T:
-        """``call()`` (the query on ``conn``) inside its span, timed into the histogram."""
+    @contextmanager
+    def statement(
+        self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], query: Query
+    ) -> Iterator[Any]:
+        """The block (the query on ``conn``) inside its span, timed into the histogram.
+
+        Yields the span (``db.operation.batch.size`` is set on it after a COPY).
+        A context manager rather than a callback, so that the sync and the
+        async I/O (which awaits inside the block) share it.
+        """
         name, static = self._static(query)
         endpoint = self._endpoints.get(conn)
         if endpoint is None:
@@ -185,7 +193,7 @@ class Telemetry:
             set_status_on_exception=False,
         ) as span:  # fmt: skip
             try:
-                result = call()
+                yield span
             except DataLayerError as exc:
                 failure = _failure(exc)
                 span.set_attributes(failure)
@@ -194,9 +202,6 @@ class Telemetry:
                 raise
             finally:
                 self.duration.record(time.perf_counter() - started, metric)
-            if query.cardinality == "copy" and isinstance(result, int):
-                span.set_attribute("db.operation.batch.size", result)
-            return result
 
     @contextmanager
     def span(self, name: str, **attributes: Any) -> Iterator[Any]:

@@ -223,27 +223,49 @@ def validated(func: Callable[P, R]) -> Callable[P, R]:
     fast: dict[str, Callable[[Any], bool]] | None = None
     positional = _positional_names(func)
 
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+    def passes_fast(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         nonlocal fast
         if fast is None:
             fast = _fast_checks(func)
-        if fast and len(args) == 1 and len(kwargs) == len(fast):
-            for name, value in kwargs.items():
-                check = fast.get(name)
-                if check is None or not check(value):
-                    break
-            else:
-                return func(*args, **kwargs)
+        if not (fast and len(args) == 1 and len(kwargs) == len(fast)):
+            return False
+        for name, value in kwargs.items():
+            check = fast.get(name)
+            if check is None or not check(value):
+                return False
+        return True
+
+    def invalid(exc: ValidationError) -> InvalidInput:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        loc = list(error["loc"])
+        if loc and isinstance(loc[0], int):  # a positional argument: its parameter's name
+            loc[0] = positional[min(loc[0], len(positional) - 1)] if positional else ""
+        field = ".".join(str(part) for part in loc if not isinstance(part, int) and part)
+        return InvalidInput(_message(error), field=field or None)
+
+    if inspect.iscoroutinefunction(func):
+        # pydantic validates a coroutine function's arguments when it is awaited, before
+        # its body runs: so here too, and the error is raised by the await.
+        @functools.wraps(func)
+        async def awaited(*args: Any, **kwargs: Any) -> Any:
+            if passes_fast(args, kwargs):
+                return await func(*args, **kwargs)
+            try:
+                return await checked(*args, **kwargs)  # type: ignore[misc]
+            except ValidationError as exc:
+                raise invalid(exc) from None
+
+        awaited.__validated__ = True  # type: ignore[attr-defined]
+        return awaited  # type: ignore[return-value]
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if passes_fast(args, kwargs):
+            return func(*args, **kwargs)
         try:
             return checked(*args, **kwargs)
         except ValidationError as exc:
-            error = exc.errors(include_url=False, include_input=False)[0]
-            loc = list(error["loc"])
-            if loc and isinstance(loc[0], int):  # a positional argument: its parameter's name
-                loc[0] = positional[min(loc[0], len(positional) - 1)] if positional else ""
-            field = ".".join(str(part) for part in loc if not isinstance(part, int) and part)
-            raise InvalidInput(_message(error), field=field or None) from None
+            raise invalid(exc) from None
 
     wrapper.__validated__ = True  # type: ignore[attr-defined]
     return wrapper

@@ -1,38 +1,73 @@
 """Typed repositories, one per aggregate; bound to ``sql/`` when this package is imported.
 
-``Repositories`` is the one list of them: each attribute names a repository
-class, ``REPOSITORIES`` is derived from it, and ``Database`` and
-``UnitOfWork`` inherit it.
+Each repository is written once, async (``X_async.py``), and its sync twin
+(``X.py``) is generated from it by ``tools/async_to_sync.py``. ``Repositories``
+and ``AsyncRepositories`` (``_registry``) are the one list of them: each
+attribute names a repository class, ``REPOSITORIES`` and
+``ASYNC_REPOSITORIES`` are derived from them, and the databases and units of
+work inherit them.
 """
 
 from __future__ import annotations
 
-from typing import Any, Generic, Self, TypeVar, overload
-
-from .._exec import Session
+from .. import _repository, _repository_async
 from .._loader import load_sql_dir
-from .._repository import Repository, bind_repositories
+from .._repository import Repository
+from .._repository_async import AsyncRepository
 from .._resources import sql_dir
+from ._registry import REPOSITORIES, Repositories
+from ._registry_async import ASYNC_REPOSITORIES, AsyncRepositories
 from .accounts import AccountRepository
+from .accounts_async import AsyncAccountRepository
 from .analytics import AnalyticsRepository
+from .analytics_async import AsyncAnalyticsRepository
 from .api_keys import ApiKeyRepository
+from .api_keys_async import AsyncApiKeyRepository
 from .billing import BillingRepository
+from .billing_async import AsyncBillingRepository
 from .cache_invalidations import CacheInvalidationRepository
+from .cache_invalidations_async import AsyncCacheInvalidationRepository
 from .files import FileRepository
+from .files_async import AsyncFileRepository
 from .maintenance import MaintenanceRepository
+from .maintenance_async import AsyncMaintenanceRepository
 from .plans import PlanRepository
+from .plans_async import AsyncPlanRepository
 from .quotas import QuotaRepository
+from .quotas_async import AsyncQuotaRepository
 from .rollups import RollupRepository
+from .rollups_async import AsyncRollupRepository
 from .subscriptions import SubscriptionRepository
+from .subscriptions_async import AsyncSubscriptionRepository
 from .usage import UsageRepository
+from .usage_async import AsyncUsageRepository
 from .usage_reports import UsageReportRepository
+from .usage_reports_async import AsyncUsageReportRepository
 from .users import UserRepository
+from .users_async import AsyncUserRepository
 
 __all__ = [
+    "ASYNC_REPOSITORIES",
     "REPOSITORIES",
     "AccountRepository",
     "AnalyticsRepository",
     "ApiKeyRepository",
+    "AsyncAccountRepository",
+    "AsyncAnalyticsRepository",
+    "AsyncApiKeyRepository",
+    "AsyncBillingRepository",
+    "AsyncCacheInvalidationRepository",
+    "AsyncFileRepository",
+    "AsyncMaintenanceRepository",
+    "AsyncPlanRepository",
+    "AsyncQuotaRepository",
+    "AsyncRepositories",
+    "AsyncRepository",
+    "AsyncRollupRepository",
+    "AsyncSubscriptionRepository",
+    "AsyncUsageReportRepository",
+    "AsyncUsageRepository",
+    "AsyncUserRepository",
     "BillingRepository",
     "CacheInvalidationRepository",
     "FileRepository",
@@ -48,64 +83,8 @@ __all__ = [
     "UserRepository",
 ]
 
-R = TypeVar("R", bound=Repository)
-
-
-class _Attribute(Generic[R]):
-    """A repository attribute of ``Repositories``: made on first use, bound to its session."""
-
-    def __init__(self, repository: type[R]):
-        self.repository = repository
-        summary = (repository.__doc__ or repository.__name__).strip().splitlines()[0]
-        self.__doc__ = f"{summary.rstrip('.')} (``sql/{repository.aggregate}.sql``)."
-        self.name = ""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    @overload
-    def __get__(self, obj: None, owner: type) -> Self: ...
-    @overload
-    def __get__(self, obj: Repositories, owner: type) -> R: ...
-    def __get__(self, obj: Repositories | None, owner: type) -> Self | R:
-        if obj is None:
-            return self
-        repository = self.repository(obj._session)
-        obj.__dict__[self.name] = repository  # later reads skip this descriptor
-        return repository
-
-
-class Repositories:
-    """Every repository, bound to one session; each made on first use."""
-
-    accounts = _Attribute(AccountRepository)
-    users = _Attribute(UserRepository)
-    plans = _Attribute(PlanRepository)
-    subscriptions = _Attribute(SubscriptionRepository)
-    usage = _Attribute(UsageRepository)
-    rollups = _Attribute(RollupRepository)
-    quotas = _Attribute(QuotaRepository)
-    usage_reports = _Attribute(UsageReportRepository)
-    analytics = _Attribute(AnalyticsRepository)
-    files = _Attribute(FileRepository)
-    api_keys = _Attribute(ApiKeyRepository)
-    billing = _Attribute(BillingRepository)
-    cache_invalidations = _Attribute(CacheInvalidationRepository)
-    maintenance = _Attribute(MaintenanceRepository)
-
-    def __init__(self, session: Session):
-        self._session = session
-
-
-def _declared(holder: type) -> tuple[type[Repository], ...]:
-    attributes: list[_Attribute[Any]] = [
-        v for v in vars(holder).values() if isinstance(v, _Attribute)
-    ]
-    return tuple(a.repository for a in attributes)
-
-
-REPOSITORIES: tuple[type[Repository], ...] = _declared(Repositories)
-
 # Fail at import, not at 3 a.m.: every declared query must exist with the
-# declared cardinality, and every query in sql/ must be used.
-bind_repositories(load_sql_dir(sql_dir()), REPOSITORIES)
+# declared cardinality, and every query in sql/ must be used, by both APIs.
+_CATALOG = load_sql_dir(sql_dir())
+_repository.bind_repositories(_CATALOG, REPOSITORIES)
+_repository_async.bind_repositories(_CATALOG, ASYNC_REPOSITORIES)

@@ -529,3 +529,48 @@ def test_an_argument_of_a_plain_class_is_checked_by_isinstance() -> None:
     with pytest.raises(InvalidInput) as info:
         _Positional().waits(object())  # type: ignore[arg-type]
     assert info.value.field == "event"
+
+
+class _AsyncLookups:
+    """The same checks on coroutine methods (the async API's repositories)."""
+
+    def __init__(self) -> None:
+        self.ran = 0
+
+    @validated
+    async def get(self, *, account_id: Id, limit: Limit) -> tuple[int, int]:
+        self.ran += 1
+        return account_id, limit
+
+    @validated
+    async def named(self, x: int, *, name: Name) -> str:
+        self.ran += 1
+        return f"{x}:{name}"
+
+
+def test_a_coroutine_method_is_validated_when_awaited_before_its_body_runs() -> None:
+    import asyncio
+
+    lookups = _AsyncLookups()
+
+    async def main() -> None:
+        assert await lookups.get(account_id=2**63 - 1, limit=1000) == (2**63 - 1, 1000)
+        assert await lookups.named(3, name="n") == "3:n"  # not all ids: through pydantic
+        for kwargs, field in (({"account_id": 0, "limit": 1}, "account_id"),
+                              ({"account_id": 1, "limit": 1001}, "limit"),
+                              ({"account_id": "1", "limit": 1}, "account_id"),
+                              ({"account_id": 1}, "limit")):  # fmt: skip
+            with pytest.raises(InvalidInput) as caught:
+                await lookups.get(**kwargs)
+            assert caught.value.field == field
+        with pytest.raises(InvalidInput) as caught:
+            await lookups.named("3", name="n")  # type: ignore[arg-type]
+        assert caught.value.field == "x"
+        with pytest.raises(InvalidInput) as caught:
+            await lookups.named(3, name="")
+        assert caught.value.field == "name"
+
+    asyncio.run(main())
+    assert lookups.ran == 2  # no refused call reached the body
+    assert _AsyncLookups.get.__validated__ is True  # type: ignore[attr-defined]
+    assert asyncio.iscoroutinefunction(_AsyncLookups.get)
