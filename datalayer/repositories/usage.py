@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import json
+import random
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -238,15 +240,41 @@ class UsageRepository(Repository):
             rejected.append(
                 Rejection(index=index, idempotency_key=event.idempotency_key, reason=reason)
             )
-        inserted = 0
-        if staged:
-            with self._atomic() as repo:
-                known = repo._reject_unknown_targets(staged, repeats, rejected)
-                if known:
-                    inserted = repo._store(known)
+        inserted = self._store_staged(staged, repeats, rejected) if staged else 0
         rejected.sort(key=lambda r: r.index)
         duplicates = len(events) - len(rejected) - inserted
         return BatchResult(inserted=inserted, duplicates=duplicates, rejected=rejected)
+
+    def _store_staged(
+        self,
+        staged: list[tuple[int, UsageEventIn]],
+        repeats: dict[int, list[int]],
+        rejected: list[Rejection],
+    ) -> int:
+        """Store the staged events of known targets in one transaction; how many were new.
+
+        In a transaction of its own, a deadlock is retried (up to
+        ``DEADLOCK_ATTEMPTS`` tries, after a random pause of up to 50 ms, then
+        100, 200, …): the batch was rolled back whole, and its keys make a
+        second try store each event once. On Citus two batches of several
+        accounts take their shards' row locks in whatever order the shards
+        answer, so two senders that overlap can deadlock where one server never
+        does (it takes each batch's keys in one sorted statement). Inside the
+        caller's unit of work the conflict is the caller's to retry.
+        """
+        attempt = 1
+        while True:
+            refused = len(rejected)
+            try:
+                with self._atomic() as repo:
+                    known = repo._reject_unknown_targets(staged, repeats, rejected)
+                    return repo._store(known) if known else 0
+            except ConcurrencyConflict:
+                del rejected[refused:]  # the rejections of the rolled-back try
+                if self._session.in_transaction or attempt >= DEADLOCK_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0, 0.05 * 2 ** (attempt - 1)))
+                attempt += 1
 
     def _reject_unknown_targets(
         self,
@@ -346,6 +374,7 @@ def _jsonb(properties: dict[str, Any]) -> bytes:
     return _EMPTY_JSONB if not properties else b"\x01" + json.dumps(properties).encode()
 
 
+DEADLOCK_ATTEMPTS = 5  # tries of a batch in its own transaction (UsageRepository._store_staged)
 _EMPTY_JSONB = b"\x01{}"
 _KEY_TYPES = ["int8", "text", "int8", "timestamptz"]
 _EVENT_TYPES = [

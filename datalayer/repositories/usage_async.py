@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -244,15 +246,41 @@ class AsyncUsageRepository(AsyncRepository):
             rejected.append(
                 Rejection(index=index, idempotency_key=event.idempotency_key, reason=reason)
             )
-        inserted = 0
-        if staged:
-            async with self._atomic() as repo:
-                known = await repo._reject_unknown_targets(staged, repeats, rejected)
-                if known:
-                    inserted = await repo._store(known)
+        inserted = await self._store_staged(staged, repeats, rejected) if staged else 0
         rejected.sort(key=lambda r: r.index)
         duplicates = len(events) - len(rejected) - inserted
         return BatchResult(inserted=inserted, duplicates=duplicates, rejected=rejected)
+
+    async def _store_staged(
+        self,
+        staged: list[tuple[int, UsageEventIn]],
+        repeats: dict[int, list[int]],
+        rejected: list[Rejection],
+    ) -> int:
+        """Store the staged events of known targets in one transaction; how many were new.
+
+        In a transaction of its own, a deadlock is retried (up to
+        ``DEADLOCK_ATTEMPTS`` tries, after a random pause of up to 50 ms, then
+        100, 200, …): the batch was rolled back whole, and its keys make a
+        second try store each event once. On Citus two batches of several
+        accounts take their shards' row locks in whatever order the shards
+        answer, so two senders that overlap can deadlock where one server never
+        does (it takes each batch's keys in one sorted statement). Inside the
+        caller's unit of work the conflict is the caller's to retry.
+        """
+        attempt = 1
+        while True:
+            refused = len(rejected)
+            try:
+                async with self._atomic() as repo:
+                    known = await repo._reject_unknown_targets(staged, repeats, rejected)
+                    return await repo._store(known) if known else 0
+            except ConcurrencyConflict:
+                del rejected[refused:]  # the rejections of the rolled-back try
+                if self._session.in_transaction or attempt >= DEADLOCK_ATTEMPTS:
+                    raise
+                await asyncio.sleep(random.uniform(0, 0.05 * 2 ** (attempt - 1)))
+                attempt += 1
 
     async def _reject_unknown_targets(
         self,
@@ -352,6 +380,7 @@ def _jsonb(properties: dict[str, Any]) -> bytes:
     return _EMPTY_JSONB if not properties else b"\x01" + json.dumps(properties).encode()
 
 
+DEADLOCK_ATTEMPTS = 5  # tries of a batch in its own transaction (UsageRepository._store_staged)
 _EMPTY_JSONB = b"\x01{}"
 _KEY_TYPES = ["int8", "text", "int8", "timestamptz"]
 _EVENT_TYPES = [

@@ -9,8 +9,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from datalayer import Database, PartitionMissing
+from datalayer import ConcurrencyConflict, Database, PartitionMissing
 from datalayer.models.usage import UsageEventIn
+
+pytestmark = pytest.mark.both_apis
 
 
 @pytest.fixture
@@ -140,3 +142,59 @@ def test_several_batches_can_be_recorded_in_one_unit_of_work(db: Database, accou
         second = uow.usage.record_batch(events=[event(account_id, "two"), event(account_id, "one")])
     assert (first.inserted, second.inserted, second.duplicates) == (1, 1, 1)
     assert _count(db) == 2
+
+
+def _deadlocking_once(monkeypatch: pytest.MonkeyPatch, times: int) -> list[int]:
+    """Make the batch's store lose a deadlock ``times`` times after writing; count the tries.
+
+    On both APIs: the sync repository's and the async one's ``_store``.
+    """
+    from datalayer.repositories import AsyncUsageRepository, UsageRepository
+
+    tries: list[int] = []
+
+    def verdict(inserted: int) -> int:
+        tries.append(inserted)  # written, then the deadlock detector picks this transaction
+        if len(tries) <= times:
+            raise ConcurrencyConflict("deadlock detected (injected)", sqlstate="40P01")
+        return inserted
+
+    store, astore = UsageRepository._store, AsyncUsageRepository._store
+
+    def deadlocked(self: UsageRepository, events: list[UsageEventIn]) -> int:
+        return verdict(store(self, events))
+
+    async def adeadlocked(self: AsyncUsageRepository, events: list[UsageEventIn]) -> int:
+        return verdict(await astore(self, events))
+
+    monkeypatch.setattr(UsageRepository, "_store", deadlocked)
+    monkeypatch.setattr(AsyncUsageRepository, "_store", adeadlocked)
+    return tries
+
+
+def test_a_batch_that_loses_a_deadlock_is_retried_whole_and_stores_each_event_once(
+    db: Database, account_id: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tries = _deadlocking_once(monkeypatch, times=2)
+    batch = [event(account_id, f"d{i}") for i in range(20)] + [event(999_999, "nobody")]
+    result = db.usage.record_batch(events=batch)
+    assert tries == [20, 20, 20]  # each try wrote all 20; the first two were rolled back
+    assert (result.inserted, result.duplicates) == (20, 0)
+    assert [(r.index, r.reason) for r in result.rejected] == [(20, "unknown account")]
+    assert _count(db) == 20 == _count(db, "usage_event_keys")
+
+
+def test_a_batch_deadlocking_past_its_attempts_or_in_a_unit_of_work_raises_with_nothing_stored(
+    db: Database, account_id: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datalayer.repositories.usage import DEADLOCK_ATTEMPTS
+
+    tries = _deadlocking_once(monkeypatch, times=DEADLOCK_ATTEMPTS)
+    with pytest.raises(ConcurrencyConflict):
+        db.usage.record_batch(events=[event(account_id, "x1")])
+    assert len(tries) == DEADLOCK_ATTEMPTS
+    tries.clear()
+    with pytest.raises(ConcurrencyConflict), db.unit_of_work() as uow:
+        uow.usage.record_batch(events=[event(account_id, "x2")])
+    assert len(tries) == 1  # the caller's transaction is the caller's to retry
+    assert _count(db) == 0
