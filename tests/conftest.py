@@ -24,18 +24,20 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import citus_servers
 import psycopg
 import pytest
 import servers
+from async_bridge import Bridge
+from clones import Clones
 from psycopg.conninfo import make_conninfo
 from pytest_postgresql import factories
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from datalayer import Database, Settings, UnitOfWork
+from datalayer import AsyncDatabase, AsyncUnitOfWork, Database, Settings, UnitOfWork
 from datalayer._ops.migrate import migrate
 
 # tests/query_coverage.py: DATALAYER_QUERY_COVERAGE; tests/servers.py: servers and parts;
@@ -102,6 +104,53 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("first") is None)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "both_apis: the module's tests run on the sync API and again on the async one "
+        "(AsyncDatabase behind tests/async_bridge.py): the db, conn and uow fixtures",
+    )
+    config.addinivalue_line(
+        "markers",
+        "sync_api_only(why): in a both_apis module, a test that patches the sync classes",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``both_apis`` that use ``db``, ``conn`` or ``uow`` run once per API."""
+    if metafunc.definition.get_closest_marker("both_apis") is None:
+        return
+    if metafunc.definition.get_closest_marker("sync_api_only") is not None:
+        return
+    if citus_servers.active():  # the Citus session checks the schema's layout, on one API
+        return
+    if {"db", "conn", "uow", "database"} & set(metafunc.fixturenames):
+        metafunc.parametrize("api", ["sync", "async"], indirect=True)
+
+
+@pytest.fixture
+def api(request: pytest.FixtureRequest) -> str:
+    """Which API the test's ``db``/``conn``/``uow`` are: ``sync``, or ``async`` (bridged)."""
+    return str(getattr(request, "param", "sync"))
+
+
+@pytest.fixture
+def database(api: str, request: pytest.FixtureRequest) -> Callable[..., Database]:
+    """``Database``, or with ``api == "async"`` a maker of bridged ``AsyncDatabase``s."""
+    if api == "async":
+        bridge: Bridge = request.getfixturevalue("bridge")
+        return lambda *args, **kwargs: bridge.wrap(AsyncDatabase(*args, **kwargs))
+    return Database
+
+
+@pytest.fixture(scope="session")
+def bridge() -> Iterator[Bridge]:
+    """The event loop (in a thread) that the bridged async API runs on."""
+    running = Bridge()
+    yield running
+    running.close()
+
+
 @pytest.fixture(scope="session")
 def _server_reachable() -> None:
     """Fail (never skip) at once, with the reason, when the test server is unreachable."""
@@ -157,11 +206,31 @@ def _shared_conn(shared_dbname: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
+@pytest.fixture(scope="session")
+def _shared_async_conn(shared_dbname: str, bridge: Bridge) -> Iterator[Any]:
+    async def connect() -> psycopg.AsyncConnection[Any]:
+        aconn = await psycopg.AsyncConnection.connect(app_url(shared_dbname), autocommit=True)
+        await aconn.execute("SET timezone = 'UTC'")
+        return aconn
+
+    aconn = bridge.call(connect)
+    yield aconn
+    bridge.run(aconn.close())
+
+
 @pytest.fixture
-def conn(_shared_conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
-    """An application-role connection in a transaction rolled back after the test (~0.4 ms)."""
-    with _shared_conn.transaction(force_rollback=True):
-        yield _shared_conn
+def conn(api: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """An application-role connection in a transaction rolled back after the test (~0.4 ms).
+
+    With ``api == "async"``: a bridged ``AsyncConnection`` (tests/async_bridge.py).
+    """
+    if api == "async":
+        bridge: Bridge = request.getfixturevalue("bridge")
+        shared = bridge.wrap(request.getfixturevalue("_shared_async_conn"))
+    else:
+        shared = request.getfixturevalue("_shared_conn")
+    with shared.transaction(force_rollback=True):
+        yield shared
 
 
 @pytest.fixture(scope="session")
@@ -179,21 +248,40 @@ def admin_conn(_shared_admin_conn: psycopg.Connection[Any]) -> Iterator[psycopg.
 
 
 @pytest.fixture
-def uow(conn: psycopg.Connection[Any]) -> UnitOfWork:
+def uow(conn: Any, api: str, request: pytest.FixtureRequest) -> UnitOfWork:
     """Every repository bound to the rolled-back test transaction.
 
     A statement that fails aborts that transaction: wrap an expected failure in
     ``with conn.transaction():`` (a savepoint) to keep using the connection.
     """
+    if api == "async":
+        bridge: Bridge = request.getfixturevalue("bridge")
+        return bridge.wrap(AsyncUnitOfWork(conn._target))  # type: ignore[no-any-return]
     return UnitOfWork(conn)
 
 
+@pytest.fixture(scope="session")
+def clones() -> Iterator[Clones]:
+    """Clones of the template made ahead and dropped behind (tests/clones.py)."""
+    made = Clones(lambda: psycopg.connect(pg_url("postgres"), autocommit=True))
+    yield made
+    made.close()
+
+
 @pytest.fixture
-def fresh_dbname(template_dbname: str) -> Iterator[str]:
+def fresh_dbname(template_dbname: str, request: pytest.FixtureRequest) -> Iterator[str]:
     """A new database cloned from the migrated template, dropped after the test."""
-    janitor = _clone(template_dbname)
-    with janitor:
-        yield janitor.dbname
+    if citus_servers.cluster() is not None:
+        janitor = _clone(template_dbname)
+        with janitor:
+            yield janitor.dbname
+        return
+    clones: Clones = request.getfixturevalue("clones")
+    name = clones.take(template_dbname)
+    try:
+        yield name
+    finally:
+        clones.give_back(name)
 
 
 @pytest.fixture
@@ -209,8 +297,13 @@ def fresh_admin_url(fresh_dbname: str) -> str:
 
 
 @pytest.fixture
-def db(fresh_url: str, fresh_admin_url: str) -> Iterator[Database]:
-    """An open ``Database`` on a fresh clone as the application role (commits are allowed)."""
+def db(
+    fresh_url: str, fresh_admin_url: str, api: str, request: pytest.FixtureRequest
+) -> Iterator[Database]:
+    """An open ``Database`` on a fresh clone as the application role (commits are allowed).
+
+    With ``api == "async"``: a bridged ``AsyncDatabase`` (tests/async_bridge.py).
+    """
     settings = Settings(
         database_url=fresh_url,
         admin_url=fresh_admin_url,
@@ -218,6 +311,11 @@ def db(fresh_url: str, fresh_admin_url: str) -> Iterator[Database]:
         pool_max_size=4,
         pool_timeout=5,
     )
+    if api == "async":
+        bridge: Bridge = request.getfixturevalue("bridge")
+        with bridge.wrap(AsyncDatabase(settings)) as database:
+            yield database
+        return
     with Database(settings) as database:
         yield database
 

@@ -19,6 +19,8 @@ from datalayer._ops.rollups import refresh_rollups
 from datalayer.models.analytics import AnalyticsEventIn
 from datalayer.repositories import AnalyticsRepository
 
+pytestmark = pytest.mark.both_apis
+
 DAY = timedelta(days=1)
 
 

@@ -29,6 +29,8 @@ from datalayer.models.api_keys import ApiKey, IssuedKey
 from datalayer.repositories import api_keys as api_keys_module
 from datalayer.repositories.api_keys import ApiKeyRepository
 
+pytestmark = pytest.mark.both_apis
+
 T = TypeVar("T")
 
 
@@ -348,6 +350,7 @@ def _xmin_and_last_used(db: Database, key: ApiKey) -> tuple[str, datetime | None
     return row[0], row[1]
 
 
+@pytest.mark.sync_api_only("it patches the sync ApiKeyRepository or its module")
 @pytest.mark.not_on_citus(
     "it backdates last_used_at with timestamptz - interval, which Citus refuses in an UPDATE"
 )
@@ -387,6 +390,7 @@ def test_last_used_at_is_written_at_most_once_a_minute(
     assert touches.results == [1, 1]
 
 
+@pytest.mark.sync_api_only("it patches the sync ApiKeyRepository or its module")
 def test_concurrent_authentications_of_a_stale_key_record_the_use_once(
     monkeypatch: pytest.MonkeyPatch, db: Database
 ) -> None:
@@ -413,6 +417,7 @@ def test_concurrent_authentications_of_a_stale_key_record_the_use_once(
     assert sum(touches.results) == 1  # however many saw it stale, one row was written
 
 
+@pytest.mark.sync_api_only("it patches the sync ApiKeyRepository or its module")
 def test_authentication_never_waits_behind_a_lock_on_the_key(
     monkeypatch: pytest.MonkeyPatch, db: Database, fresh_url: str
 ) -> None:
@@ -432,6 +437,7 @@ def test_authentication_never_waits_behind_a_lock_on_the_key(
     assert touches.results == [0, 1]
 
 
+@pytest.mark.sync_api_only("it patches the sync ApiKeyRepository or its module")
 def test_a_lookup_row_whose_hash_differs_is_never_accepted(
     monkeypatch: pytest.MonkeyPatch, uow: UnitOfWork, account: Account
 ) -> None:
@@ -561,6 +567,7 @@ def test_rotating_a_revoked_or_expired_key_raises_invalid_transition(
     assert {k.id for k in page.items} == {revoked.key.id, expired.key.id}
 
 
+@pytest.mark.sync_api_only("it patches the sync ApiKeyRepository or its module")
 def test_a_failed_rotation_changes_nothing(monkeypatch: pytest.MonkeyPatch, db: Database) -> None:
     account = db.accounts.create(name="Acme")
     old = _issue(db.api_keys, account.id)

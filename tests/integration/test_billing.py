@@ -27,6 +27,8 @@ from datalayer._billing import overage_amount, round_half_up
 from datalayer.models.billing import Invoice, InvoiceWithLines, RecordedPayment
 from datalayer.models.plans import Plan, PlanMeterSpec
 
+pytestmark = pytest.mark.both_apis
+
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 FEB = datetime(2026, 2, 1, tzinfo=UTC)
 MID = datetime(2026, 1, 16, tzinfo=UTC)  # 16 of January's 31 days remain

@@ -30,6 +30,8 @@ from datalayer.errors import map_error
 from datalayer.models.billing import Invoice, InvoiceWithLines
 from datalayer.models.subscriptions import Subscription
 
+pytestmark = pytest.mark.both_apis
+
 T0 = month_start(datetime.now(UTC) - ACCEPTED_AGE)  # the first period's start
 T1, T2, T3 = (add_months(T0, n) for n in (1, 2, 3))  # period ends
 HOUR = timedelta(hours=1)

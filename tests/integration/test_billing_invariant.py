@@ -51,6 +51,8 @@ from datalayer._billing import overage_amount
 from datalayer._ops.partitions import month_start
 from datalayer._window import ACCEPTED_AGE
 
+pytestmark = pytest.mark.both_apis
+
 FLOOR = month_start(datetime.now(UTC) - ACCEPTED_AGE)  # partitions exist from here
 # The clock starts near the real one: cancelling usage follows the real clock's window.
 START = (datetime.now(UTC) - timedelta(days=20)).replace(minute=0, second=0, microsecond=0)

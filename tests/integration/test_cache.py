@@ -55,6 +55,8 @@ from datalayer.models.subscriptions import Subscription
 from datalayer.repositories import ApiKeyRepository, Repositories
 from datalayer.repositories import api_keys as api_keys_module
 
+pytestmark = pytest.mark.both_apis
+
 REDIS = REDIS_URL
 NEGATIVE = b"\x00none"
 KEYS = SigningKeys.parse(CACHE_KEYS)

@@ -31,6 +31,8 @@ from datalayer._paging import Page
 from datalayer.models.files import File
 from datalayer.repositories.files import FileRepository
 
+pytestmark = pytest.mark.both_apis
+
 SHA = hashlib.sha256(b"hello").hexdigest()
 LEASE = timedelta(minutes=5)
 T = TypeVar("T")

@@ -22,6 +22,8 @@ from datalayer import (
 from datalayer.errors import CheckViolation, map_error
 from datalayer.models.plans import Plan, PlanMeter, PlanMeterSpec, PlanWithMeters
 
+pytestmark = pytest.mark.both_apis
+
 
 def add_meters(conn: psycopg.Connection[Any]) -> None:
     conn.execute(

@@ -14,7 +14,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from datetime import timedelta
 from typing import Any
@@ -25,6 +25,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
 from datalayer import AlreadyExists, Database, QueryTimeout, Settings, Unavailable
+
+pytestmark = pytest.mark.both_apis
 
 PASSWORD = "s3cret-pw"
 
@@ -106,10 +108,10 @@ def silent_server() -> Iterator[int]:
 
 
 def test_repository_reads_outside_a_unit_of_work_leave_no_open_transaction(
-    fresh_url: str, admin: psycopg.Connection[Any]
+    database: Callable[..., Database], fresh_url: str, admin: psycopg.Connection[Any]
 ) -> None:
     settings = _settings(fresh_url, pool_max_size=1)
-    with Database(settings) as db:
+    with database(settings) as db:
         with db.unit_of_work() as uow:
             account = uow.accounts.create(name="Acme")
 
@@ -131,10 +133,10 @@ def test_repository_reads_outside_a_unit_of_work_leave_no_open_transaction(
 
 
 def test_pooled_connections_carry_the_configured_session_settings(
-    fresh_url: str, admin: psycopg.Connection[Any]
+    database: Callable[..., Database], fresh_url: str, admin: psycopg.Connection[Any]
 ) -> None:
     settings = _settings(fresh_url, statement_timeout_ms=4321, lock_timeout_ms=1234)
-    with Database(settings) as db:
+    with database(settings) as db:
         with db.connection() as conn:
             assert conn.execute("SHOW statement_timeout").fetchone() == ("4321ms",)
             assert conn.execute("SHOW lock_timeout").fetchone() == ("1234ms",)
@@ -153,9 +155,10 @@ def test_pooled_connections_carry_the_configured_session_settings(
 
 
 def test_a_statement_over_statement_timeout_raises_query_timeout_and_the_pool_recovers(
+    database: Callable[..., Database],
     fresh_url: str,
 ) -> None:
-    with Database(_settings(fresh_url, statement_timeout_ms=200)) as db:
+    with database(_settings(fresh_url, statement_timeout_ms=200)) as db:
         # pg_sleep(30) ends only by a cancel; the server says which (not a timing check).
         with pytest.raises(QueryTimeout) as info, db.connection() as conn:
             conn.execute("SELECT pg_sleep(30)")
@@ -172,11 +175,11 @@ def test_a_statement_over_statement_timeout_raises_query_timeout_and_the_pool_re
 
 
 def test_after_every_pooled_backend_is_terminated_the_next_call_gets_a_fresh_connection(
-    fresh_url: str, admin: psycopg.Connection[Any]
+    database: Callable[..., Database], fresh_url: str, admin: psycopg.Connection[Any]
 ) -> None:
     settings = _settings(fresh_url, pool_min_size=2, pool_max_size=4, pool_timeout=5)
     name = settings.application_name
-    with Database(settings) as db:
+    with database(settings) as db:
         db.open(wait=True)
         with db.unit_of_work() as uow:
             account = uow.accounts.create(name="Acme")
@@ -205,10 +208,12 @@ def test_after_every_pooled_backend_is_terminated_the_next_call_gets_a_fresh_con
         assert db.stats()["pool_size"] <= settings.pool_max_size
 
 
-def test_a_call_with_nothing_listening_raises_unavailable_within_the_pool_timeout() -> None:
+def test_a_call_with_nothing_listening_raises_unavailable_within_the_pool_timeout(
+    database: Callable[..., Database],
+) -> None:
     url = f"postgresql://postgres@127.0.0.1:{_free_port()}/x"
     settings = _settings(url, pool_timeout=1, connect_timeout=1)
-    with Database(settings) as db:
+    with database(settings) as db:
         start = time.monotonic()
         with pytest.raises(Unavailable):
             db.accounts.get(account_id=1)
@@ -217,11 +222,12 @@ def test_a_call_with_nothing_listening_raises_unavailable_within_the_pool_timeou
 
 
 def test_a_call_to_a_server_that_never_answers_raises_unavailable_rather_than_hanging(
+    database: Callable[..., Database],
     silent_server: int,
 ) -> None:
     url = f"postgresql://postgres@127.0.0.1:{silent_server}/x"
     settings = _settings(url, pool_timeout=1, connect_timeout=1)
-    with Database(settings) as db:
+    with database(settings) as db:
         start = time.monotonic()
         with pytest.raises(Unavailable):
             db.accounts.get(account_id=1)
@@ -235,10 +241,12 @@ def test_a_call_to_a_server_that_never_answers_raises_unavailable_rather_than_ha
     assert elapsed_uow < bound
 
 
-def test_open_and_wait_against_an_unreachable_server_raises_unavailable_promptly() -> None:
+def test_open_and_wait_against_an_unreachable_server_raises_unavailable_promptly(
+    database: Callable[..., Database],
+) -> None:
     url = f"postgresql://postgres@127.0.0.1:{_free_port()}/x"
     settings = _settings(url, pool_timeout=1, connect_timeout=1)
-    with closing(Database(settings)) as db:
+    with closing(database(settings)) as db:
         start = time.monotonic()
         with pytest.raises(Unavailable):
             db.open(wait=True)
@@ -250,10 +258,11 @@ def test_open_and_wait_against_an_unreachable_server_raises_unavailable_promptly
 
 
 def test_an_exhausted_pool_raises_unavailable_after_the_pool_timeout_and_recovers_on_release(
+    database: Callable[..., Database],
     fresh_url: str,
 ) -> None:
     settings = _settings(fresh_url, pool_min_size=1, pool_max_size=1, pool_timeout=1)
-    with Database(settings) as db:
+    with database(settings) as db:
         held = threading.Event()
         release = threading.Event()
         errors: list[BaseException] = []
@@ -335,20 +344,24 @@ def test_a_password_in_the_database_url_never_shows_in_reprs_errors_or_logs(
     assert [t for t in texts if PASSWORD in t] == []
 
 
-def test_a_password_given_as_a_url_query_parameter_never_shows_in_reprs() -> None:
+def test_a_password_given_as_a_url_query_parameter_never_shows_in_reprs(
+    database: Callable[..., Database],
+) -> None:
     url = f"postgresql://postgres@127.0.0.1:{_free_port()}/x?password={PASSWORD}"
     settings = _settings(url, pool_timeout=1, connect_timeout=1)
-    with Database(settings) as db:
+    with database(settings) as db:
         texts = [repr(settings), repr(db), settings.safe_database_url]
     assert [t for t in texts if PASSWORD in t] == []
 
 
-def test_a_multi_host_url_with_a_password_opens_and_is_shown_redacted(fresh_url: str) -> None:
+def test_a_multi_host_url_with_a_password_opens_and_is_shown_redacted(
+    database: Callable[..., Database], fresh_url: str
+) -> None:
     params = conninfo_to_dict(fresh_url)
     hosts = f"{params['host']}:{params['port']},{params['host']}:{params['port']}"
     url = f"postgresql://{params['user']}:{PASSWORD}@{hosts}/{params['dbname']}"
     settings = _settings(url)
-    with closing(Database(settings)) as db:
+    with closing(database(settings)) as db:
         db.open()
         assert db.accounts.get(account_id=1) is None
         texts = [repr(settings), repr(db)]
@@ -370,17 +383,20 @@ def _prepared_after_ten_reads(db: Database) -> int:
 
 
 def test_prepare_threshold_none_runs_repeated_reads_without_prepared_statements(
+    database: Callable[..., Database],
     fresh_url: str,
 ) -> None:
     settings = _settings(fresh_url, pool_max_size=1, prepare_threshold=None)
-    with Database(settings) as db:
+    with database(settings) as db:
         assert _prepared_after_ten_reads(db) == 0
 
 
-def test_the_default_prepare_threshold_prepares_a_read_repeated_ten_times(fresh_url: str) -> None:
+def test_the_default_prepare_threshold_prepares_a_read_repeated_ten_times(
+    database: Callable[..., Database], fresh_url: str
+) -> None:
     settings = _settings(fresh_url, pool_max_size=1)
     assert settings.prepare_threshold == 5
-    with Database(settings) as db:
+    with database(settings) as db:
         assert _prepared_after_ten_reads(db) >= 1
 
 
@@ -388,10 +404,10 @@ def test_the_default_prepare_threshold_prepares_a_read_repeated_ten_times(fresh_
 
 
 def test_failing_statements_leave_the_pool_healthy_and_its_size_bounded(
-    fresh_url: str, admin: psycopg.Connection[Any]
+    database: Callable[..., Database], fresh_url: str, admin: psycopg.Connection[Any]
 ) -> None:
     settings = _settings(fresh_url, pool_min_size=1, pool_max_size=3)
-    with Database(settings) as db:
+    with database(settings) as db:
         account = db.accounts.create(name="Acme")
         db.users.create(account_id=account.id, email="dup@example.com")
 
@@ -414,9 +430,11 @@ def test_failing_statements_leave_the_pool_healthy_and_its_size_bounded(
         assert len(_pids(admin, settings.application_name)) <= settings.pool_max_size
 
 
-def test_on_acquire_reports_how_long_each_checkout_waited(fresh_url: str) -> None:
+def test_on_acquire_reports_how_long_each_checkout_waited(
+    database: Callable[..., Database], fresh_url: str
+) -> None:
     waits: list[float] = []
-    with Database(database_url=fresh_url, pool_min_size=1, pool_max_size=1) as db:
+    with database(database_url=fresh_url, pool_min_size=1, pool_max_size=1) as db:
         db.on_acquire = waits.append
         db.accounts.list(limit=1)
         assert len(waits) == 1

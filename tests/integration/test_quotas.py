@@ -20,6 +20,8 @@ from datalayer import (
 )
 from datalayer.repositories import quotas as quotas_module
 
+pytestmark = pytest.mark.both_apis
+
 
 def _plan(db: Database, code: str, limit: int, kind: str = "hard") -> int:
     with db.connection() as conn:

@@ -20,6 +20,8 @@ from datalayer import (
     User,
 )
 
+pytestmark = pytest.mark.both_apis
+
 
 @pytest.fixture
 def account(uow: UnitOfWork) -> Account:

@@ -27,6 +27,8 @@ from datalayer import Database
 from datalayer._ops.partitions import month_start
 from datalayer._ops.rollups import refresh_rollups
 
+pytestmark = pytest.mark.both_apis
+
 REPO = Path(__file__).resolve().parents[2]
 METERS = ("api_calls", "storage_gb")
 _keys = itertools.count()

@@ -25,6 +25,8 @@ from datalayer import (
 from datalayer.models.plans import Plan
 from datalayer.models.subscriptions import Proration, Subscription
 
+pytestmark = pytest.mark.both_apis
+
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LIVE = ("trialing", "active", "past_due")
 

@@ -17,6 +17,8 @@ from datalayer import (
     UnitOfWork,
 )
 
+pytestmark = pytest.mark.both_apis
+
 
 def _count_accounts(db: Database) -> int:
     with db.connection() as conn:

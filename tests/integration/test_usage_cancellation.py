@@ -25,6 +25,8 @@ from datalayer._ops.partitions import ensure_partitions
 from datalayer._ops.rollups import refresh_rollups
 from datalayer._window import oldest_accepted
 
+pytestmark = pytest.mark.both_apis
+
 HOUR = timedelta(hours=1)
 
 

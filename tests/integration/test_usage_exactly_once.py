@@ -21,6 +21,8 @@ from psycopg import sql
 from datalayer import Database, InvalidInput, ReferenceViolation, UnitOfWork
 from datalayer._ops.partitions import month_start
 
+pytestmark = pytest.mark.both_apis
+
 REPO = Path(__file__).resolve().parents[2]
 
 

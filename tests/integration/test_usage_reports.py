@@ -15,6 +15,8 @@ from datalayer import Database, InvalidInput, UnitOfWork
 from datalayer._ops.rollups import rebuild_rollups, refresh_rollups
 from datalayer.repositories import UsageReportRepository
 
+pytestmark = pytest.mark.both_apis
+
 Row = tuple[Any, ...]
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
