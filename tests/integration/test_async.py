@@ -12,6 +12,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -194,7 +195,8 @@ async def _transactions_open(admin: psycopg.AsyncConnection[Any], name: str) -> 
 
 
 async def _settled(admin: psycopg.AsyncConnection[Any], name: str) -> list[Any]:
-    """The application's backends still busy or in a transaction, after up to 5 s."""
+    """The backends of application ``name`` (this test's only) still busy or in a
+    transaction, after up to 5 s."""
     for _ in range(250):
         busy = await _transactions_open(admin, name)
         if not busy:
@@ -225,7 +227,7 @@ def test_a_task_cancelled_mid_query_leaves_no_query_or_transaction_and_the_pool_
         stats = db.stats()
         assert stats["pool_size"] - stats["pool_available"] == 0  # none lent out
 
-    run(fresh_url, work, pool_max_size=2)
+    run(fresh_url, work, pool_max_size=2, application_name=f"cancel-{uuid.uuid4().hex[:8]}")
 
 
 def test_a_task_cancelled_mid_unit_of_work_rolls_it_back_and_leaves_no_transaction_open(
@@ -253,7 +255,7 @@ def test_a_task_cancelled_mid_unit_of_work_rolls_it_back_and_leaves_no_transacti
             account = await uow.accounts.create(name="After")
         assert await db.accounts.get(account_id=account.id) == account
 
-    run(fresh_url, work, pool_max_size=1)
+    run(fresh_url, work, pool_max_size=1, application_name=f"cancel-{uuid.uuid4().hex[:8]}")
 
 
 def test_the_async_database_refuses_replicas_it_cannot_read_from(fresh_url: str) -> None:
