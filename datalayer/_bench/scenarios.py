@@ -187,6 +187,12 @@ def run_bench(
     _domain_scenarios(db, results, profile)
     _billing_run(db, results)
     _ingestion(db, results, profile, heavy)
+    from .async_scenarios import run_async_bench
+
+    try:
+        results += run_async_bench(db.settings, profile, heavy)
+    finally:  # leave the data as the seed made it
+        _delete_events(db, profile.admin_url, heavy, "abench-%", "raw-abench-%")
     return results
 
 
@@ -218,7 +224,9 @@ def against_plain(plain: Sequence[Result], cluster: Sequence[Result]) -> list[Re
     return out
 
 
-_THROUGHPUT = frozenset({"raw_copy", "ingest_exactly_once"})
+_THROUGHPUT = frozenset(
+    {"raw_copy", "ingest_exactly_once", "raw_async_copy", "async_ingest_exactly_once"}
+)
 
 
 METER = "api_calls"
@@ -267,16 +275,32 @@ def hard_quota_plan(db: Database, *, code: str, included: int, base_price_minor:
 _PK_SQL = (
     "SELECT id, name, status, created_at, updated_at, deleted_at FROM accounts WHERE id = %(id)s"
 )
+PK_SQL_POSITIONAL = _PK_SQL.replace("%(id)s", "%s")
 
 
 def _pk_lookups(
     db: Database, results: list[Result], profile: Profile, heavy: int, database_url: str
 ) -> None:
+    pool = db._pool
+
     def raw_pk() -> object:
-        with db._pool.connection() as conn:
+        # The leanest raw psycopg call on the same pool: getconn/putconn, a positional
+        # parameter, tuple rows. The baseline of every primary-key lookup.
+        conn = pool.getconn()
+        try:
+            return conn.execute(PK_SQL_POSITIONAL, (heavy,)).fetchone()
+        finally:
+            pool.putconn(conn)
+
+    def raw_pk_named() -> object:
+        # What the baseline was before: the pool's context manager and a named parameter.
+        with pool.connection() as conn:
             return conn.execute(_PK_SQL, {"id": heavy}).fetchone()
 
-    scenarios: list[tuple[str, Fn]] = [("pk_lookup", lambda: db.accounts.get(account_id=heavy))]
+    scenarios: list[tuple[str, Fn]] = [
+        ("raw_pk_lookup_named", raw_pk_named),
+        ("pk_lookup", lambda: db.accounts.get(account_id=heavy)),
+    ]
     traced = _traced(lambda: db.accounts.get(account_id=heavy))
     if traced is not None:
         scenarios.append(("traced_pk_lookup", traced))

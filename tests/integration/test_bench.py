@@ -32,7 +32,8 @@ LATENCY = [
     "sqlalchemy_orm_pk_lookup", "aiosql_pk_lookup", "usage_summary_raw", "usage_summary_rollup",
     "auth_uncached",
     "auth_cached", "quota_consume", "file_claim", "invoice_generate", "dau_30d",
-    "latency_percentiles_day",
+    "latency_percentiles_day", "raw_pk_lookup_named",
+    "raw_async_pk_lookup", "async_pk_lookup", "asyncpg_pk_lookup",
 ]  # fmt: skip
 BASELINES = {
     "pk_lookup": "raw_pk_lookup",
@@ -43,7 +44,12 @@ BASELINES = {
     "usage_summary_rollup": "usage_summary_raw",
     "auth_cached": "auth_uncached",
     "ingest_exactly_once": "raw_copy",
+    "raw_pk_lookup_named": "raw_pk_lookup",
+    "async_pk_lookup": "raw_async_pk_lookup",
+    "asyncpg_pk_lookup": "raw_async_pk_lookup",
+    "async_ingest_exactly_once": "raw_async_copy",
 }
+THROUGHPUT = {"ingest_exactly_once", "async_ingest_exactly_once"}
 TINY = Profile(iterations=40, events=2000, scale=True)
 
 
@@ -72,6 +78,7 @@ def test_every_scenario_runs_at_one_and_four_threads(results: list[Result]) -> N
     for name in LATENCY:
         assert {(name, 1), (name, 4)} <= seen, name
     assert {("raw_copy", 1), ("ingest_exactly_once", 1), ("billing_run", 1)} <= seen
+    assert {("raw_async_copy", 1), ("async_ingest_exactly_once", 1)} <= seen
     assert {("usage_summary_rollup_10x", 1), ("usage_summary_raw_10x", 4)} <= seen
 
 
@@ -94,11 +101,14 @@ def test_each_ratio_is_against_its_baseline_measured_in_the_same_run(
             assert r.ratio is None
             continue
         base = by_key[(r.baseline, r.threads)]
-        if r.name == "ingest_exactly_once":  # throughput: baseline events/s over ours
+        if r.name in THROUGHPUT:  # throughput: baseline events/s over ours
             assert r.ratio == pytest.approx(base.ops_per_s / r.ops_per_s, rel=0.01)
         else:
             assert r.ratio == pytest.approx(r.p50_us / base.p50_us, rel=0.01)
-    assert set(describe(results)) >= {"pk_lookup@1", "pk_lookup@4", "ingest_exactly_once@1"}
+    assert set(describe(results)) >= {
+        "pk_lookup@1", "pk_lookup@4", "ingest_exactly_once@1", "async_pk_lookup@1",
+        "async_pk_lookup@4", "async_ingest_exactly_once@1",
+    }  # fmt: skip
 
 
 def test_the_bench_leaves_the_data_as_the_seed_made_it(

@@ -1,0 +1,187 @@
+"""``datalayer bench``: the async API against raw async psycopg, measured in the same run.
+
+As the sync scenarios: a scenario and its baseline are called in turn (the
+order rotating), by 1 and then 4 concurrent tasks on one event loop, each on
+its own pool of the same size. Baselines are the leanest raw call:
+``getconn``/``putconn`` on psycopg's ``AsyncConnectionPool``, positional
+``%s`` parameters, tuple rows; asyncpg (when installed, the ``bench`` extra)
+is a peer. Ingestion: raw async binary COPY, then ``record_batch`` of the same
+events through ``AsyncDatabase``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from .._conninfo import conninfo_params
+from .._database_async import AsyncDatabase
+from .._settings import Settings
+from ..models.usage import UsageEventIn
+from .scenarios import METER, THREADS, Profile, Result, _summary, _throughput
+
+__all__ = ["run_async_bench"]
+
+AsyncFn = Callable[[], Awaitable[object]]
+
+PK_SQL_POSITIONAL = (
+    "SELECT id, name, status, created_at, updated_at, deleted_at FROM accounts WHERE id = %s"
+)
+_PK_SQL_ASYNCPG = (
+    "SELECT id, name, status, created_at, updated_at, deleted_at FROM accounts WHERE id = $1"
+)
+
+
+async def _interleaved(
+    members: Sequence[tuple[str, AsyncFn]], calls: int, tasks: int
+) -> dict[str, list[int]]:
+    """Each of ``tasks`` tasks awaits every member in turn, ``calls // tasks`` times."""
+    samples: dict[str, list[int]] = {name: [] for name, _ in members}
+    per_task = max(1, calls // tasks)
+    count = len(members)
+
+    async def work(offset: int) -> None:
+        for i in range(per_task):
+            for j in range(count):
+                name, fn = members[(i + j + offset) % count]
+                start = time.perf_counter_ns()
+                await fn()
+                samples[name].append(time.perf_counter_ns() - start)
+
+    await asyncio.gather(*(work(t) for t in range(tasks)))
+    return samples
+
+
+async def _group(
+    results: list[Result],
+    baseline: tuple[str, AsyncFn],
+    scenarios: Sequence[tuple[str, AsyncFn]],
+    calls: int,
+) -> None:
+    members = [baseline, *scenarios]
+    for _, fn in members:  # warm-up: pools, prepared statements
+        for _ in range(min(200, max(5, calls // 10))):
+            await fn()
+    for tasks in THREADS:
+        samples = await _interleaved(members, calls, tasks)
+        base = _summary(baseline[0], samples[baseline[0]], tasks)
+        results.append(base)
+        for name, _ in scenarios:
+            this = _summary(name, samples[name], tasks)
+            this.baseline = base.name
+            this.ratio = round(this.p50_us / base.p50_us, 3) if base.p50_us else None
+            results.append(this)
+
+
+def run_async_bench(settings: Settings, profile: Profile, heavy: int) -> list[Result]:
+    """The async scenarios on the database of ``settings`` (seeded; ``heavy``: its busiest
+    account); returns their results."""
+    results: list[Result] = []
+    asyncio.run(_run(settings, profile, heavy, results))
+    return results
+
+
+async def _run(settings: Settings, profile: Profile, heavy: int, results: list[Result]) -> None:
+    lean = settings.model_copy(update={"redis_url": None})
+    async with AsyncDatabase(lean) as adb, AsyncDatabase(lean) as raw_db:
+        pool = raw_db._pool  # a pool of its own, configured as the library's
+
+        async def raw_pk() -> object:
+            conn = await pool.getconn()
+            try:
+                cur = await conn.execute(PK_SQL_POSITIONAL, (heavy,))
+                return await cur.fetchone()
+            finally:
+                await pool.putconn(conn)
+
+        async def pk() -> object:
+            return await adb.accounts.get(account_id=heavy)
+
+        scenarios: list[tuple[str, AsyncFn]] = [("async_pk_lookup", pk)]
+        close: Callable[[], Awaitable[None]] | None = None
+        if profile.peers and importlib.util.find_spec("asyncpg") is not None:
+            peer, close = await _asyncpg_peer(settings, heavy)
+            scenarios.append(("asyncpg_pk_lookup", peer))
+        elif profile.peers:
+            print("peer asyncpg_pk_lookup skipped: pip install 'datalayer[bench]'")
+        try:
+            await _group(results, ("raw_async_pk_lookup", raw_pk), scenarios, profile.iterations)
+        finally:
+            if close is not None:
+                await close()
+        await _ingestion(adb, raw_db, results, profile, heavy)
+
+
+async def _asyncpg_peer(
+    settings: Settings, heavy: int
+) -> tuple[AsyncFn, Callable[[], Awaitable[None]]]:
+    """asyncpg's documented way: a pool, ``acquire``, ``fetchrow`` (prepared, cached)."""
+    import asyncpg  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+    params = conninfo_params(settings.database_url)
+    peer_pool = await asyncpg.create_pool(
+        host=params.get("host"),
+        port=int(params.get("port") or 5432),
+        user=params.get("user"),
+        password=params.get("password"),
+        database=params.get("dbname"),
+        min_size=max(THREADS),
+        max_size=max(THREADS),
+    )
+
+    async def call() -> object:
+        async with peer_pool.acquire() as conn:
+            return await conn.fetchrow(_PK_SQL_ASYNCPG, heavy)
+
+    async def close() -> None:
+        await peer_pool.close()
+
+    return call, close
+
+
+async def _ingestion(
+    adb: AsyncDatabase, raw_db: AsyncDatabase, results: list[Result], profile: Profile, heavy: int
+) -> None:
+    """``profile.events`` events (10% repeats): raw async COPY, then ``record_batch``."""
+    events = profile.events
+    now = datetime.now(UTC)
+    tag = uuid.uuid4().hex[:8]
+    batch = [
+        UsageEventIn(account_id=heavy, meter_code=METER, quantity=Decimal(1),
+                     occurred_at=now - timedelta(seconds=i % 3600),
+                     idempotency_key=f"abench-{tag}-{i if i % 10 else i - 1}")
+        for i in range(events)
+    ]  # fmt: skip
+    rows: list[tuple[Any, ...]] = [
+        (e.account_id, e.meter_code, e.quantity, e.occurred_at, f"raw-{e.idempotency_key}-{i}",
+         Jsonb({}))
+        for i, e in enumerate(batch)
+    ]  # fmt: skip
+    started = time.perf_counter()
+    async with (
+        raw_db.connection() as conn,
+        conn.transaction(),
+        conn.cursor() as cur,
+        cur.copy(
+            "COPY usage_events (account_id, meter_code, quantity, occurred_at, idempotency_key,"
+            " properties) FROM STDIN (FORMAT BINARY)"
+        ) as copy,
+    ):
+        copy.set_types(["int8", "text", "numeric", "timestamptz", "text", "jsonb"])
+        for r in rows:
+            await copy.write_row(r)
+    raw = _throughput("raw_async_copy", events, time.perf_counter() - started)
+    started = time.perf_counter()
+    await adb.usage.record_batch(events=batch)
+    exact = _throughput("async_ingest_exactly_once", events, time.perf_counter() - started)
+    exact.baseline = raw.name
+    exact.ratio = round(raw.ops_per_s / exact.ops_per_s, 3)
+    results += [raw, exact]
