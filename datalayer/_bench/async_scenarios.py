@@ -16,17 +16,20 @@ import importlib.util
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
-from typing import Any
-
-from psycopg.types.json import Jsonb
 
 from .._conninfo import conninfo_params
 from .._database_async import AsyncDatabase
 from .._settings import Settings
-from ..models.usage import UsageEventIn
-from .scenarios import METER, THREADS, Profile, Result, _summary, _throughput
+from .scenarios import (
+    COPY_EVENTS,
+    COPY_TYPES,
+    THREADS,
+    Profile,
+    Result,
+    _summary,
+    _throughput,
+    ingestion_events,
+)
 
 __all__ = ["run_async_bench"]
 
@@ -152,30 +155,15 @@ async def _ingestion(
 ) -> None:
     """``profile.events`` events (10% repeats): raw async COPY, then ``record_batch``."""
     events = profile.events
-    now = datetime.now(UTC)
-    tag = uuid.uuid4().hex[:8]
-    batch = [
-        UsageEventIn(account_id=heavy, meter_code=METER, quantity=Decimal(1),
-                     occurred_at=now - timedelta(seconds=i % 3600),
-                     idempotency_key=f"abench-{tag}-{i if i % 10 else i - 1}")
-        for i in range(events)
-    ]  # fmt: skip
-    rows: list[tuple[Any, ...]] = [
-        (e.account_id, e.meter_code, e.quantity, e.occurred_at, f"raw-{e.idempotency_key}-{i}",
-         Jsonb({}))
-        for i, e in enumerate(batch)
-    ]  # fmt: skip
+    batch, rows = ingestion_events(heavy, f"abench-{uuid.uuid4().hex[:8]}", events)
     started = time.perf_counter()
     async with (
         raw_db.connection() as conn,
         conn.transaction(),
         conn.cursor() as cur,
-        cur.copy(
-            "COPY usage_events (account_id, meter_code, quantity, occurred_at, idempotency_key,"
-            " properties) FROM STDIN (FORMAT BINARY)"
-        ) as copy,
+        cur.copy(COPY_EVENTS) as copy,
     ):
-        copy.set_types(["int8", "text", "numeric", "timestamptz", "text", "jsonb"])
+        copy.set_types(COPY_TYPES)
         for r in rows:
             await copy.write_row(r)
     raw = _throughput("raw_async_copy", events, time.perf_counter() - started)

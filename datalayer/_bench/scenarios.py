@@ -622,26 +622,15 @@ def _ingestion(db: Database, results: list[Result], profile: Profile, heavy: int
     Both go to the heavy account, in the last hour, and are deleted afterwards.
     """
     events = profile.events
-    now = datetime.now(UTC)
     tag = uuid.uuid4().hex[:8]
-    batch = [
-        UsageEventIn(account_id=heavy, meter_code=METER, quantity=Decimal(1),
-                     occurred_at=now - timedelta(seconds=i % 3600),
-                     idempotency_key=f"bench-{tag}-{i if i % 10 else i - 1}")
-        for i in range(events)
-    ]  # fmt: skip
-    rows = [(e.account_id, e.meter_code, e.quantity, e.occurred_at, f"raw-{e.idempotency_key}-{i}",
-             Jsonb({})) for i, e in enumerate(batch)]  # fmt: skip
+    batch, rows = ingestion_events(heavy, f"bench-{tag}", events)
     started = time.perf_counter()
     with (
         db.connection() as conn,
         conn.transaction(),
-        conn.cursor().copy(
-            "COPY usage_events (account_id, meter_code, quantity, occurred_at, idempotency_key,"
-            " properties) FROM STDIN (FORMAT BINARY)"
-        ) as copy,
+        conn.cursor().copy(COPY_EVENTS) as copy,
     ):
-        copy.set_types(["int8", "text", "numeric", "timestamptz", "text", "jsonb"])
+        copy.set_types(COPY_TYPES)
         for r in rows:
             copy.write_row(r)
     raw = _throughput("raw_copy", events, time.perf_counter() - started)
@@ -653,6 +642,30 @@ def _ingestion(db: Database, results: list[Result], profile: Profile, heavy: int
     results += [raw, exact]
     # Leave the data as the seed made it, so that runs stay comparable.
     _delete_events(db, profile.admin_url, heavy, f"bench-{tag}-%", f"raw-bench-{tag}-%")
+
+
+COPY_EVENTS = (
+    "COPY usage_events (account_id, meter_code, quantity, occurred_at, idempotency_key,"
+    " properties) FROM STDIN (FORMAT BINARY)"
+)
+COPY_TYPES = ["int8", "text", "numeric", "timestamptz", "text", "jsonb"]
+
+
+def ingestion_events(
+    account: int, prefix: str, count: int
+) -> tuple[list[UsageEventIn], list[tuple[Any, ...]]]:
+    """``count`` events of ``account`` in the last hour, every tenth repeating the key before
+    it (keys ``<prefix>-<n>``), and the rows a raw COPY writes for them (keys ``raw-…``)."""
+    now = datetime.now(UTC)
+    batch = [
+        UsageEventIn(account_id=account, meter_code=METER, quantity=Decimal(1),
+                     occurred_at=now - timedelta(seconds=i % 3600),
+                     idempotency_key=f"{prefix}-{i if i % 10 else i - 1}")
+        for i in range(count)
+    ]  # fmt: skip
+    rows = [(e.account_id, e.meter_code, e.quantity, e.occurred_at, f"raw-{e.idempotency_key}-{i}",
+             Jsonb({})) for i, e in enumerate(batch)]  # fmt: skip
+    return batch, rows
 
 
 def machine() -> dict[str, Any]:
