@@ -358,6 +358,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from pydantic import SecretStr
 
+    from ._bench.async_scenarios import run_async_bench
     from ._bench.scenarios import Profile, format_table, machine, run_bench, write_json
     from ._cache import Cache
     from ._cachecore import SigningKeys
@@ -410,6 +411,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         bouncer = Database(settings, database_url=args.pgbouncer_url, replica_urls=())
     with Database(settings) as db, bouncer or contextlib.nullcontext():
         results = run_bench(db, profile, pgbouncer=bouncer)
+        results += run_async_bench(db, profile)
         cache = db.cache.stats.as_dict() if db.cache.enabled else None
     if args.citus:  # the same scenarios on a Citus coordinator, as ratios to the run above
         results += _bench_citus(settings, args.citus, profile, plain=results)

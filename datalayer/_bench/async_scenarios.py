@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
 from .._conninfo import conninfo_params
+from .._database import Database
 from .._database_async import AsyncDatabase
 from .._settings import Settings
 from .scenarios import (
@@ -26,6 +27,8 @@ from .scenarios import (
     THREADS,
     Profile,
     Result,
+    _delete_events,
+    _heavy_account,
     _summary,
     _throughput,
     ingestion_events,
@@ -84,16 +87,21 @@ async def _group(
             results.append(this)
 
 
-def run_async_bench(settings: Settings, profile: Profile, heavy: int) -> list[Result]:
-    """The async scenarios on the database of ``settings`` (seeded; ``heavy``: its busiest
-    account); returns their results."""
+def run_async_bench(db: Database, profile: Profile | None = None) -> list[Result]:
+    """The async scenarios on ``db``'s database (seeded), after ``run_bench`` in the same
+    ``datalayer bench`` run; returns their results and removes the events they wrote."""
+    profile = profile or Profile()
+    heavy = _heavy_account(db)
     results: list[Result] = []
-    asyncio.run(_run(settings, profile, heavy, results))
+    try:
+        asyncio.run(_run(db.settings, profile, heavy, results))
+    finally:  # leave the data as the seed made it
+        _delete_events(db, profile.admin_url, heavy, "abench-%", "raw-abench-%")
     return results
 
 
 async def _run(settings: Settings, profile: Profile, heavy: int, results: list[Result]) -> None:
-    lean = settings.model_copy(update={"redis_url": None})
+    lean = settings.model_copy(update={"redis_url": None, "replica_urls": ()})
     async with AsyncDatabase(lean) as adb, AsyncDatabase(lean) as raw_db:
         pool = raw_db._pool  # a pool of its own, configured as the library's
 

@@ -187,12 +187,6 @@ def run_bench(
     _domain_scenarios(db, results, profile)
     _billing_run(db, results)
     _ingestion(db, results, profile, heavy)
-    from .async_scenarios import run_async_bench
-
-    try:
-        results += run_async_bench(db.settings, profile, heavy)
-    finally:  # leave the data as the seed made it
-        _delete_events(db, profile.admin_url, heavy, "abench-%", "raw-abench-%")
     return results
 
 

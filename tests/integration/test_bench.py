@@ -22,6 +22,7 @@ import pytest
 from conftest import APP_ROLE, CACHE_KEYS, REDIS_URL, _clone, pg_url
 
 from datalayer import Database, Settings
+from datalayer._bench.async_scenarios import run_async_bench
 from datalayer._bench.scenarios import Profile, Result, describe, run_bench
 from datalayer._conninfo import with_user
 from datalayer._ops.seed import seed_database
@@ -69,8 +70,9 @@ def results(seeded_url: str) -> list[Result]:
     # and cleanup (deleting its events, ANALYZE) as the admin.
     app = with_user(seeded_url, APP_ROLE)
     settings = Settings(database_url=app, redis_url=REDIS, cache_keys=CACHE_KEYS)
+    profile = dataclasses.replace(TINY, admin_url=seeded_url)
     with Database(settings) as db:
-        return run_bench(db, dataclasses.replace(TINY, admin_url=seeded_url))
+        return run_bench(db, profile) + run_async_bench(db, profile)
 
 
 def test_every_scenario_runs_at_one_and_four_threads(results: list[Result]) -> None:
