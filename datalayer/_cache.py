@@ -399,20 +399,12 @@ class Cache:
         codec = Codec(model, keys)
         value_key, gen_key = self.key(tag, "value"), self.key(tag, "gen")
         try:
-            raw, generation = client.mget([value_key, gen_key])
+            found = self._read(value_key, gen_key, codec, after_hit)
         except redis.RedisError as exc:
             self._failed(exc)
             return build(), "bypass"
-        if raw is not None:
-            try:
-                value = codec.load(raw, key=value_key, generation=generation, now_ms=wall_ms())
-            except Rejected as why:
-                self._rejected(why)
-            else:
-                self.stats.add("hits" if value is not None else "negative_hits")
-                if value is not None and after_hit is not None:
-                    after_hit(value)
-                return value, "hit" if value is not None else "negative_hit"
+        if found is not None:
+            return found
         self.stats.add("misses")
         lock_key = self.key(tag, "lock")
         try:
@@ -426,6 +418,15 @@ class Cache:
         if not won:
             return self._wait_for(value_key, gen_key, codec, build), "waited"
         try:
+            # The lock is ours. Whoever built the value before us may have stored it and
+            # released the lock between our read and our claim: take it, build nothing.
+            try:
+                found = self._read(value_key, gen_key, codec, after_hit)
+            except redis.RedisError as exc:
+                self._failed(exc)
+                found = None
+            if found is not None:
+                return found
             value = build()
             self.stats.add("rebuilds")
             life = negative_ttl if value is None else ttl
@@ -448,6 +449,30 @@ class Cache:
                 client.delete(lock_key)
             except redis.RedisError as exc:
                 self._failed(exc)
+
+    def _read(
+        self,
+        value_key: str,
+        gen_key: str,
+        codec: Codec[M],
+        after_hit: Callable[[M], None] | None,
+    ) -> tuple[M | None, str] | None:
+        """The value under ``value_key`` if one is stored and verifies, with what it was
+        (``hit``, or ``negative_hit`` for a cached "none"); else ``None``. Raises Redis errors."""
+        client = self._client
+        assert client is not None
+        raw, generation = client.mget([value_key, gen_key])
+        if raw is None:
+            return None
+        try:
+            value = codec.load(raw, key=value_key, generation=generation, now_ms=wall_ms())
+        except Rejected as why:
+            self._rejected(why)
+            return None
+        self.stats.add("hits" if value is not None else "negative_hits")
+        if value is not None and after_hit is not None:
+            after_hit(value)
+        return value, "hit" if value is not None else "negative_hit"
 
     def _wait_for(
         self, value_key: str, gen_key: str, codec: Codec[M], build: Callable[[], M | None]

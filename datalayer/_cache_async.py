@@ -435,20 +435,12 @@ class AsyncCache:
         codec = Codec(model, keys)
         value_key, gen_key = self.key(tag, "value"), self.key(tag, "gen")
         try:
-            raw, generation = await client.mget([value_key, gen_key])
+            found = await self._read(value_key, gen_key, codec, after_hit)
         except redis.RedisError as exc:
             self._failed(exc)
             return await build(), "bypass"
-        if raw is not None:
-            try:
-                value = codec.load(raw, key=value_key, generation=generation, now_ms=wall_ms())
-            except Rejected as why:
-                self._rejected(why)
-            else:
-                self.stats.add("hits" if value is not None else "negative_hits")
-                if value is not None and after_hit is not None:
-                    await after_hit(value)
-                return value, "hit" if value is not None else "negative_hit"
+        if found is not None:
+            return found
         self.stats.add("misses")
         lock_key = self.key(tag, "lock")
         try:
@@ -462,6 +454,15 @@ class AsyncCache:
         if not won:
             return await self._wait_for(value_key, gen_key, codec, build), "waited"
         try:
+            # The lock is ours. Whoever built the value before us may have stored it and
+            # released the lock between our read and our claim: take it, build nothing.
+            try:
+                found = await self._read(value_key, gen_key, codec, after_hit)
+            except redis.RedisError as exc:
+                self._failed(exc)
+                found = None
+            if found is not None:
+                return found
             value = await build()
             self.stats.add("rebuilds")
             life = negative_ttl if value is None else ttl
@@ -484,6 +485,30 @@ class AsyncCache:
                 await client.delete(lock_key)
             except redis.RedisError as exc:
                 self._failed(exc)
+
+    async def _read(
+        self,
+        value_key: str,
+        gen_key: str,
+        codec: Codec[M],
+        after_hit: Callable[[M], Awaitable[None]] | None,
+    ) -> tuple[M | None, str] | None:
+        """The value under ``value_key`` if one is stored and verifies, with what it was
+        (``hit``, or ``negative_hit`` for a cached "none"); else ``None``. Raises Redis errors."""
+        client = self._client
+        assert client is not None
+        raw, generation = await client.mget([value_key, gen_key])
+        if raw is None:
+            return None
+        try:
+            value = codec.load(raw, key=value_key, generation=generation, now_ms=wall_ms())
+        except Rejected as why:
+            self._rejected(why)
+            return None
+        self.stats.add("hits" if value is not None else "negative_hits")
+        if value is not None and after_hit is not None:
+            await after_hit(value)
+        return value, "hit" if value is not None else "negative_hit"
 
     async def _wait_for(
         # sync: self, value_key: str, gen_key: str, codec: Codec[M], build: Callable[[], M | None]

@@ -673,6 +673,35 @@ def test_fifty_concurrent_misses_rebuild_once_and_all_get_the_same_value(
     assert len(builds) == 1
 
 
+def test_a_caller_that_wins_the_lock_after_another_stored_the_value_takes_it_and_builds_nothing(
+    cache: Cache, redis_url: str, namespace: str
+) -> None:
+    """The race behind a double rebuild: our read missed, another caller then built,
+    stored the value and released the lock, and only then did we claim the lock."""
+    other = Cache(redis_url, namespace=namespace, keys=KEYS)
+    claim = cache._claim
+    built: list[str] = []
+
+    def build(who: str, n: int) -> Callable[[], Thing]:
+        return lambda: built.append(who) or Thing(n=n)  # type: ignore[func-returns-value]
+
+    def claim_after_the_other_stored(**kwargs: Any) -> Any:
+        assert other.get_or_build("race", Thing, build("other", 1), ttl=60, negative_ttl=0)
+        return claim(**kwargs)
+
+    cache._claim = claim_after_the_other_stored
+    try:
+        value = cache.get_or_build("race", Thing, build("us", 2), ttl=60, negative_ttl=0)
+    finally:
+        cache._claim = claim
+        other.close()
+    assert value == Thing(n=1)  # the other caller's value
+    assert built == ["other"]
+    assert (cache.stats.misses, cache.stats.hits, cache.stats.rebuilds) == (1, 1, 0)
+    assert cache.get_or_build("race", Thing, build("us", 3), ttl=60, negative_ttl=0) == Thing(n=1)
+    assert built == ["other"]  # and the lock was released: a later read is a plain hit
+
+
 # -- 7. TTLs ------------------------------------------------------------------------------
 
 
