@@ -457,7 +457,7 @@ class AsyncCache:
             # The lock is ours. Whoever built the value before us may have stored it and
             # released the lock between our read and our claim: take it, build nothing.
             try:
-                found = await self._read(value_key, gen_key, codec, after_hit)
+                found = await self._read(value_key, gen_key, codec, after_hit, again=True)
             except redis.RedisError as exc:
                 self._failed(exc)
                 found = None
@@ -492,9 +492,14 @@ class AsyncCache:
         gen_key: str,
         codec: Codec[M],
         after_hit: Callable[[M], Awaitable[None]] | None,
+        *,
+        again: bool = False,
     ) -> tuple[M | None, str] | None:
         """The value under ``value_key`` if one is stored and verifies, with what it was
-        (``hit``, or ``negative_hit`` for a cached "none"); else ``None``. Raises Redis errors."""
+        (``hit``, or ``negative_hit`` for a cached "none"); else ``None``. Raises Redis errors.
+
+        ``again``: this caller read it before and found nothing usable; a value that does not
+        verify now is the one already counted as ``rejected`` then, not counted twice."""
         client = self._client
         assert client is not None
         raw, generation = await client.mget([value_key, gen_key])
@@ -503,7 +508,8 @@ class AsyncCache:
         try:
             value = codec.load(raw, key=value_key, generation=generation, now_ms=wall_ms())
         except Rejected as why:
-            self._rejected(why)
+            if not again:
+                self._rejected(why)
             return None
         self.stats.add("hits" if value is not None else "negative_hits")
         if value is not None and after_hit is not None:

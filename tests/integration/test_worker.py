@@ -56,6 +56,17 @@ def runs(dbname: str, job: str) -> list[tuple[Any, ...]]:
         ).fetchall()
 
 
+def advisory_waiters(dbname: str) -> int:
+    """How many backends of ``dbname`` wait for an advisory lock."""
+    with psycopg.connect(pg_url(dbname), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+            " WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = %s",
+            [dbname],
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
     """Poll ``predicate`` (a condition on the database) until it holds; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -244,6 +255,9 @@ def test_sigterm_finishes_the_batch_in_hand_records_stopped_and_exits_zero(
     proc = worker_process(fresh_dbname, verbose=True)
     try:
         wait_for(lambda: len(runs(fresh_dbname, "rollups")) == 1, "the worker's run")
+        # Its run is recorded before its batch asks for the lock: signal once it waits there
+        # (else a loaded machine may deliver SIGTERM first, and no batch is in hand).
+        wait_for(lambda: advisory_waiters(fresh_dbname) == 1, "the batch waiting for the lock")
         proc.send_signal(signal.SIGTERM)
         assert proc.stderr is not None
         while "finishing the batch in hand" not in (line := proc.stderr.readline()):
