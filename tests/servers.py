@@ -256,14 +256,9 @@ def _scratch_bindir(host: str, port: int) -> Path | None:
     if os.environ.get("DATALAYER_TEST_CITUS") == "1" or host not in ("127.0.0.1", "localhost"):
         return None
     import psycopg
-    from psycopg.conninfo import make_conninfo
 
-    params: dict[str, Any] = {"host": host, "port": port, "dbname": "postgres"}
-    params["user"] = os.environ.get("DATALAYER_TEST_PG_USER", "postgres")
-    if os.environ.get("DATALAYER_TEST_PG_PASSWORD"):
-        params["password"] = os.environ["DATALAYER_TEST_PG_PASSWORD"]
     try:
-        with psycopg.connect(make_conninfo("", connect_timeout=3, **params)) as conn:
+        with psycopg.connect(_admin_conninfo(host, port)) as conn:
             row = conn.execute("SHOW server_version_num").fetchone()
     except psycopg.Error:
         return None
@@ -284,8 +279,8 @@ def _scratch_bindir(host: str, port: int) -> Path | None:
     return None
 
 
-def _describe_postgres(host: str, port: int) -> str:
-    import psycopg
+def _admin_conninfo(host: str, port: int) -> str:
+    """The test admin's connection string to the ``postgres`` database of ``host:port``."""
     from psycopg.conninfo import make_conninfo
 
     params: dict[str, Any] = {
@@ -297,8 +292,14 @@ def _describe_postgres(host: str, port: int) -> str:
     }
     if os.environ.get("DATALAYER_TEST_PG_PASSWORD"):
         params["password"] = os.environ["DATALAYER_TEST_PG_PASSWORD"]
+    return make_conninfo("", **params)
+
+
+def _describe_postgres(host: str, port: int) -> str:
+    import psycopg
+
     try:
-        with psycopg.connect(make_conninfo("", **params)) as conn:
+        with psycopg.connect(_admin_conninfo(host, port)) as conn:
             version = conn.execute("SHOW server_version").fetchone()
         return f"PostgreSQL {version[0] if version else '?'} at {host}:{port}"
     except psycopg.Error as exc:
