@@ -50,7 +50,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +63,7 @@ import pytest
 import servers
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from scratch_dirs import scratch_tempdir
 
 SWITCH_VAR = "DATALAYER_TEST_CITUS"  # "1": this session runs against a Citus cluster
 SHARDS_VAR = "DATALAYER_TEST_CITUS_SHARD_COUNT"
@@ -198,8 +198,12 @@ class CitusCluster:
         self.on_every_node(lambda conn: _close(conn, name))
 
     def clone(self, name: str, template: str) -> None:
-        """``CREATE DATABASE name TEMPLATE template`` on every node (``template`` sealed)."""
-        statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+        """``CREATE DATABASE name TEMPLATE template`` on every node (``template`` sealed).
+
+        ``STRATEGY FILE_COPY``: the nodes run with fsync off (cluster.sh), where copying
+        the files beats WAL-logging every page (tests/clones.py, ``_strategy``).
+        """
+        statement = sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
             sql.Identifier(name), sql.Identifier(template)
         )
         self.on_every_node(lambda conn: _run(conn, statement))
@@ -264,7 +268,7 @@ def start_cluster(port: int, workers: int = WORKERS) -> CitusCluster:
     nodes one after the other, and the initdbs are most of the time (measured under load:
     16 s one after the other, 7.5 s at once).
     """
-    directory = Path(tempfile.mkdtemp(prefix=f"dl-citus-{port}-"))
+    directory = scratch_tempdir(f"dl-citus-{port}-")
     directory.chmod(0o755)
     if os.geteuid() == 0:
         shutil.chown(directory, "postgres")

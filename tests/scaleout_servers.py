@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -23,6 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
+from scratch_dirs import scratch_tempdir
 
 BOUNCER_PORT_BASE = 55410  # + the xdist worker number
 
@@ -56,7 +56,7 @@ def as_postgres(argv: list[str]) -> list[str]:
 
 def owned_tempdir(prefix: str) -> Path:
     """A new temporary directory that the ``postgres`` OS user owns (when we are root)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path = scratch_tempdir(prefix)
     if os.geteuid() == 0:
         shutil.chown(path, "postgres", "postgres")
     path.chmod(0o700)

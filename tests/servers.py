@@ -47,7 +47,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -57,6 +56,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import pytest
+from scratch_dirs import reap_stale, scratch_tempdir
 
 RESOLVED_VAR = "_DATALAYER_TEST_SERVERS"  # set once the servers are resolved; holds the header
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
@@ -113,7 +113,7 @@ class EmbeddedServers:
 
     def directory(self) -> Path:
         if self.root is None:
-            self.root = Path(tempfile.mkdtemp(prefix="datalayer-test-servers-"))
+            self.root = scratch_tempdir("datalayer-test-servers-")
         return self.root
 
     def stop(self) -> None:
@@ -332,6 +332,7 @@ def resolve() -> str:
     redis_url = redis_server_url()
     redis_netloc = urlsplit(redis_url)
     said: list[str] = []
+    reap_stale()  # servers and data left behind by sessions that were killed
     atexit.register(_EMBEDDED.stop)  # pytest_unconfigure stops them first, normally
 
     if _answers(pg_host, pg_port):
