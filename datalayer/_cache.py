@@ -45,9 +45,8 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import redis
 from pydantic import BaseModel, Field, SkipValidation
 
 from . import _telemetry
@@ -69,9 +68,15 @@ from ._cachecore import (
     wall_ms,
 )
 from ._conninfo import check_redis_url
+from ._lazy import LazyModule
 from ._validation import validated
 from .errors import DataLayerError, InvalidInput
 from .models.cached import PendingInvalidation
+
+if TYPE_CHECKING:
+    import redis
+else:  # imported at first use: see _lazy
+    redis = LazyModule("redis")
 
 __all__ = ["Cache", "CacheStats"]
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from redis.connection import parse_url
 
 __all__ = [
     "check_conninfo",
@@ -282,6 +281,8 @@ def check_redis_url(url: str) -> None:
     redis-py's own message may quote a piece of the password (an unencoded
     ``#``, ``/`` or ``?`` in it ends the authority early), so it is not repeated.
     """
+    from redis.connection import parse_url  # here: import redis costs ~130 ms (see _lazy)
+
     try:
         parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError:

@@ -21,18 +21,21 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-import redis
 from psycopg_pool import PoolTimeout
 
+from ._lazy import LazyModule
 from ._uow import UnitOfWork
 from .errors import DataLayerError, map_error
 from .repositories import Repositories
 
 if TYPE_CHECKING:
+    import redis
     from psycopg_pool import ConnectionPool
 
     from ._cache import Cache
     from ._settings import Settings
+else:  # imported at first use: see _lazy
+    redis = LazyModule("redis")
 
 __all__ = ["CURRENT_LSN", "LsnMarks", "ReplicaReads", "Replicas"]
 

