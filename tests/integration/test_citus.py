@@ -76,6 +76,7 @@ def test_the_sessions_template_was_migrated_by_an_owner_that_logs_in_on_every_no
         assert conn.execute("SELECT current_user").fetchone() == (owner,)
 
 
+@pytest.mark.first  # migrates from nothing on three nodes (~15 s): overlapping the rest
 def test_migrate_on_a_coordinator_lets_an_existing_nologin_owner_log_in_and_says_so(
     citus_cluster: CitusCluster,
     scratch: Callable[[], tuple[Settings, str]],
