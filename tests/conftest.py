@@ -30,6 +30,7 @@ from typing import Any
 import citus_servers
 import psycopg
 import pytest
+import scratch_dirs
 import servers
 from async_bridge import Bridge
 from clones import Clones
@@ -49,6 +50,7 @@ pytest_plugins = ["query_coverage", "servers", "scaleout_servers", "citus_server
 # settings at its coordinator; then may start embedded servers and export their addresses.
 citus_servers.resolve()
 SERVERS = servers.resolve()
+scratch_dirs.tests_temproot()
 
 PG_HOST = os.environ.get("DATALAYER_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("DATALAYER_TEST_PG_PORT", "5432"))

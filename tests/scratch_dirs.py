@@ -27,7 +27,7 @@ import signal
 import tempfile
 from pathlib import Path
 
-__all__ = ["reap_stale", "scratch_tempdir"]
+__all__ = ["reap_stale", "scratch_tempdir", "tests_temproot"]
 
 RAMDISK = Path("/dev/shm")  # noqa: S108 (each directory in it is made by mkdtemp)
 RAMDISK_MIN_FREE = 4 << 30  # bytes: a session's clusters use well under 1 GiB
@@ -55,6 +55,15 @@ def scratch_tempdir(prefix: str) -> Path:
         raise ValueError(f"scratch directory prefix {prefix!r}: start it with 'dl-'")
     base = _ramdisk()
     return Path(tempfile.mkdtemp(prefix=f"{prefix}p{os.getpid()}-", dir=base))
+
+
+def tests_temproot() -> None:
+    """Put pytest's ``tmp_path`` directories on the ramdisk too (``PYTEST_DEBUG_TEMPROOT``,
+    unless set): the wheel test's venv, dumps, archives. pyproject keeps only the
+    directories of failed tests (``tmp_path_retention_policy``), so little stays in RAM."""
+    base = _ramdisk()
+    if base is not None:
+        os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(base))
 
 
 def _alive(pid: int) -> bool:
