@@ -20,7 +20,7 @@ window of usage closed, every draft's grace over):
 * every pending item is billed exactly once, by one line of its amount; every
   period has its one invoice, issued.
 
-``make test`` runs a fixed seed and a random one, a few hundred steps (half as many on
+``make test`` runs a fixed seed and a random one, a few hundred steps (a third as many on
 Citus); ``.ci/run`` runs the long form (``DATALAYER_BILLING_STEPS``, a few thousand),
 on plain PostgreSQL and on Citus.
 """
@@ -415,9 +415,9 @@ def test_everything_metered_or_charged_is_billed_exactly_once(
 ) -> None:
     template_name = template_dbname
     # On Citus every step is a distributed transaction (~3x the CPU) and every example a
-    # database on three nodes: half the examples there. The fixed seed's first four
+    # database on three nodes: a third of the examples there. The fixed seed's first four
     # examples already reach every path SEEN counts; CI's long form runs on both layouts.
-    short = 6 if citus_servers.active() else 12
+    short = 4 if citus_servers.active() else 12
     examples, steps = (short, 60) if not STEPS else (max(2, STEPS // 100), 100)
 
     class Machine(BillingMachine):
