@@ -1,7 +1,9 @@
 """Every public method, driven with hostile values: a correct result or a ``DataLayerError``.
 
 The methods are found by introspection (every repository in ``REPOSITORIES``
-and ``CachedReads``), so a new public method is covered the day it is added;
+and ``CachedReads``, and their twins in ``ASYNC_REPOSITORIES`` and
+``AsyncCachedReads`` through a bridged ``AsyncDatabase``), so a new public
+method is covered the day it is added, on both APIs;
 a parameter name the sweep has no good value for fails the sweep until one is
 given here. Each call draws, for each parameter, either a good value for a
 small world of real rows (an account with a user, a subscription on a plan
@@ -37,12 +39,15 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from async_bridge import Bridge
 from conftest import REDIS_URL as TEST_REDIS_URL
 from conftest import _clone, pg_url
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datalayer import (
+    AsyncCachedReads,
+    AsyncDatabase,
     CachedReads,
     Database,
     DataLayerError,
@@ -51,23 +56,24 @@ from datalayer import (
     PlanMeterSpec,
     Settings,
 )
-from datalayer.repositories import REPOSITORIES
+from datalayer.repositories import ASYNC_REPOSITORIES, REPOSITORIES
 
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
 REDIS_URL = f"{TEST_REDIS_URL}/0"
 NAMESPACE = f"hostile-{uuid.uuid4().hex[:8]}"
 
 
-def entry_points() -> list[tuple[type, str]]:
+def entry_points(*classes: type) -> list[tuple[type, str]]:
     found = []
-    for cls in (*REPOSITORIES, CachedReads):
+    for cls in classes:
         for name, _fn in inspect.getmembers(cls, inspect.isfunction):
             if not name.startswith("_"):
                 found.append((cls, name))
     return found
 
 
-ENTRY_POINTS = entry_points()
+ENTRY_POINTS = entry_points(*REPOSITORIES, CachedReads)
+ASYNC_ENTRY_POINTS = entry_points(*ASYNC_REPOSITORIES, AsyncCachedReads)
 
 
 # -- the world --------------------------------------------------------------------------------
@@ -116,6 +122,14 @@ def hostile_db(template_dbname: str) -> Iterator[Database]:
         if keys:
             client.delete(*keys)
         client.close()
+
+
+@pytest.fixture(scope="module")
+def hostile_async_db(hostile_db: Database, bridge: Bridge) -> Iterator[Any]:
+    """An ``AsyncDatabase`` on the sweep's database (and cache namespace), bridged."""
+    with bridge.wrap(AsyncDatabase(hostile_db.settings)) as db:
+        db.cache.namespace = NAMESPACE
+        yield db
 
 
 def build_world(db: Database) -> World:
@@ -358,13 +372,17 @@ def test_the_sweep_knows_a_good_value_for_every_parameter_of_every_public_method
     missing = sorted(
         {
             f"{cls.__name__}.{name}({param})"
-            for cls, name in ENTRY_POINTS
+            for cls, name in ENTRY_POINTS + ASYNC_ENTRY_POINTS
             for param in inspect.signature(getattr(cls, name)).parameters
             if param != "self" and param not in GOOD and not literals(hints(cls, name).get(param))
         }
     )
     assert missing == []
     assert len(ENTRY_POINTS) >= 95
+    # the same methods, names and keyword arguments on both APIs
+    assert sorted((c.__name__.removeprefix("Async"), n) for c, n in ASYNC_ENTRY_POINTS) == sorted(
+        (c.__name__, n) for c, n in ENTRY_POINTS
+    )
 
 
 @pytest.mark.parametrize(
@@ -373,15 +391,42 @@ def test_the_sweep_knows_a_good_value_for_every_parameter_of_every_public_method
 def test_a_public_method_returns_its_type_or_raises_a_datalayer_error_on_hostile_input(
     hostile_db: Database, cls: type, name: str
 ) -> None:
-    db = hostile_db
-    world = build_world(db)
+    sweep(hostile_db, hostile_db, cls, name, values=HOSTILE_VALUES, mixes=25)
+
+
+@pytest.mark.parametrize(
+    ("cls", "name"),
+    ASYNC_ENTRY_POINTS,
+    ids=[f"{c.__name__}.{n}" for c, n in ASYNC_ENTRY_POINTS],
+)
+def test_an_async_public_method_returns_its_type_or_raises_a_datalayer_error_on_hostile_input(
+    hostile_db: Database, hostile_async_db: Any, cls: type, name: str
+) -> None:
+    """The same sweep through ``AsyncDatabase`` (bridged: tests/async_bridge.py). The
+    validation is shared code and the sync sweep tries all of it: here every third
+    listed value (wrong types, extreme numbers and instants, NUL, huge text, NaN) in
+    every parameter of every async method, and two random mixes (any hostile value)."""
+    sweep(hostile_async_db, hostile_db, cls, name, values=HOSTILE_VALUES[::3], mixes=2)
+
+
+def sweep(
+    db: Any, sync_db: Database, cls: type, name: str, *, values: list[Any], mixes: int
+) -> None:
+    """Call ``cls.name`` of ``db`` with each of ``values`` in every parameter, then with
+    ``mixes`` random mixes; each call returns its type or raises a ``DataLayerError``,
+    and leaves the pool lending a working connection. ``sync_db`` builds the world."""
+    world = build_world(sync_db)
+    target = getattr(db, "_target", db)  # a bridged AsyncDatabase: find attributes on it
     holder: Any = (
         db.cached
-        if cls is CachedReads
-        else next(
-            getattr(db, attr)
-            for attr in dir(type(db))
-            if not attr.startswith("_") and type(getattr(db, attr, None)) is cls
+        if cls in (CachedReads, AsyncCachedReads)
+        else getattr(
+            db,
+            next(
+                attr
+                for attr in dir(type(target))
+                if not attr.startswith("_") and type(getattr(target, attr, None)) is cls
+            ),
         )
     )
     method = getattr(holder, name)
@@ -408,16 +453,16 @@ def test_a_public_method_returns_its_type_or_raises_a_datalayer_error_on_hostile
         healthy(db)
 
     def good(param: inspect.Parameter) -> Any:
-        return good_value(param.name, annotations.get(param.name), world, db)
+        return good_value(param.name, annotations.get(param.name), world, sync_db)
 
     # Every listed hostile value in every parameter, the others good.
     for param in params:
-        for value in HOSTILE_VALUES:
+        for value in values:
             attempt({**{p.name: good(p) for p in params}, param.name: value})
 
     # Then random mixes, hostile values of any shape in several parameters at once.
     @settings(
-        max_examples=25,
+        max_examples=mixes,
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
@@ -436,7 +481,7 @@ def test_a_public_method_returns_its_type_or_raises_a_datalayer_error_on_hostile
 
     mix()
     attempt({p.name: good(p) for p in params})
-    assert sum(outcomes.values()) >= len(params) * len(HOSTILE_VALUES)
+    assert sum(outcomes.values()) >= len(params) * len(values)
 
 
 def read_everything(db: Database, account_id: int) -> None:
