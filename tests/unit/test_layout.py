@@ -228,13 +228,21 @@ def test_import_datalayer_loads_no_migration_bench_or_chart_library() -> None:
 def test_redis_is_imported_at_its_first_use_not_by_import_datalayer() -> None:
     """redis-py 8 costs ~130 ms to import (datalayer/_lazy.py): only a cache or replica
     marks that talk to Redis pay it."""
-    assert not any(m.split(".")[0] == "redis" for m in loaded_by("import datalayer"))
-    keys = "datalayer._cachecore.SigningKeys.parse('t1:' + '5a' * 32)"
-    used = loaded_by(f"import datalayer; datalayer.Cache('redis://127.0.0.1:1/0', keys={keys})")
-    assert {"redis", "redis.client"} <= used
-    assert "redis.asyncio" in loaded_by(
-        f"import datalayer; datalayer.AsyncCache('redis://127.0.0.1:1/0', keys={keys})"
-    )
+    code = """
+import json, sys, datalayer
+seen = [sorted(sys.modules)]
+keys = datalayer._cachecore.SigningKeys.parse("t1:" + "5a" * 32)
+datalayer.Cache("redis://127.0.0.1:1/0", keys=keys)
+seen.append(sorted(sys.modules))
+datalayer.AsyncCache("redis://127.0.0.1:1/0", keys=keys)
+seen.append(sorted(sys.modules))
+print(json.dumps(seen))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    imported, with_cache, with_async_cache = (set(m) for m in json.loads(out.stdout))
+    assert not any(m.split(".")[0] == "redis" for m in imported)
+    assert {"redis", "redis.client"} <= with_cache
+    assert "redis.asyncio" in with_async_cache
 
 
 def test_the_public_face_exports_every_model_repository_error_and_the_cache() -> None:
