@@ -2,7 +2,7 @@
 # source, datalayer/_database_async.py: edit that and run `make generate`.
 """The database object: a psycopg connection pool, autocommit repositories, units of work.
 
-Reading from replicas (module ``_replicas``) is in the sync API only.
+Reads that may lag go to replicas when there are any (module ``_replicas``).
 """
 
 from __future__ import annotations

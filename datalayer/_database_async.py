@@ -1,6 +1,6 @@
 """The database object: a psycopg connection pool, autocommit repositories, units of work.
 
-Reading from replicas (module ``_replicas``) is in the sync API only.
+Reads that may lag go to replicas when there are any (module ``_replicas``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ._cached_async import AsyncCachedReads
 from ._exec_async import AsyncSession
 from ._health import HealthThresholds, assess
 from ._pooler import BACKEND_PID, LOCAL_SETTINGS, local_settings, options_refused, pid_differs
+from ._replicas_async import AsyncReplicaReads, AsyncReplicas, async_replicas_for
 from ._settings import Settings
 from ._uow_async import AsyncUnitOfWork
 from ._validation import Instant, validated
@@ -41,8 +42,6 @@ from .errors import (
 )
 from .models.maintenance import Health
 from .repositories import AsyncRepositories
-
-# sync: from ._replicas import ReplicaReads, Replicas, replicas_for
 
 __all__ = ["AsyncDatabase", "Isolation"]
 
@@ -306,21 +305,14 @@ class AsyncDatabase(AsyncRepositories):
         journal = self.cache_invalidations
         self.cache.attach_journal(lambda limit: journal.pending(limit=limit), journal._forget)
         self.cached = AsyncCachedReads(self, self.cache)
-        self._replicas: None = None  # async-only
-        if settings.replica_urls:  # async-only
-            raise InvalidInput(  # async-only
-                "AsyncDatabase does not read from replicas yet: use Database",  # async-only
-                field="replica_urls",  # async-only
-            )  # async-only
-        # sync: self._replicas: Replicas | None = replicas_for(
-        # sync:     settings,
-        # sync:     lambda url, name: _Pool(url, min_size=0, open=False, name=name, **pools),
-        # sync: )
+        self._replicas: AsyncReplicas | None = async_replicas_for(
+            settings,
+            lambda url, name: _AsyncPool(url, min_size=0, open=False, name=name, **pools),
+        )
         # Reads that may lag: on a replica when there is one fit to read (module _replicas).
-        self.replica = self  # async-only
-        # sync: self.replica = (
-        # sync:     ReplicaReads(self._replicas, lambda: _Lease(self)) if self._replicas else self
-        # sync: )
+        self.replica = (
+            AsyncReplicaReads(self._replicas, lambda: _AsyncLease(self)) if self._replicas else self
+        )
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Probe each new connection for a pooler; behind one, never prepare on it."""
@@ -357,8 +349,8 @@ class AsyncDatabase(AsyncRepositories):
         the background and the first call waits at most ``pool_timeout``.
         """
         await self._pool.open(wait=False)
-        # sync: if self._replicas is not None:
-        # sync:     self._replicas.open()
+        if self._replicas is not None:
+            await self._replicas.open()
         if wait:
             try:
                 await self._pool.wait(timeout=self._timeout)
@@ -373,8 +365,8 @@ class AsyncDatabase(AsyncRepositories):
         """Close the pool and every connection in it, and the cache's connections."""
         _telemetry.unregister_pool(self.pool_name)
         await self._pool.close()
-        # sync: if self._replicas is not None:
-        # sync:     self._replicas.close()
+        if self._replicas is not None:
+            await self._replicas.close()
         await self.cache.close()
 
     async def __aenter__(self) -> Self:
@@ -392,8 +384,8 @@ class AsyncDatabase(AsyncRepositories):
         self, conn: psycopg.AsyncConnection[Any], accounts: Sequence[int]
     ) -> None:
         """Committed writes to ``accounts`` on ``conn``: remember where the primary's WAL is."""
-        # sync: if self._replicas is not None:
-        # sync:     self._replicas.remember_writes(conn, accounts)
+        if self._replicas is not None:
+            await self._replicas.remember_writes(conn, accounts)
 
     async def _release(self, conn: psycopg.AsyncConnection[Any], exc: BaseException | None) -> None:
         """Return ``conn`` to the pool; after a failover signal, drop every idle one too.
@@ -511,15 +503,15 @@ class AsyncDatabase(AsyncRepositories):
             )
         if account_id is not None and (type(account_id) is not int or account_id < 1):
             raise InvalidInput("must be a positive int or None", field="account_id")
-        # sync: if replica and self._replicas is not None:
-        # sync:     level = _ISOLATION[isolation] if isolation else None
-        # sync:
-        # sync:     def primary() -> _Lease:
-        # sync:         return _Lease(self)
-        # sync:
-        # sync:     with self._replicas.read_only_work(account_id, level, primary) as work:
-        # sync:         yield work
-        # sync:     return
+        if replica and self._replicas is not None:
+            level = _ISOLATION[isolation] if isolation else None
+
+            def primary() -> _AsyncLease:
+                return _AsyncLease(self)
+
+            async with self._replicas.read_only_work(account_id, level, primary) as work:
+                yield work
+            return
         conn = await self._acquire()
         uow: AsyncUnitOfWork | None = None
         failed: BaseException | None = None
@@ -638,7 +630,7 @@ class AsyncDatabase(AsyncRepositories):
             jobs=jobs,
             database_error=error,
             cache_reachable=cache,
-            replicas=replicas.lags() if replicas is not None else (),
+            replicas=await replicas.lags() if replicas is not None else (),
             replica_max_lag_ms=replicas.max_lag_ms if replicas is not None else 0,
             thresholds=thresholds,
         )

@@ -256,11 +256,3 @@ def test_a_task_cancelled_mid_unit_of_work_rolls_it_back_and_leaves_no_transacti
         assert await db.accounts.get(account_id=account.id) == account
 
     run(fresh_url, work, pool_max_size=1, application_name=f"cancel-{uuid.uuid4().hex[:8]}")
-
-
-def test_the_async_database_refuses_replicas_it_cannot_read_from(fresh_url: str) -> None:
-    from datalayer import InvalidInput
-
-    with pytest.raises(InvalidInput) as info:
-        AsyncDatabase(_settings(fresh_url, replica_urls=[fresh_url]))
-    assert info.value.field == "replica_urls"

@@ -3,24 +3,28 @@
 ``replicated`` (tests/scaleout_servers.py) is a primary of the tests' own with
 the migrated schema and a ``pg_basebackup -R`` replica of it. Staleness is made
 deterministic by pausing the replica's replay (``pg_wal_replay_pause()``).
+Every test runs on ``Database`` and again on ``AsyncDatabase`` (``both_apis``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
 from conftest import CACHE_KEYS, REDIS_URL
 from scaleout_servers import ReplicatedDatabase
 
-from datalayer import Database, DataLayerError, InvalidInput, Settings
+from datalayer import AsyncDatabase, Database, DataLayerError, InvalidInput, Settings
 from datalayer._bench.scenarios import Profile, Result, scale_out_lookups
 
 # Needs a part a bare machine may lack: skipped there, a failure under CI (tests/servers.py).
-pytestmark = pytest.mark.requires_parts("replica")
+pytestmark = [pytest.mark.requires_parts("replica"), pytest.mark.both_apis]
+
+Maker = Callable[..., Database]
 
 REDIS = f"{REDIS_URL}/0"
 
@@ -71,8 +75,8 @@ def _on_replica(rep: ReplicatedDatabase, account_id: int) -> str:
 
 
 @pytest.fixture
-def rdb(replicated: ReplicatedDatabase) -> Iterator[Database]:
-    with Database(_settings(replicated)) as db:
+def rdb(replicated: ReplicatedDatabase, database: Maker) -> Iterator[Database]:
+    with database(_settings(replicated)) as db:
         yield db
     _replay(replicated, "resume")
 
@@ -116,25 +120,33 @@ def test_a_write_in_a_unit_of_work_is_remembered_when_it_commits(
 
 
 def test_another_process_honours_the_marks_through_redis(
-    replicated: ReplicatedDatabase,
+    replicated: ReplicatedDatabase, database: Maker
 ) -> None:
+    """A reader on the same API as the writer honours its marks, and so does a sync one."""
     settings = _settings(replicated, redis_url=REDIS, cache_keys=CACHE_KEYS)
-    with Database(settings) as writer, Database(settings) as reader:
+    with (
+        database(settings) as writer,
+        database(settings) as reader,
+        Database(settings) as sync_reader,
+    ):
         account = writer.accounts.create(name=f"redis-{uuid.uuid4().hex[:6]}")
         _caught_up(replicated)
         _replay(replicated, "pause")
         try:
             writer.accounts.update(account_id=account.id, name="seen-elsewhere")
-            got = reader.replica.accounts.get(account_id=account.id)
-            assert got is not None
-            assert got.name == "seen-elsewhere"
-            assert reader.stats()["replica_fell_back_stale"] == 1
+            for each in (reader, sync_reader):
+                got = each.replica.accounts.get(account_id=account.id)
+                assert got is not None
+                assert got.name == "seen-elsewhere"
+                assert each.stats()["replica_fell_back_stale"] == 1
         finally:
             _replay(replicated, "resume")
 
 
-def test_a_replica_lagging_past_the_bound_is_skipped(replicated: ReplicatedDatabase) -> None:
-    with Database(_settings(replicated, replica_max_lag_ms=0)) as db:
+def test_a_replica_lagging_past_the_bound_is_skipped(
+    replicated: ReplicatedDatabase, database: Maker
+) -> None:
+    with database(_settings(replicated, replica_max_lag_ms=0)) as db:
         account = db.accounts.create(name="lagging")
         _caught_up(replicated)
         _replay(replicated, "pause")
@@ -216,6 +228,7 @@ def test_with_the_replica_killed_reads_continue_on_the_primary(
         replicated.replica.start()
 
 
+@pytest.mark.sync_api_only("the bench is sync")
 def test_the_bench_times_a_replica_read_with_its_lsn_check_against_the_direct_read(
     rdb: Database,
 ) -> None:
@@ -228,3 +241,41 @@ def test_the_bench_times_a_replica_read_with_its_lsn_check_against_the_direct_re
         for threads in (1, 4)
     }
     assert rdb.stats()["replica_reads"] > 0
+
+
+def test_an_async_replica_read_cancelled_while_it_waits_for_replay_gives_its_connection_back(
+    replicated: ReplicatedDatabase,
+) -> None:
+    """A task cancelled in the read-your-writes wait leaves the replica pool whole."""
+
+    async def work() -> None:
+        async with AsyncDatabase(_settings(replicated, replica_wait_ms=30_000)) as db:
+            assert db._replicas is not None
+            pool = db._replicas._replicas[0].pool
+            account = await db.accounts.create(name="cancel-before")
+            _caught_up(replicated)
+            _replay(replicated, "pause")
+            try:
+                await db.accounts.update(account_id=account.id, name="cancel-after")
+                read = asyncio.create_task(db.replica.accounts.get(account_id=account.id))
+                deadline = time.monotonic() + 10
+                while not _lent(pool.get_stats()):  # the read holds a replica connection
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.005)
+                assert not read.done()  # waiting for the replica to replay the update
+                read.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await read
+                assert not _lent(pool.get_stats())
+            finally:
+                _replay(replicated, "resume")
+            got = await db.replica.accounts.get(account_id=account.id)
+            assert got is not None
+            assert got.name == "cancel-after"
+            assert db.stats()["replica_reads"] == 1
+
+    asyncio.run(work())
+
+
+def _lent(stats: dict[str, int]) -> int:
+    return stats.get("pool_size", 0) - stats.get("pool_available", 0)

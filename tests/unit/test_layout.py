@@ -67,6 +67,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "datalayer._uow",
             "datalayer._uow_async",
             "datalayer._replicas",
+            "datalayer._replicas_async",
         },
     ),
     ("database", {"datalayer._database", "datalayer._database_async"}),
