@@ -9,7 +9,7 @@ import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, ParamSpec, TypeVar, get_type_hints
 
@@ -41,6 +41,7 @@ __all__ = [
     "Name",
     "Properties",
     "Reason",
+    "RunInstant",
     "Text",
     "gc_paused",
     "no_nul",
@@ -93,6 +94,25 @@ def in_range(value: datetime) -> datetime:
 
 
 Instant = Annotated[AwareDatetime, AfterValidator(in_range)]
+
+# How far past this machine's clock a billing run may be told it is (its ``now``).
+# A simulation may look ahead; a mistyped year (2206 for 2026) would renew every
+# subscription through every period in between, 12 a year for a monthly plan.
+RUN_HORIZON_DAYS = 1830  # five years
+
+
+def within_horizon(value: datetime, *, clock: datetime | None = None) -> datetime:
+    """``value`` unless it lies more than ``RUN_HORIZON_DAYS`` past ``clock`` (default: now)."""
+    if value > (clock or datetime.now(UTC)) + timedelta(days=RUN_HORIZON_DAYS):
+        raise ValueError(
+            f"must be at most {RUN_HORIZON_DAYS} days (five years) past the current time"
+        )
+    return value
+
+
+# The ``now`` of a run over every account (billing, renewals): an Instant, at most
+# five years ahead of the clock.
+RunInstant = Annotated[AwareDatetime, AfterValidator(in_range), AfterValidator(within_horizon)]
 # A calendar day in the same range.
 Day = Annotated[date, Field(ge=EARLIEST.date(), lt=LATEST.date())]
 

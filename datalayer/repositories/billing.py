@@ -26,7 +26,7 @@ from .._billing import (
 )
 from .._paging import Page, PageRequest
 from .._repository import many, one
-from .._validation import Id, Instant, Limit, no_nul, validated
+from .._validation import Id, Instant, Limit, RunInstant, no_nul, validated
 from ..errors import AlreadyExists, ConcurrencyConflict, InvalidInput, InvalidTransition, NotFound
 from ..models.billing import (
     Balance,
@@ -305,7 +305,7 @@ class BillingRepository(BillingRun):
     def run(
         self,
         *,
-        now: Instant | None = None,
+        now: RunInstant | None = None,
         grace: Grace = DEFAULT_GRACE,
         batch: RunBatch = 50,
         stop: threading.Event | None = None,
@@ -329,7 +329,9 @@ class BillingRepository(BillingRun):
         ``stop`` (the maintenance worker's shutdown) is looked at between
         batches: once it is set the run ends after the batch in hand, with
         ``stopped`` set. Returns the counts by action. Raises ``InvalidInput``
-        for a bad argument, before any SQL, and ``Unavailable`` if the
+        for a bad argument, before any SQL (``now`` more than five years past
+        the clock included: a mistyped year would renew every subscription
+        through every period in between), and ``Unavailable`` if the
         database is lost.
         """
         return self._run(now or datetime.now(UTC), grace, batch, stop.is_set if stop else _never)

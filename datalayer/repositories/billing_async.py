@@ -24,7 +24,7 @@ from .._billing import (
 )
 from .._paging import Page, PageRequest
 from .._repository_async import many, one
-from .._validation import Id, Instant, Limit, no_nul, validated
+from .._validation import Id, Instant, Limit, RunInstant, no_nul, validated
 from ..errors import AlreadyExists, ConcurrencyConflict, InvalidInput, InvalidTransition, NotFound
 from ..models.billing import (
     Balance,
@@ -304,7 +304,7 @@ class AsyncBillingRepository(AsyncBillingRun):
     async def run(
         self,
         *,
-        now: Instant | None = None,
+        now: RunInstant | None = None,
         grace: Grace = DEFAULT_GRACE,
         batch: RunBatch = 50,
         stop: threading.Event | None = None,
@@ -328,7 +328,9 @@ class AsyncBillingRepository(AsyncBillingRun):
         ``stop`` (the maintenance worker's shutdown) is looked at between
         batches: once it is set the run ends after the batch in hand, with
         ``stopped`` set. Returns the counts by action. Raises ``InvalidInput``
-        for a bad argument, before any SQL, and ``Unavailable`` if the
+        for a bad argument, before any SQL (``now`` more than five years past
+        the clock included: a mistyped year would renew every subscription
+        through every period in between), and ``Unavailable`` if the
         database is lost.
         """
         return await self._run(

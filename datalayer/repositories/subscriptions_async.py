@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .._fanout_async import EARLIEST, claim_per_account
 from .._paging import Page, PageRequest
 from .._repository_async import AsyncRepository, execute, many, one
-from .._validation import Id, Instant, Limit, validated
+from .._validation import Id, Instant, Limit, RunInstant, validated
 from ..errors import InvalidInput, InvalidTransition, NotFound
 from ..models.billing import PendingItem
 from ..models.plans import Plan
@@ -307,7 +307,7 @@ class AsyncSubscriptionRepository(AsyncRepository):
         return subscription
 
     @validated
-    async def renew_due(self, *, now: Instant | None = None, batch: Batch = 100) -> int:
+    async def renew_due(self, *, now: RunInstant | None = None, batch: Batch = 100) -> int:
         """Renew up to ``batch`` live subscriptions whose period ended by ``now``, in one statement.
 
         Each is canceled (cancel at period end), replaced by a subscription on
@@ -329,7 +329,8 @@ class AsyncSubscriptionRepository(AsyncRepository):
         (``datalayer._fanout``, so that on Citus every lock is taken on one
         shard), all in one transaction.
 
-        Raises ``InvalidInput`` for a bad argument, before any SQL.
+        Raises ``InvalidInput`` for a bad argument, before any SQL; ``now`` may
+        be at most five years past the clock, as for ``billing.run``.
         """
         async with self._atomic() as tx:
             await tx._one_connection_per_node()

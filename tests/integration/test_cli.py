@@ -167,3 +167,10 @@ def test_billing_run_invoices_a_closed_period_once_and_prints_its_counts(fresh_u
     assert "billing run: renewed 1, generated 1, refreshed 0, finalized 1," in first.stdout
     again = run("billing", "run", "--now", at, url=fresh_url)
     assert "renewed 0, generated 0, refreshed 0, finalized 0," in again.stdout
+    # A mistyped year would renew the daily plan ~65,000 times: refused before any SQL.
+    typo = run("billing", "run", "--now", "2206-01-01T00:00:00+00:00", url=fresh_url)
+    assert typo.returncode == 2
+    assert "InvalidInput: now: must be at most 1830 days (five years) past" in typo.stderr
+    with Database(Settings(database_url=fresh_url)) as db:
+        [live] = db.subscriptions.history(account_id=account.id).items
+        assert live.current_period_end == start + timedelta(days=2)

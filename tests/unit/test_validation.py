@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +19,7 @@ from datalayer._validation import (
     MAX_BATCH,
     PROPERTIES_MAX_BYTES,
     PROPERTIES_MAX_DEPTH,
+    RUN_HORIZON_DAYS,
     Id,
     Limit,
     Name,
@@ -35,6 +36,7 @@ from datalayer._validation import (
     properties_refusal,
     validate_batch,
     validated,
+    within_horizon,
 )
 from datalayer.errors import InvalidInput
 
@@ -205,6 +207,21 @@ def test_instants_lie_from_1900_up_to_but_not_including_9000() -> None:
     for bad in (LATEST, EARLIEST - timedelta(microseconds=1)):
         with pytest.raises(ValueError, match="from 1900-01-01 up to"):
             in_range(bad)
+
+
+def test_a_run_may_be_told_it_is_at_most_five_years_past_the_clock() -> None:
+    clock = datetime(2000, 2, 29, tzinfo=UTC)
+    edge = datetime(2005, 3, 4, tzinfo=UTC)  # 1,830 days on
+    assert RUN_HORIZON_DAYS == 1830
+    for fine in (edge, edge - timedelta(days=3000), EARLIEST):
+        assert within_horizon(fine, clock=clock) == fine
+    with pytest.raises(ValueError, match="at most 1830 days"):
+        within_horizon(edge + timedelta(microseconds=1), clock=clock)
+    # Without a clock, the machine's: five years from now is refused, next year is not.
+    soon = datetime.now(UTC) + timedelta(days=365)
+    assert within_horizon(soon) == soon
+    with pytest.raises(ValueError, match="five years"):
+        within_horizon(datetime.now(UTC) + timedelta(days=1831))
 
 
 def test_no_nul_refuses_a_nul_anywhere() -> None:
