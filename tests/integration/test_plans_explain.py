@@ -486,7 +486,11 @@ def test_active_users_range_scans_the_days_even_as_a_generic_prepared_plan(
                 )
             ).fetchone()
     finally:
-        seeded.execute("DEALLOCATE active_users_probe")
+        # Not DEALLOCATE active_users_probe: the rollback above makes psycopg send
+        # DEALLOCATE ALL when it has prepared statements of its own on this connection
+        # (it had, or not, by which tests ran here before), which drops the probe too.
+        # DEALLOCATE ALL itself is seen by psycopg, which then forgets its own.
+        seeded.execute("DEALLOCATE ALL")
     assert row is not None
     tree = (row[0] if not isinstance(row[0], str) else json.loads(row[0]))[0]["Plan"]
     conditions = _index_conditions(tree, "analytics_daily_users_pkey")
