@@ -256,3 +256,19 @@ def test_a_task_cancelled_mid_unit_of_work_rolls_it_back_and_leaves_no_transacti
         assert await db.accounts.get(account_id=account.id) == account
 
     run(fresh_url, work, pool_max_size=1, application_name=f"cancel-{uuid.uuid4().hex[:8]}")
+
+
+def test_tasks_sharing_one_unit_of_work_each_read_their_own_rows(fresh_url: str) -> None:
+    """Statements of one connection at once never share a cursor (``_exec``'s idle cursor)."""
+
+    async def work(db: AsyncDatabase) -> None:
+        accounts = [await db.accounts.create(name=f"Shared {i}") for i in range(40)]
+        async with db.unit_of_work() as uow:
+            got = await asyncio.gather(
+                *(uow.accounts.get(account_id=a.id) for a in accounts),
+                *(uow.accounts.exists(account_id=a.id) for a in accounts),
+                *(uow.users.count(account_id=a.id) for a in accounts),
+            )
+        assert got == [*accounts, *[True] * 40, *[0] * 40]
+
+    run(fresh_url, work)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
 import psycopg
 import pytest
+from pydantic import BaseModel
 
 from datalayer import (
     AlreadyExists,
@@ -15,7 +17,13 @@ from datalayer import (
     DataLayerError,
     ReadOnlyTransaction,
     UnitOfWork,
+    _exec,
+    _exec_async,
 )
+from datalayer._loader import parse_sql
+from datalayer._statement import model_rows
+from datalayer._uow import _ConnectionSession
+from datalayer._uow_async import _AsyncConnectionSession
 
 pytestmark = pytest.mark.both_apis
 
@@ -50,6 +58,63 @@ def test_a_failed_statement_rolls_back_the_earlier_ones(db: Database) -> None:
         uow.users.create(account_id=other.id, email="ADA@acme.test")
     assert info.value.constraint == "users_email_key"
     assert _count_accounts(db) == 1
+
+
+def test_statements_of_every_shape_on_one_connection_read_their_own_rows(db: Database) -> None:
+    """One connection runs rows of different models, scalars, lists and a failed
+    statement in turn (its idle cursor is reused, ``_exec``): each reads its own."""
+    with db.unit_of_work() as uow:
+        accounts = [uow.accounts.create(name=f"Shape {i}") for i in range(3)]
+        users = [uow.users.create(account_id=a.id, email=f"u{a.id}@shape.test") for a in accounts]
+    for _ in range(3):
+        with db.unit_of_work() as uow:
+            for account, user in zip(accounts, users, strict=True):
+                assert uow.accounts.get(account_id=account.id) == account
+                assert uow.users.get(account_id=account.id, user_id=user.id) == user
+                assert uow.accounts.exists(account_id=account.id) is True
+                assert uow.users.list(account_id=account.id).items == [user]
+                assert uow.accounts.get(account_id=2**62) is None
+        with pytest.raises(AlreadyExists):  # fails on the pooled connection, then reads again
+            db.users.create(account_id=accounts[0].id, email=users[0].email)
+        assert db.users.get(account_id=accounts[1].id, user_id=users[1].id) == users[1]
+        assert db.accounts.get(account_id=accounts[2].id) == accounts[2]
+
+
+class _Pair(BaseModel):
+    x: int
+    y: int
+
+
+class _Other(BaseModel):
+    p: int
+    q: int
+
+
+def test_a_reused_cursor_never_reads_column_names_from_the_last_result(fresh_url: str) -> None:
+    """Two queries of the same column count, other names, in turn on one connection (the
+    idle cursor of ``_exec``): each model is built from its own statement's columns."""
+    first, second = parse_sql(
+        "-- name: get_pair :one\nSELECT 1 AS x, 2 AS y;\n"
+        "-- name: get_other :one\nSELECT 3 AS p, 4 AS q;\n",
+        "shapes.sql",
+    )
+
+    with psycopg.connect(fresh_url, autocommit=True) as conn:
+        session = _ConnectionSession(conn)
+        for _ in range(2):
+            assert _exec.execute(session, first, {}, model_rows(_Pair)) == _Pair(x=1, y=2)
+            assert _exec.execute(session, second, {}, model_rows(_Other)) == _Other(p=3, q=4)
+
+    async def on_async() -> None:
+        async with await psycopg.AsyncConnection.connect(fresh_url, autocommit=True) as aconn:
+            session = _AsyncConnectionSession(aconn)
+            for _ in range(2):
+                pair = await _exec_async.execute(session, first, {}, model_rows(_Pair))
+                assert pair == _Pair(x=1, y=2)
+                other = await _exec_async.execute(session, second, {}, model_rows(_Other))
+                assert other == _Other(p=3, q=4)
+
+    asyncio.run(on_async())
 
 
 def test_work_is_invisible_to_others_until_commit(db: Database) -> None:
