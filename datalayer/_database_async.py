@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import select
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -18,6 +17,7 @@ from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
 import psycopg
+from psycopg import pq
 from psycopg_pool import AsyncConnectionPool
 from psycopg_pool.pool_async import AddConnection, MaintenanceTask
 
@@ -99,27 +99,51 @@ def _server_lost(exc: BaseException | None) -> bool:
     return False
 
 
+# Set in a connection's __dict__ when its server sent it a FATAL message while idle.
+_FATAL_SEEN = "_datalayer_fatal_seen"
+
+
+def _watch_for_fatal(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Mark ``conn`` when libpq hands its notice handlers a FATAL message: one that
+    arrives on an idle connection (the server closing it) is treated as a notice. The
+    mark is kept in the connection's ``__dict__``, not through a reference to it."""
+    state = conn.__dict__
+
+    def on_notice(diagnostic: psycopg.errors.Diagnostic) -> None:
+        if diagnostic.severity_nonlocalized == "FATAL":
+            state[_FATAL_SEEN] = True
+
+    conn.add_notice_handler(on_notice)
+
+
 async def _alive(conn: psycopg.AsyncConnection[Any]) -> bool:
     """Whether an idle pooled connection can be handed out.
 
-    An idle connection's socket has nothing to read unless the server wrote to
-    it: a FATAL message before closing (``pg_terminate_backend``, shutdown),
-    EOF, or a notification. So a zero-timeout poll costs no round trip in the
-    common case; only a readable socket is checked with an empty query.
+    An idle connection has nothing to read unless the server wrote to it: a
+    FATAL message before closing (``pg_terminate_backend``, shutdown), EOF, or
+    a notification. libpq's non-blocking read (``PQconsumeInput``) takes what
+    is there without a round trip, ``PQgetResult`` on the idle connection
+    parses it without waiting (a FATAL reaches the handler of
+    ``_watch_for_fatal``), and a second read finds an EOF that came after it.
+    Unlike poll(2) or ``PQisBusy`` these keep the GIL: a release per checkout
+    made threads queue for it, and the library's primary-key read at 4
+    threads cost 1.08-1.12x the raw call instead of 1.03x.
     """
     if conn.closed:
         return False
+    pgconn = conn.pgconn
     try:
-        poller = select.poll()
-        poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
-        if not poller.poll(0):
-            return True
-        await conn.execute("")
-    except (psycopg.Error, OSError, ValueError):
-        with suppress(Exception):
-            await conn.close()
-        return False
-    return True
+        if pgconn.transaction_status == pq.TransactionStatus.IDLE:
+            pgconn.consume_input()
+            idle = pgconn.get_result() is None  # parses what came; never waits when idle
+            pgconn.consume_input()
+            if idle and pgconn.status == pq.ConnStatus.OK and _FATAL_SEEN not in conn.__dict__:
+                return True
+    except psycopg.OperationalError:
+        pass
+    with suppress(Exception):
+        await conn.close()
+    return False
 
 
 class _AsyncPool(AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
@@ -141,6 +165,12 @@ class _AsyncPool(AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
         super().__init__(conninfo, **kwargs)
 
     async def _connect(self, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:
+        """A new connection, watched for a FATAL message while idle (see ``_alive``)."""
+        conn = await self._connect_once(timeout)
+        _watch_for_fatal(conn)
+        return conn
+
+    async def _connect_once(self, timeout: float | None) -> psycopg.AsyncConnection[Any]:
         """A new connection; without the startup options once a pooler refused them."""
         try:
             return await super()._connect(timeout)
