@@ -31,7 +31,7 @@ from ._health import HealthThresholds, assess
 from ._pooler import BACKEND_PID, LOCAL_SETTINGS, local_settings, options_refused, pid_differs
 from ._replicas import ReplicaReads, Replicas, replicas_for
 from ._settings import Settings
-from ._uow import UnitOfWork
+from ._uow import UnitOfWork, restore_session
 from ._validation import Instant, validated
 from .errors import (
     ConcurrencyConflict,
@@ -558,9 +558,7 @@ class Database(Repositories):
         finally:
             if uow is not None:
                 uow._close()
-            with suppress(Exception):
-                conn.set_isolation_level(None)
-                conn.set_read_only(None)
+            restore_session(conn)
             if read_only and getattr(failed, "sqlstate", None) == "25006":
                 failed = None  # this unit of work's own read-only refusal, not a demotion
             self._release(conn, failed)

@@ -30,7 +30,7 @@ from ._health import HealthThresholds, assess
 from ._pooler import BACKEND_PID, LOCAL_SETTINGS, local_settings, options_refused, pid_differs
 from ._replicas_async import AsyncReplicaReads, AsyncReplicas, async_replicas_for
 from ._settings import Settings
-from ._uow_async import AsyncUnitOfWork
+from ._uow_async import AsyncUnitOfWork, restore_session
 from ._validation import Instant, validated
 from .errors import (
     ConcurrencyConflict,
@@ -564,9 +564,7 @@ class AsyncDatabase(AsyncRepositories):
         finally:
             if uow is not None:
                 uow._close()
-            with suppress(Exception):
-                await conn.set_isolation_level(None)
-                await conn.set_read_only(None)
+            await restore_session(conn)
             if read_only and getattr(failed, "sqlstate", None) == "25006":
                 failed = None  # this unit of work's own read-only refusal, not a demotion
             await self._release(conn, failed)

@@ -19,14 +19,14 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg_pool import PoolTimeout
 
 from ._lazy import LazyModule
-from ._uow import UnitOfWork
+from ._uow import UnitOfWork, restore_session
 from .errors import DataLayerError, map_error
 from .repositories import Repositories
 
@@ -203,9 +203,7 @@ class Replicas:
             finally:
                 if uow is not None:
                     uow._close()
-                with suppress(Exception):
-                    conn.set_isolation_level(None)
-                    conn.set_read_only(None)
+                restore_session(conn)
 
     def lags(self) -> list[tuple[bool, float | None]]:
         """Per replica: (still a standby, replay lag in ms); ``(False, None)`` when it cannot

@@ -18,14 +18,14 @@ import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg_pool import PoolTimeout
 
 from ._lazy import LazyModule
-from ._uow_async import AsyncUnitOfWork
+from ._uow_async import AsyncUnitOfWork, restore_session
 from .errors import DataLayerError, map_error
 from .repositories import AsyncRepositories
 
@@ -207,9 +207,7 @@ class AsyncReplicas:
             finally:
                 if uow is not None:
                     uow._close()
-                with suppress(Exception):
-                    await conn.set_isolation_level(None)
-                    await conn.set_read_only(None)
+                await restore_session(conn)
 
     async def lags(self) -> list[tuple[bool, float | None]]:
         """Per replica: (still a standby, replay lag in ms); ``(False, None)`` when it cannot

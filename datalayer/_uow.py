@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import Any
 
@@ -16,7 +16,7 @@ from .errors import DataLayerError, map_error
 from .models.cached import PendingInvalidation
 from .repositories import CacheInvalidationRepository, Repositories
 
-__all__ = ["UnitOfWork"]
+__all__ = ["UnitOfWork", "restore_session"]
 
 
 class _ConnectionSession:
@@ -103,3 +103,11 @@ class UnitOfWork(Repositories):
         journaled, session._journaled = session._journaled, []
         if journaled and session._cache is not None:
             session._cache.apply(journaled)
+
+
+def restore_session(conn: psycopg.Connection[Any]) -> None:
+    """After a unit of work on ``conn``: its isolation level and read-only mode back to the
+    session's defaults (best effort: a broken connection is dropped by the pool anyway)."""
+    with suppress(Exception):
+        conn.set_isolation_level(None)
+        conn.set_read_only(None)

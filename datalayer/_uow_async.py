@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from types import TracebackType
 from typing import Any
 
@@ -14,7 +14,7 @@ from .errors import DataLayerError, map_error
 from .models.cached import PendingInvalidation
 from .repositories import AsyncCacheInvalidationRepository, AsyncRepositories
 
-__all__ = ["AsyncUnitOfWork"]
+__all__ = ["AsyncUnitOfWork", "restore_session"]
 
 
 class _AsyncConnectionSession:
@@ -101,3 +101,11 @@ class AsyncUnitOfWork(AsyncRepositories):
         journaled, session._journaled = session._journaled, []
         if journaled and session._cache is not None:
             await session._cache.apply(journaled)
+
+
+async def restore_session(conn: psycopg.AsyncConnection[Any]) -> None:
+    """After a unit of work on ``conn``: its isolation level and read-only mode back to the
+    session's defaults (best effort: a broken connection is dropped by the pool anyway)."""
+    with suppress(Exception):
+        await conn.set_isolation_level(None)
+        await conn.set_read_only(None)
