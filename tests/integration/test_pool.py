@@ -208,6 +208,31 @@ def test_after_every_pooled_backend_is_terminated_the_next_call_gets_a_fresh_con
         assert db.stats()["pool_size"] <= settings.pool_max_size
 
 
+def test_the_checkout_check_refuses_a_connection_whose_backend_was_terminated(
+    fresh_url: str, admin: psycopg.Connection[Any]
+) -> None:
+    """``_alive`` on a pooled connection: healthy, then after pg_terminate_backend (the FATAL
+    message and the end of the stream both arrived) refused, without a query."""
+    from datalayer._database import _alive
+
+    with Database(_settings(fresh_url, pool_min_size=1, pool_max_size=1)) as db:
+        db.open(wait=True)
+        conn = db._pool.getconn()
+        try:
+            assert _alive(conn) is True
+            assert _alive(conn) is True  # checking consumes nothing a healthy one needs
+            pid = conn.info.backend_pid
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            deadline = time.monotonic() + 5
+            while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+                assert time.monotonic() < deadline, "the terminated backend did not go away"
+                time.sleep(0.01)
+            assert _alive(conn) is False
+            assert conn.closed
+        finally:
+            db._pool.putconn(conn)
+
+
 def test_a_call_with_nothing_listening_raises_unavailable_within_the_pool_timeout(
     database: Callable[..., Database],
 ) -> None:
