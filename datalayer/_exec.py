@@ -184,12 +184,8 @@ def _run(
     rows: BaseRowFactory[Any],
 ) -> Any:
     try:
-        if query.cardinality == "many":
-            cur = conn.cursor(row_factory=rows)
-            cur.execute(query.sql, params)
-            return _shape(query, cur)
-        idle = conn.__dict__
-        cur = idle.pop(_IDLE_CURSOR, None)
+        reuse = query.cardinality != "many"
+        cur = conn.__dict__.pop(_IDLE_CURSOR, None) if reuse else None
         if cur is None:
             cur = conn.cursor(row_factory=rows)
         else:
@@ -197,7 +193,8 @@ def _run(
             cur.row_factory = rows
         cur.execute(query.sql, params)
         result = _shape(query, cur)
-        idle[_IDLE_CURSOR] = cur
+        if reuse:
+            conn.__dict__[_IDLE_CURSOR] = cur
         return result
     except psycopg.Error as exc:
         raise map_error(exc) from exc

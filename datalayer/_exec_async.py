@@ -182,12 +182,8 @@ async def _run(
     rows: BaseRowFactory[Any],
 ) -> Any:
     try:
-        if query.cardinality == "many":
-            cur = conn.cursor(row_factory=rows)
-            await cur.execute(query.sql, params)
-            return await _shape(query, cur)
-        idle = conn.__dict__
-        cur = idle.pop(_IDLE_CURSOR, None)
+        reuse = query.cardinality != "many"
+        cur = conn.__dict__.pop(_IDLE_CURSOR, None) if reuse else None
         if cur is None:
             cur = conn.cursor(row_factory=rows)
         else:
@@ -195,7 +191,8 @@ async def _run(
             cur.row_factory = rows
         await cur.execute(query.sql, params)
         result = await _shape(query, cur)
-        idle[_IDLE_CURSOR] = cur
+        if reuse:
+            conn.__dict__[_IDLE_CURSOR] = cur
         return result
     except psycopg.Error as exc:
         raise map_error(exc) from exc
