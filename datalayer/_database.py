@@ -437,18 +437,10 @@ class Database(Repositories):
 
     def _acquire(self) -> psycopg.Connection[Any]:
         started = time.monotonic()
-        deadline = started + self._timeout
+        remaining = self._timeout
         while True:
-            remaining = deadline - time.monotonic()
             try:
-                if remaining <= 0:
-                    raise Unavailable(
-                        f"no working connection to {self.settings.safe_database_url} "
-                        f"within {self._timeout}s"
-                    )
                 conn = self._pool.getconn(timeout=remaining)
-            except Unavailable:
-                raise
             except Exception as exc:
                 raise map_error(exc) from exc
             if _alive(conn):
@@ -457,6 +449,12 @@ class Database(Repositories):
                 return conn
             log.info("discarding a dead pooled connection")
             self._pool.putconn(conn)
+            remaining = started + self._timeout - time.monotonic()
+            if remaining <= 0:
+                raise Unavailable(
+                    f"no working connection to {self.settings.safe_database_url} "
+                    f"within {self._timeout}s"
+                )
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:

@@ -438,18 +438,10 @@ class AsyncDatabase(AsyncRepositories):
 
     async def _acquire(self) -> psycopg.AsyncConnection[Any]:
         started = time.monotonic()
-        deadline = started + self._timeout
+        remaining = self._timeout
         while True:
-            remaining = deadline - time.monotonic()
             try:
-                if remaining <= 0:
-                    raise Unavailable(
-                        f"no working connection to {self.settings.safe_database_url} "
-                        f"within {self._timeout}s"
-                    )
                 conn = await self._pool.getconn(timeout=remaining)
-            except Unavailable:
-                raise
             except Exception as exc:
                 raise map_error(exc) from exc
             if await _alive(conn):
@@ -458,6 +450,12 @@ class AsyncDatabase(AsyncRepositories):
                 return conn
             log.info("discarding a dead pooled connection")
             await self._pool.putconn(conn)
+            remaining = started + self._timeout - time.monotonic()
+            if remaining <= 0:
+                raise Unavailable(
+                    f"no working connection to {self.settings.safe_database_url} "
+                    f"within {self._timeout}s"
+                )
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:

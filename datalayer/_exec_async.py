@@ -18,7 +18,7 @@ from psycopg.rows import BaseRowFactory
 
 from . import _telemetry
 from ._loader import Query
-from ._statement import check_params, is_write, model_rows, route
+from ._statement import check_params, model_rows
 from .errors import DataLayerError, InvalidInput, map_error
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ __all__ = [
     "copy_rows",
     "execute",
     "execute_each",
-    "is_write",
     "model_rows",
 ]
 
@@ -104,11 +103,11 @@ async def execute(
     Raises ``TypeError`` for missing or unexpected parameters, ``InvalidInput``
     for text that cannot be encoded, and datalayer errors for the rest.
     """
-    check_params(query, params)
-    writes, param = route(query)
-    account = params.get(param)
+    if params.keys() != query.param_set:
+        check_params(query, params)  # raises, naming what is missing or unexpected
+    account = params.get(query.account_param)
     async with session.connection(
-        account_id=account if type(account) is int else None, writes=writes
+        account_id=account if type(account) is int else None, writes=query.writes
     ) as conn:
         telemetry = _telemetry.ACTIVE
         if telemetry is None:
@@ -137,8 +136,7 @@ async def execute_each(
         check_params(query, params)
     if not calls:
         return []
-    writes, _ = route(query)
-    async with session.connection(writes=writes) as conn:
+    async with session.connection(writes=query.writes) as conn:
         telemetry = _telemetry.ACTIVE
         if telemetry is None:
             return await _run_each(conn, query, calls, rows)

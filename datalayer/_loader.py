@@ -21,6 +21,7 @@ _CARDINALITIES: frozenset[str] = frozenset(get_args(Cardinality))
 # as "-- name of the account" is neither.
 _HEADER_LIKE = re.compile(r"^\s*--\s*name\b\s*(?::|\S+\s+:\w+\s*$)", re.IGNORECASE)
 _HEADER = re.compile(r"^--\s?name:\s+(?P<name>\S+)\s+:(?P<card>\S+)\s*$")
+_WRITE = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE)\b", re.IGNORECASE)
 _NAME = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)+$")
 
 
@@ -31,6 +32,9 @@ class Query:
     ``sql`` is what psycopg executes (``%(name)s`` placeholders);
     ``positional_sql`` is the same statement with ``$n`` placeholders, for PREPARE.
     ``params`` are the parameter names in order of first appearance.
+    ``writes``: whether the SQL names INSERT, UPDATE, DELETE or MERGE (it runs on
+    the primary); ``account_param``: the parameter naming the account it is about
+    (``id`` on the accounts table, else ``account_id``).
     """
 
     name: str
@@ -43,6 +47,8 @@ class Query:
     path: Path
     line: int
     param_set: frozenset[str] = field(default=frozenset(), compare=False)
+    writes: bool = field(default=False, compare=False)
+    account_param: str = field(default="account_id", compare=False)
 
     @property
     def aggregate(self) -> str:
@@ -102,6 +108,8 @@ def parse_sql(text: str, path: Path | str) -> list[Query]:
                 path=path,
                 line=line,
                 param_set=frozenset(lexed.params),
+                writes=_WRITE.search(sql) is not None,
+                account_param="id" if path.stem == "accounts" else "account_id",
             )
         )
 

@@ -1,4 +1,5 @@
-"""What a named query is, apart from running it: its routing, its parameters, its row shape.
+"""What a named query is, apart from running it: its parameters and its row shape (its routing
+is on ``Query``: ``writes``, ``account_param``).
 
 Shared by the sync and async I/O (``_exec``, ``_exec_async``), so both check
 and shape a statement the same way.
@@ -6,7 +7,6 @@ and shape a statement the same way.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -15,31 +15,17 @@ from psycopg.rows import BaseRowFactory
 
 from ._loader import Query
 
-__all__ = ["check_params", "is_write", "model_rows", "route"]
+__all__ = ["check_params", "model_rows"]
 
 T = TypeVar("T")
 
-_WRITE = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE)\b", re.IGNORECASE)
-# id(query) -> (whether it writes, the parameter naming its account); queries live for good.
-_ROUTES: dict[int, tuple[bool, str]] = {}
-
-
-def is_write(query: Query) -> bool:
-    """Whether ``query`` may change rows (its SQL names INSERT, UPDATE, DELETE or MERGE)."""
-    return route(query)[0]
-
-
-def route(query: Query) -> tuple[bool, str]:
-    found = _ROUTES.get(id(query))
-    if found is None:
-        # The account a statement is about: its account_id (on the accounts table, its id).
-        param = "id" if query.aggregate == "accounts" else "account_id"
-        found = _ROUTES[id(query)] = (_WRITE.search(query.sql) is not None, param)
-    return found
-
 
 def check_params(query: Query, params: Mapping[str, Any]) -> None:
-    """Raise ``TypeError`` naming the query unless ``params`` are exactly its parameters."""
+    """Raise ``TypeError`` naming the query unless ``params`` are exactly its parameters.
+
+    Hot paths compare ``params.keys() != query.param_set`` first and call this only
+    when they differ.
+    """
     if params.keys() != query.param_set:
         missing = sorted(query.param_set - params.keys())
         extra = sorted(params.keys() - query.param_set)
@@ -64,23 +50,28 @@ def model_rows(model: type[T]) -> BaseRowFactory[T]:
     build: Callable[[dict[str, Any]], T] = (
         validator.validate_python if validator is not None else lambda kw: model(**kw)
     )
-    names: tuple[str, ...] = ()
+    # (column count, row maker) of the last result: one variable, read and replaced whole,
+    # so a thread never pairs one result's count with another's maker.
+    last: tuple[int, Callable[[Sequence[Any]], T]] = (0, _no_rows)
 
     def factory(cursor: Any) -> Callable[[Sequence[Any]], T]:  # a sync or async cursor
-        nonlocal names
+        nonlocal last
         result = cursor.pgresult
         count = result.nfields if result is not None else 0
-        if count != len(names):
-            if result is None or not count:
-                return _no_rows
-            encoding = cursor.connection.info.encoding
-            names = tuple((result.fname(i) or b"").decode(encoding) for i in range(count))
-        columns = names
+        width, make = last
+        if count == width:
+            return make
+        if not count:
+            return _no_rows
+        encoding = cursor.connection.info.encoding
+        columns = tuple((result.fname(i) or b"").decode(encoding) for i in range(count))
 
-        def make(values: Sequence[Any]) -> T:
-            return build(dict(zip(columns, values, strict=True)))
+        def make_row(values: Sequence[Any]) -> T:
+            # A row of this result has exactly its ``count`` columns: no strict zip.
+            return build(dict(zip(columns, values)))  # noqa: B905
 
-        return make
+        last = (count, make_row)
+        return make_row
 
     return factory
 

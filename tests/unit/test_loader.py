@@ -284,3 +284,20 @@ def test_queries_are_grouped_by_the_file_they_came_from() -> None:
         "plans": ["get_plan"],
     }
     assert by_aggregate({}) == {}
+
+
+def test_a_query_knows_whether_it_writes_and_which_parameter_names_its_account() -> None:
+    text = (
+        "-- name: get_widget :one\nSELECT id FROM widgets WHERE account_id = :account_id;\n\n"
+        "-- name: touch_widget :exec\nupdate widgets SET n = n + 1 WHERE id = :id;\n\n"
+        "-- name: merge_widget :exec\n"
+        "MERGE INTO widgets w USING x ON true WHEN MATCHED THEN DO NOTHING;\n\n"
+        "-- name: list_inserted :many\nSELECT inserted_at FROM widgets;\n"
+    )
+    get, touch, merge_, listed = parse_sql(text, "sql/widgets.sql")
+    assert (get.writes, touch.writes, merge_.writes, listed.writes) == (False, True, True, False)
+    assert get.account_param == "account_id"
+    (account,) = parse_sql(
+        "-- name: get_account :one\nSELECT 1 WHERE :id > 0;\n", "sql/accounts.sql"
+    )
+    assert (account.writes, account.account_param) == (False, "id")
