@@ -32,6 +32,7 @@ from .scenarios import (
     _summary,
     _throughput,
     ingestion_events,
+    shuffled_rounds,
 )
 
 __all__ = ["run_async_bench"]
@@ -49,15 +50,14 @@ _PK_SQL_ASYNCPG = (
 async def _interleaved(
     members: Sequence[tuple[str, AsyncFn]], calls: int, tasks: int
 ) -> dict[str, list[int]]:
-    """Each of ``tasks`` tasks awaits every member in turn, ``calls // tasks`` times."""
+    """Each of ``tasks`` tasks awaits every member once per round, ``calls // tasks``
+    rounds, in a shuffled order (as the sync bench's ``_interleaved``)."""
     samples: dict[str, list[int]] = {name: [] for name, _ in members}
     per_task = max(1, calls // tasks)
-    count = len(members)
 
-    async def work(offset: int) -> None:
-        for i in range(per_task):
-            for j in range(count):
-                name, fn = members[(i + j + offset) % count]
+    async def work(seed: int) -> None:
+        for order in shuffled_rounds(members, per_task, seed):
+            for name, fn in order:
                 start = time.perf_counter_ns()
                 await fn()
                 samples[name].append(time.perf_counter_ns() - start)

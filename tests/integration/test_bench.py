@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from conftest import APP_ROLE, CACHE_KEYS, REDIS_URL, _clone, pg_url
 
-from datalayer import Database, Settings
+from datalayer import Database, Settings, _telemetry
 from datalayer._bench.async_scenarios import run_async_bench
 from datalayer._bench.scenarios import Profile, Result, describe, run_bench
 from datalayer._conninfo import with_user
@@ -33,12 +33,12 @@ LATENCY = [
     "sqlalchemy_orm_pk_lookup", "aiosql_pk_lookup", "usage_summary_raw", "usage_summary_rollup",
     "auth_uncached",
     "auth_cached", "quota_consume", "file_claim", "invoice_generate", "dau_30d",
-    "latency_percentiles_day", "raw_pk_lookup_named",
+    "latency_percentiles_day", "raw_pk_lookup_named", "raw_pk_lookup_beside_traced",
     "raw_async_pk_lookup", "async_pk_lookup", "asyncpg_pk_lookup",
 ]  # fmt: skip
 BASELINES = {
     "pk_lookup": "raw_pk_lookup",
-    "traced_pk_lookup": "raw_pk_lookup",
+    "traced_pk_lookup": "raw_pk_lookup_beside_traced",
     "sqlalchemy_core_pk_lookup": "raw_pk_lookup",
     "sqlalchemy_orm_pk_lookup": "raw_pk_lookup",
     "aiosql_pk_lookup": "raw_pk_lookup",
@@ -82,6 +82,11 @@ def test_every_scenario_runs_at_one_and_four_threads(results: list[Result]) -> N
     assert {("raw_copy", 1), ("ingest_exactly_once", 1), ("billing_run", 1)} <= seen
     assert {("raw_async_copy", 1), ("async_ingest_exactly_once", 1)} <= seen
     assert {("usage_summary_rollup_10x", 1), ("usage_summary_raw_10x", 4)} <= seen
+
+
+def test_tracing_is_switched_off_again_after_its_group(results: list[Result]) -> None:
+    # traced_pk_lookup runs with tracing on for its whole group; nothing after it is traced.
+    assert _telemetry.ACTIVE is None
 
 
 def test_figures_are_consistent(results: list[Result]) -> None:
