@@ -6,12 +6,13 @@ import functools
 import gc
 import inspect
 import json
+import linecache
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, ParamSpec, TypeVar, get_type_hints
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -235,11 +236,11 @@ def validated(func: Callable[P, R]) -> Callable[P, R]:
     strict mode: ``"1"`` is not an int and ``1.0`` is not a str.
 
     A method whose arguments are all keyword-only ids or limits (the hot
-    lookups) takes a fast path: plain checks that accept only what pydantic
-    would accept. Anything they do not accept goes through pydantic, which
-    gives the same error as always; a primary-key read saves ~10 µs a call.
+    lookups) gets a wrapper with its own keyword arguments and their checks
+    written out (``_fast_wrapper``): plain checks that accept only what
+    pydantic would accept. Anything they do not accept goes through pydantic,
+    which gives the same error as always.
     """
-    fast: dict[str, Callable[[Any], bool]] | None = None
     # Built at the first call that needs it, not at import: pydantic compiles a schema
     # per method (~1 ms each, ~300 ms of ``import datalayer`` over both APIs).
     checked: Callable[..., Any] | None = None
@@ -250,18 +251,6 @@ def validated(func: Callable[P, R]) -> Callable[P, R]:
             checked = validate_call(config=_CONFIG)(func)
         return checked(*args, **kwargs)
 
-    def passes_fast(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-        nonlocal fast
-        if fast is None:
-            fast = _fast_checks(func)
-        if not (fast and len(args) == 1 and len(kwargs) == len(fast)):
-            return False
-        for name, value in kwargs.items():
-            check = fast.get(name)
-            if check is None or not check(value):
-                return False
-        return True
-
     def invalid(exc: ValidationError) -> InvalidInput:
         error = exc.errors(include_url=False, include_input=False)[0]
         loc = list(error["loc"])
@@ -271,31 +260,109 @@ def validated(func: Callable[P, R]) -> Callable[P, R]:
         field = ".".join(str(part) for part in loc if not isinstance(part, int) and part)
         return InvalidInput(_message(error), field=field or None)
 
+    wrapper: Any
     if inspect.iscoroutinefunction(func):
         # pydantic validates a coroutine function's arguments when it is awaited, before
         # its body runs: so here too, and the error is raised by the await.
-        @functools.wraps(func)
         async def awaited(*args: Any, **kwargs: Any) -> Any:
-            if passes_fast(args, kwargs):
-                return await func(*args, **kwargs)
             try:
                 return await check(*args, **kwargs)
             except ValidationError as exc:
                 raise invalid(exc) from None
 
-        awaited.__validated__ = True  # type: ignore[attr-defined]
-        return awaited  # type: ignore[return-value]
+        wrapper = awaited
+    else:
 
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        if passes_fast(args, kwargs):
-            return func(*args, **kwargs)
-        try:
-            return check(*args, **kwargs)  # type: ignore[no-any-return]
-        except ValidationError as exc:
-            raise invalid(exc) from None
+        def slow(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return check(*args, **kwargs)
+            except ValidationError as exc:
+                raise invalid(exc) from None
 
-    wrapper.__validated__ = True  # type: ignore[attr-defined]
+        wrapper = slow
+    kinds = _fast_kinds(func)
+    if kinds:
+        wrapper = _fast_wrapper(func, kinds, wrapper)
+    functools.update_wrapper(wrapper, func)
+    wrapper.__validated__ = True
+    return wrapper  # type: ignore[no-any-return]
+
+
+# What a fast wrapper writes out for an argument of each kind: exactly what pydantic's
+# strict mode accepts for Id and Limit (bool is not an int there).
+_FAST_CHECKS = {
+    "id": "type({name}) is int and 1 <= {name} <= 9223372036854775807",
+    "limit": "type({name}) is int and 1 <= {name} <= 1000",
+}
+_MISSING: Any = object()
+
+
+def _fast_kinds(func: Callable[..., Any]) -> tuple[tuple[str, str], ...]:
+    """``(name, kind)`` of each argument after ``self`` when every one is a keyword-only
+    ``Id`` (kind ``id``) or ``Limit`` (``limit``); else empty.
+
+    Read from the code object and the annotations as written (a bare name, looked
+    up in the function's module, or the alias itself), so that nothing is resolved
+    at import; any other spelling gets no fast path.
+    """
+    code = func.__code__
+    varargs = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS
+    if code.co_argcount != 1 or code.co_posonlyargcount or code.co_flags & varargs:
+        return ()
+    names = code.co_varnames[1 : 1 + code.co_kwonlyargcount]
+    kinds = []
+    for name in names:
+        hint = func.__annotations__.get(name)
+        if isinstance(hint, str):
+            hint = func.__globals__.get(hint)
+        kind = "id" if hint is Id else "limit" if hint is Limit else None
+        if kind is None:
+            return ()
+        kinds.append((name, kind))
+    return tuple(kinds)
+
+
+def _fast_wrapper(
+    func: Callable[..., Any], kinds: tuple[tuple[str, str], ...], slow: Callable[..., Any]
+) -> Callable[..., Any]:
+    """A wrapper taking ``func``'s own keyword arguments, their checks written out.
+
+    ``get(self, *, account_id)`` becomes, in effect::
+
+        def get(self, *args, account_id=MISSING, **extra):
+            if not args and not extra and type(account_id) is int and 1 <= account_id <= ...:
+                return func(self, account_id=account_id)
+            return slow(self, *args, **given)   # pydantic: the same errors as always
+
+    where ``given`` holds only the arguments passed (and any ``extra``). Python binds
+    the keywords itself: no dict of them, no loop, no call per check. A primary-key
+    read's validation went from ~2.5 µs to ~1 µs, in place (the bench's neighbours
+    around it).
+    """
+    defaults = func.__kwdefaults__ or {}
+    names = [name for name, _ in kinds]
+    params = ", ".join(
+        f"{name}=_defaults[{name!r}]" if name in defaults else f"{name}=_MISSING" for name in names
+    )
+    checks = " and ".join(_FAST_CHECKS[kind].format(name=name) for name, kind in kinds)
+    passed = ", ".join(f"{name}={name}" for name in names)
+    given = ", ".join(f"({name!r}, {name})" for name in names)
+    is_async = inspect.iscoroutinefunction(func)
+    prefix, wait = ("async ", "await ") if is_async else ("", "")
+    source = (
+        f"{prefix}def {func.__name__}(self, *args, {params}, **extra):\n"
+        f"    if not args and not extra and {checks}:\n"
+        f"        return {wait}_func(self, {passed})\n"
+        f"    given = {{k: v for k, v in ({given},) if v is not _MISSING}}\n"
+        f"    return {wait}_slow(self, *args, **given, **extra)\n"
+    )
+    scope: dict[str, Any] = {
+        "_func": func, "_slow": slow, "_defaults": defaults, "_MISSING": _MISSING
+    }  # fmt: skip
+    filename = f"<validated {func.__module__}.{func.__qualname__}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)  # tracebacks
+    exec(compile(source, filename, "exec"), scope)  # noqa: S102
+    wrapper: Callable[..., Any] = scope[func.__name__]
     return wrapper
 
 
@@ -309,31 +376,6 @@ def _positional_names(func: Callable[..., Any]) -> list[str]:
             if param.kind is param.VAR_POSITIONAL:
                 break
     return names
-
-
-def _is_id(value: Any) -> bool:
-    return type(value) is int and 1 <= value <= 2**63 - 1
-
-
-def _is_limit(value: Any) -> bool:
-    return type(value) is int and 1 <= value <= 1000
-
-
-def _fast_checks(func: Callable[..., Any]) -> dict[str, Callable[[Any], bool]]:
-    """Checks by argument name when every argument after ``self`` is a keyword-only
-    ``Id`` or ``Limit``; otherwise empty (pydantic validates every call)."""
-    try:
-        hints = get_type_hints(func, include_extras=True)
-    except (NameError, TypeError):
-        return {}
-    checks: dict[str, Callable[[Any], bool]] = {}
-    for param in list(inspect.signature(func).parameters.values())[1:]:
-        hint = hints.get(param.name)
-        check = _is_id if hint is Id else _is_limit if hint is Limit else None
-        if param.kind is not inspect.Parameter.KEYWORD_ONLY or check is None:
-            return {}
-        checks[param.name] = check
-    return checks
 
 
 def escape_like(term: str) -> str:

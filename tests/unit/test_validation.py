@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import threading
@@ -26,9 +27,7 @@ from datalayer._validation import (
     Properties,
     Reason,
     _batch_shape,
-    _fast_checks,
-    _is_id,
-    _is_limit,
+    _fast_kinds,
     escape_like,
     gc_paused,
     in_range,
@@ -156,8 +155,21 @@ def test_a_positional_argument_goes_through_pydantic() -> None:
     [(1, True), (2**63 - 1, True), (0, False), (-1, False), (2**63, False), (True, False),
      (1.0, False), ("1", False), (None, False)],
 )  # fmt: skip
-def test_the_fast_id_check_accepts_exactly_a_positive_bigint(value: object, accepted: bool) -> None:
-    assert _is_id(value) is accepted
+def test_the_fast_id_check_accepts_exactly_a_positive_bigint(
+    value: object, accepted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_pydantic(monkeypatch)
+
+    class Ids:
+        @validated
+        def get(self, *, account_id: Id) -> object:
+            return account_id
+
+    if accepted:
+        assert Ids().get(account_id=value) == value  # type: ignore[arg-type]
+    else:
+        with pytest.raises(AssertionError, match="pydantic"):
+            Ids().get(account_id=value)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -166,23 +178,70 @@ def test_the_fast_id_check_accepts_exactly_a_positive_bigint(value: object, acce
      (True, False), (False, False), (1.0, False)],
 )  # fmt: skip
 def test_the_fast_limit_check_accepts_exactly_one_to_a_thousand(
-    value: object, accepted: bool
+    value: object, accepted: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert _is_limit(value) is accepted
+    _no_pydantic(monkeypatch)
+
+    class Limits:
+        @validated
+        async def page(self, *, limit: Limit = 50) -> object:
+            return limit
+
+    if accepted:
+        assert asyncio.run(Limits().page(limit=value)) == value  # type: ignore[arg-type]
+    else:
+        with pytest.raises(AssertionError, match="pydantic"):
+            asyncio.run(Limits().page(limit=value))  # type: ignore[arg-type]
+    assert asyncio.run(Limits().page()) == 50  # the default, through the fast path
 
 
-def test_fast_checks_exist_only_when_every_argument_is_a_keyword_only_id_or_limit() -> None:
+def _no_pydantic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any use of pydantic's validate_call fail: only the fast path may run."""
+
+    def refuse(**_: object) -> object:
+        raise AssertionError("pydantic was asked")
+
+    monkeypatch.setattr(_validation, "validate_call", refuse)
+
+
+def test_fast_kinds_exist_only_when_every_argument_is_a_keyword_only_id_or_limit() -> None:
     def ids(self: object, *, account_id: Id, limit: Limit) -> None: ...
     def positional(self: object, account_id: Id) -> None: ...
     def other(self: object, *, account_id: Id, name: str) -> None: ...
     def nothing(self: object) -> None: ...
     def unresolvable(self: object, *, account_id: NoSuchType) -> None: ...  # type: ignore[name-defined]  # noqa: F821
+    def spread(self: object, *, account_id: Id, **more: Id) -> None: ...
+    def dotted(self: object, *, account_id: _validation.Id) -> None: ...
 
-    assert _fast_checks(ids) == {"account_id": _is_id, "limit": _is_limit}
-    assert _fast_checks(positional) == {}
-    assert _fast_checks(other) == {}
-    assert _fast_checks(nothing) == {}
-    assert _fast_checks(unresolvable) == {}
+    assert _fast_kinds(ids) == (("account_id", "id"), ("limit", "limit"))
+    for none in (positional, other, nothing, unresolvable, spread, dotted):
+        assert _fast_kinds(none) == (), none.__name__
+
+
+def test_every_repository_lookup_on_ids_alone_has_its_fast_path() -> None:
+    # The spelling _fast_kinds reads (a bare Id or Limit) is the one the repositories use:
+    # each method whose resolved hints are all keyword-only Id/Limit has a fast wrapper.
+    import inspect
+    from typing import get_type_hints
+
+    from datalayer.repositories import REPOSITORIES
+    from datalayer.repositories._registry_async import ASYNC_REPOSITORIES
+
+    seen = 0
+    for repository in (*REPOSITORIES, *ASYNC_REPOSITORIES):
+        for name, method in vars(repository).items():
+            if not getattr(method, "__validated__", False):
+                continue
+            func = method.__wrapped__
+            params = list(inspect.signature(func).parameters.values())[1:]
+            hints = get_type_hints(func, include_extras=True)
+            eligible = bool(params) and all(
+                p.kind is p.KEYWORD_ONLY and hints.get(p.name) in (Id, Limit) for p in params
+            )
+            fast = method.__code__.co_filename.startswith("<validated")
+            assert fast is eligible, f"{repository.__name__}.{name}"
+            seen += eligible
+    assert seen >= 10
 
 
 def test_a_method_without_fast_checks_is_validated_by_pydantic_every_call() -> None:
