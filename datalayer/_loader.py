@@ -46,9 +46,9 @@ class Query:
     params: tuple[str, ...]
     path: Path
     line: int
+    writes: bool
+    account_param: str
     param_set: frozenset[str] = field(default=frozenset(), compare=False)
-    writes: bool = field(default=False, compare=False)
-    account_param: str = field(default="account_id", compare=False)
 
     @property
     def aggregate(self) -> str:

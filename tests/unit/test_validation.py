@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import json
 import threading
+import traceback
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -204,6 +206,22 @@ def _no_pydantic(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_validation, "validate_call", refuse)
 
 
+def test_a_fast_wrapper_shows_its_generated_source_in_tracebacks() -> None:
+    class Ids:
+        @validated
+        def get(self, *, account_id: Id) -> None:
+            raise RuntimeError("inside")
+
+    lines = inspect.getsource(Ids.get.__code__).splitlines()
+    assert lines[0] == "def get(self, *args, account_id=_MISSING, **extra):"
+    assert lines[2] == "        return _func(self, account_id=account_id)"
+    with pytest.raises(RuntimeError) as caught:
+        Ids().get(account_id=1)
+    shown = "".join(traceback.format_exception(caught.value))
+    assert "<validated" in shown
+    assert "return _func(self, account_id=account_id)" in shown
+
+
 def test_fast_kinds_exist_only_when_every_argument_is_a_keyword_only_id_or_limit() -> None:
     def ids(self: object, *, account_id: Id, limit: Limit) -> None: ...
     def positional(self: object, account_id: Id) -> None: ...
@@ -221,7 +239,6 @@ def test_fast_kinds_exist_only_when_every_argument_is_a_keyword_only_id_or_limit
 def test_every_repository_lookup_on_ids_alone_has_its_fast_path() -> None:
     # The spelling _fast_kinds reads (a bare Id or Limit) is the one the repositories use:
     # each method whose resolved hints are all keyword-only Id/Limit has a fast wrapper.
-    import inspect
     from typing import get_type_hints
 
     from datalayer.repositories import REPOSITORIES
