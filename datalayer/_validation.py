@@ -329,10 +329,13 @@ def _fast_wrapper(
 
     ``get(self, *, account_id)`` becomes, in effect::
 
-        def get(self, *args, account_id=MISSING, **extra):
+        def get(_self, /, *args, account_id=MISSING, **extra):
             if not args and not extra and type(account_id) is int and 1 <= account_id <= ...:
-                return func(self, account_id=account_id)
-            return slow(self, *args, **given)   # pydantic: the same errors as always
+                return func(_self, account_id=account_id)
+            return slow(_self, *args, **given)   # pydantic: the same errors as always
+
+    (``_self`` positional-only: a keyword argument named ``self`` is one more
+    unexpected argument for pydantic to name, not Python's ``TypeError``.)
 
     where ``given`` holds only the arguments passed (and any ``extra``). Python binds
     the keywords itself: no dict of them, no loop, no call per check. A primary-key
@@ -350,11 +353,11 @@ def _fast_wrapper(
     is_async = inspect.iscoroutinefunction(func)
     prefix, wait = ("async ", "await ") if is_async else ("", "")
     source = (
-        f"{prefix}def {func.__name__}(self, *args, {params}, **extra):\n"
+        f"{prefix}def {func.__name__}(_self, /, *args, {params}, **extra):\n"
         f"    if not args and not extra and {checks}:\n"
-        f"        return {wait}_func(self, {passed})\n"
+        f"        return {wait}_func(_self, {passed})\n"
         f"    given = {{k: v for k, v in ({given},) if v is not _MISSING}}\n"
-        f"    return {wait}_slow(self, *args, **given, **extra)\n"
+        f"    return {wait}_slow(_self, *args, **given, **extra)\n"
     )
     scope: dict[str, Any] = {
         "_func": func, "_slow": slow, "_defaults": defaults, "_MISSING": _MISSING

@@ -141,6 +141,25 @@ def test_an_argument_of_another_name_never_passes_the_fast_path() -> None:
     assert caught.value.field in ("limit", "other")
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"self": 1, "account_id": 1, "limit": 1}, "self"),
+        ({"_self": 1, "account_id": 1, "limit": 1}, "_self"),
+        ({"args": (1,), "account_id": 1, "limit": 1}, "args"),
+        ({"extra": 1, "account_id": 1, "limit": 1}, "extra"),
+    ],
+)
+def test_keywords_named_like_the_wrappers_own_parameters_are_refused_by_name(
+    kwargs: dict[str, object], field: str
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        _Lookups().get(**kwargs)  # type: ignore[arg-type]
+    assert caught.value.field == field
+    with pytest.raises(InvalidInput, match="positional"):
+        _Lookups().get(1, account_id=1, limit=1)  # type: ignore[misc]
+
+
 def test_a_positional_argument_goes_through_pydantic() -> None:
     class Positional:
         @validated
@@ -213,13 +232,13 @@ def test_a_fast_wrapper_shows_its_generated_source_in_tracebacks() -> None:
             raise RuntimeError("inside")
 
     lines = inspect.getsource(Ids.get.__code__).splitlines()
-    assert lines[0] == "def get(self, *args, account_id=_MISSING, **extra):"
-    assert lines[2] == "        return _func(self, account_id=account_id)"
+    assert lines[0] == "def get(_self, /, *args, account_id=_MISSING, **extra):"
+    assert lines[2] == "        return _func(_self, account_id=account_id)"
     with pytest.raises(RuntimeError) as caught:
         Ids().get(account_id=1)
     shown = "".join(traceback.format_exception(caught.value))
     assert "<validated" in shown
-    assert "return _func(self, account_id=account_id)" in shown
+    assert "return _func(_self, account_id=account_id)" in shown
 
 
 def test_fast_kinds_exist_only_when_every_argument_is_a_keyword_only_id_or_limit() -> None:
