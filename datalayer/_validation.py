@@ -295,6 +295,8 @@ _FAST_CHECKS = {
     "limit": "type({name}) is int and 1 <= {name} <= 1000",
 }
 _MISSING: Any = object()
+# The names a generated wrapper uses itself, so no argument of the same name gets one.
+_WRAPPER_NAMES = frozenset({"_self", "args", "extra", "given", "_func", "_slow", "_defaults"})
 
 
 def _fast_kinds(func: Callable[..., Any]) -> tuple[tuple[str, str], ...]:
@@ -310,6 +312,8 @@ def _fast_kinds(func: Callable[..., Any]) -> tuple[tuple[str, str], ...]:
     if code.co_argcount != 1 or code.co_posonlyargcount or code.co_flags & varargs:
         return ()
     names = code.co_varnames[1 : 1 + code.co_kwonlyargcount]
+    if _WRAPPER_NAMES.intersection(names):
+        return ()  # it would clash with a name of the generated wrapper
     kinds = []
     for name in names:
         hint = func.__annotations__.get(name)
@@ -334,13 +338,13 @@ def _fast_wrapper(
                 return func(_self, account_id=account_id)
             return slow(_self, *args, **given)   # pydantic: the same errors as always
 
-    (``_self`` positional-only: a keyword argument named ``self`` is one more
-    unexpected argument for pydantic to name, not Python's ``TypeError``.)
-
     where ``given`` holds only the arguments passed (and any ``extra``). Python binds
-    the keywords itself: no dict of them, no loop, no call per check. A primary-key
-    read's validation went from ~2.5 µs to ~1 µs, in place (the bench's neighbours
-    around it).
+    the keywords itself: no dict of them, no loop, no call per check. Timed in place,
+    beside the raw call, a primary-key read's validation went from 2.1% of the read
+    (~2.5 µs) to 0.4%.
+
+    ``_self`` is positional-only: a keyword argument named ``self`` is one more
+    unexpected argument for pydantic to name, not Python's ``TypeError``.
     """
     defaults = func.__kwdefaults__ or {}
     names = [name for name, _ in kinds]

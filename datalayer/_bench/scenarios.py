@@ -310,10 +310,10 @@ def _pk_lookups(
 
     # Three groups, each with the raw call timed beside its members. The first holds
     # the figure the library is held to: its read against the raw call, nothing else
-    # in the caches. Interleaved with the peers (SQLAlchemy's ORM runs ~5x the code
-    # of a raw read), every call finds colder caches, and the one with the most code
-    # of its own beyond psycopg pays most: pk_lookup read 1.11x there at one thread
-    # and 1.05x in its own group. The peers' group shows both, side by side.
+    # in the caches. Interleaved with the peers (SQLAlchemy's ORM takes ~5x the time
+    # of a raw read, most of it Python), every call finds colder caches, and the one
+    # with the most code of its own beyond psycopg pays most: pk_lookup read 1.10-1.12x
+    # there at one thread and 1.04-1.06x in its own group. The peers' group shows both.
     lean: list[tuple[str, Fn]] = [("raw_pk_lookup_named", raw_pk_named), ("pk_lookup", pk_lookup)]
     _group(results, lean, profile, baseline=("raw_pk_lookup", raw_pk))
     if profile.peers:
